@@ -1,0 +1,8 @@
+"""SmartFRZ: attention-based layer freezing (Li, Yuan, Dai et al., ICLR 2023)."""
+from .config import POLICIES, SmartFRZConfig
+from .engine import SmartFRZ, freeze_through
+from .predictor import FreezePredictor
+from .units import Unit, find_units
+
+__all__ = ["SmartFRZ", "SmartFRZConfig", "FreezePredictor", "Unit", "find_units", "freeze_through", "POLICIES"]
+__version__ = "0.1.0"

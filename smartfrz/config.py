@@ -1,0 +1,68 @@
+"""One dataclass with every knob, so a run is described by a single serialisable object."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Sequence
+
+POLICIES = ("smartfrz", "none", "linear", "autofreeze", "oracle")
+
+
+@dataclass
+class SmartFRZConfig:
+    # layer tailoring: a fixed random sample of each unit's weights, over the last `window` records
+    window: int = 30
+    sample_size: int = 1024
+    record_every: int | None = None  # None: spread the window over one epoch (steps_per_epoch // window)
+    # decisions
+    decide_every: int | None = None  # None: once per epoch (steps_per_epoch, or each epoch_end() call)
+    steps_per_epoch: int | None = None
+    threshold: float | None = None  # P(freeze) needed; None: the predictor's calibrated threshold
+    min_active_units: int = 1  # units (besides the head) that are never frozen
+    predictor_path: str | None = None  # None: the shipped predictor
+    units: Sequence[str] | None = None  # explicit unit names; None: structural discovery
+    seed: int = 0
+    # linear (FreezeOut-style): unit i freezes at freeze_start + (1 - freeze_start) * i / n of training
+    total_steps: int | None = None
+    freeze_start: float = 0.5
+    freeze_level: float = 1.0  # fraction of units the schedule eventually freezes
+    # autofreeze (Liu et al. 2021)
+    autofreeze_percentile: float = 50.0
+    # oracle: per-unit freeze steps from a CKA-labelled reference run
+    oracle_freeze_steps: dict[str, int] | None = None
+
+    def __post_init__(self):
+        def positive(name, allow_none=True):
+            v = getattr(self, name)
+            if v is None and allow_none:
+                return
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                extra = " or None" if allow_none else ""
+                raise ValueError(f"{name} must be a positive integer{extra}; got {v!r}")
+
+        positive("window", allow_none=False)
+        positive("sample_size", allow_none=False)
+        for name in ("record_every", "decide_every", "steps_per_epoch", "total_steps"):
+            positive(name)
+        if self.window < 2:
+            raise ValueError(f"window must be at least 2 snapshots; got {self.window}")
+        if self.threshold is not None and not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must lie strictly between 0 and 1; got {self.threshold}")
+        if isinstance(self.min_active_units, bool) or not isinstance(self.min_active_units, int) or self.min_active_units < 0:
+            raise ValueError(f"min_active_units must be an integer >= 0; got {self.min_active_units!r}")
+        if not 0.0 <= self.freeze_start <= 1.0 or not 0.0 <= self.freeze_level <= 1.0:
+            raise ValueError(f"freeze_start and freeze_level must lie in [0, 1]; got {self.freeze_start}, {self.freeze_level}")
+        if not 0.0 < self.autofreeze_percentile <= 100.0:
+            raise ValueError(f"autofreeze_percentile must lie in (0, 100]; got {self.autofreeze_percentile}")
+        if self.units is not None:
+            self.units = list(self.units)
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> "SmartFRZConfig":
+        allowed = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - allowed)
+        if unknown:
+            raise TypeError(f"unknown SmartFRZ option(s) {unknown}; allowed: {sorted(allowed)}")
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,213 @@
+"""The freezing engine: records windows, asks the policy, and freezes the front of the network.
+
+Freezing a unit means: its parameters stop requiring grad (so autograd builds no graph for the
+frozen prefix: no backward, no saved activations), they leave the optimizer with their state
+freed, and its BatchNorm/Dropout run in eval mode from then on, even across ``model.train()``.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from .config import SmartFRZConfig
+from .policies import Policy, make_policy
+from .recorder import WeightRecorder
+from .units import Unit, find_units
+
+
+def _eval_hook(module: nn.Module, args):
+    if module.training:
+        module.train(False)
+
+
+class SmartFRZ:
+    """``frz = SmartFRZ(model, optimizer, example_input=x)``; call ``frz.step()`` after ``optimizer.step()``."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, example_input: Any = None,
+                 policy: "str | Policy" = "smartfrz", config: SmartFRZConfig | None = None,
+                 units: Sequence[Unit] | None = None, **kwargs):
+        if config is not None and kwargs:
+            raise TypeError(f"pass either config= or keyword options, not both (got {sorted(kwargs)})")
+        self.config = config if config is not None else SmartFRZConfig.from_kwargs(**kwargs)
+        cfg = self.config
+        self.model, self.optimizer = model, optimizer
+        if units is None:
+            if example_input is None:
+                raise ValueError("example_input is required to discover units (a batch the model accepts)")
+            units = find_units(model, example_input, names=cfg.units)
+        self.units = list(units)
+        self.max_frozen = max(0, len(self.units) - cfg.min_active_units)
+        self.num_frozen, self.step_count, self._epochs_ended = 0, 0, 0
+        self.timeline: list[dict] = []
+        self._hooks: dict[int, list] = {}
+        self._home: dict[int, int] = {}  # param id -> optimizer group index, to restore on unfreeze
+        self._owners = self._param_owners()
+        self.record_every = cfg.record_every or (max(1, cfg.steps_per_epoch // cfg.window) if cfg.steps_per_epoch else 10)
+        self.decide_every = cfg.decide_every or cfg.steps_per_epoch  # None: decide at epoch_end()
+        self.policy = make_policy(policy, cfg)
+        self.recorder = WeightRecorder(self.units, cfg.window, cfg.sample_size, cfg.seed) if self.policy.needs_windows else None
+        self.recorder_device = next(model.parameters()).device
+        self.policy.bind(self)
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def epoch(self) -> float:
+        spe = self.config.steps_per_epoch
+        return self.step_count / spe if spe else float(self._epochs_ended)
+
+    @property
+    def frozen_units(self) -> list[str]:
+        return [u.name for u in self.units[: self.num_frozen]]
+
+    @property
+    def active_units(self) -> list[int]:
+        return list(range(self.num_frozen, len(self.units)))
+
+    def step(self) -> None:
+        """Call once per optimizer step, after ``optimizer.step()``."""
+        self.step_count += 1
+        self.policy.on_step(self)
+        if self.recorder is not None and self.step_count % self.record_every == 0:
+            self.recorder.record(range(self.num_frozen, self.max_frozen))
+        if self.decide_every and self.step_count % self.decide_every == 0:
+            self.decide()
+
+    def epoch_end(self) -> None:
+        """Marks an epoch boundary; decides here when the epoch length was not given."""
+        self._epochs_ended += 1
+        if not self.decide_every:
+            self.decide()
+
+    def decide(self) -> int:
+        """Asks the policy and freezes the prefix it returns; returns how many units were newly frozen."""
+        before = self.num_frozen
+        n, scores = self.policy.decide(self)
+        self._freeze_prefix(min(max(n, before), self.max_frozen), scores)
+        return self.num_frozen - before
+
+    # ------------------------------------------------------------------ freezing
+    def freeze_through(self, k: int) -> None:
+        """Freezes units 0..k by hand (k may be a unit name)."""
+        if isinstance(k, str):
+            names = [u.name for u in self.units]
+            if k not in names:
+                raise KeyError(f"unknown unit {k!r}; units are {names}")
+            k = names.index(k)
+        if not -1 <= k < len(self.units):
+            raise IndexError(f"unit index {k} out of range: this model has units 0..{len(self.units) - 1}")
+        self._freeze_prefix(k + 1, {})
+
+    def unfreeze(self, n: int = 0) -> None:
+        """Unfreezes back to a prefix of ``n`` frozen units (all by default). Freezing is otherwise permanent."""
+        for i in reversed(range(n, self.num_frozen)):
+            u = self.units[i]
+            for h in self._hooks.pop(i, []):
+                h.remove()
+            for _, m in u.members:
+                m.train(self.model.training)
+            for p in u.parameters():
+                if not p.requires_grad and id(p) in self._home:
+                    p.requires_grad_(True)
+                    if self.optimizer is not None:
+                        self.optimizer.param_groups[self._home.pop(id(p))]["params"].append(p)
+            if self.recorder is not None:
+                self.recorder.count[i] = 0  # its window went stale while frozen
+            self.timeline.append(self._event(i, "unfreeze", None))
+        self.num_frozen = min(self.num_frozen, n)
+
+    def _freeze_prefix(self, n: int, scores: dict[int, float]) -> None:
+        n = min(n, len(self.units))
+        for i in range(self.num_frozen, n):
+            self._freeze_unit(i, n)
+            self.timeline.append(self._event(i, "freeze", scores.get(i)))
+        self.num_frozen = max(self.num_frozen, n)
+
+    def _freeze_unit(self, i: int, prefix: int) -> None:
+        u = self.units[i]
+        freeze = [p for p in u.parameters() if p.requires_grad and all(o < prefix for o in self._owners[id(p)])]
+        ids = {id(p) for p in freeze}
+        for p in freeze:
+            p.requires_grad_(False)
+            p.grad = None
+        if self.optimizer is not None:
+            for g, group in enumerate(self.optimizer.param_groups):
+                kept = []
+                for p in group["params"]:
+                    if id(p) in ids:
+                        self._home[id(p)] = g
+                        self.optimizer.state.pop(p, None)
+                    else:
+                        kept.append(p)
+                group["params"] = kept
+        for p in freeze:
+            self._home.setdefault(id(p), 0)
+        self._hooks[i] = []
+        for _, m in u.members:
+            m.train(False)
+            self._hooks[i].append(m.register_forward_pre_hook(_eval_hook))
+
+    def _param_owners(self) -> dict[int, set[int]]:
+        """Unit indices using each parameter; -1 marks use outside all units (e.g. a tied head)."""
+        owners: dict[int, set[int]] = {}
+        for i, u in enumerate(self.units):
+            for p in u.parameters():
+                owners.setdefault(id(p), set()).add(i)
+        in_units = {id(p) for u in self.units for p in u.parameters()}
+        unit_param_names = {n for u in self.units for n, _ in u.named_parameters()}
+        for name, p in self.model.named_parameters(remove_duplicate=False):
+            if id(p) in in_units and name not in unit_param_names:
+                owners[id(p)].add(1 << 30)  # shared with a module outside the units: never frozen
+        return owners
+
+    def _event(self, i: int, kind: str, score: float | None) -> dict:
+        u = self.units[i]
+        return {"step": self.step_count, "epoch": round(self.epoch, 4), "unit": u.name, "index": i, "event": kind,
+                "params_frozen": u.num_params, "flop_share": u.flop_share,
+                "p_freeze": None if score is None else float(score)}
+
+    # ------------------------------------------------------------------ accounting
+    @property
+    def frozen_param_fraction(self) -> float:
+        total = sum(p.numel() for p in self.model.parameters())
+        return sum(u.num_params for u in self.units[: self.num_frozen]) / max(total, 1)
+
+    @property
+    def frozen_flop_share(self) -> float:
+        """Share of forward FLOPs spent in frozen units (their backward is skipped entirely)."""
+        return sum(u.flop_share for u in self.units[: self.num_frozen])
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        return {"units": [u.name for u in self.units], "num_frozen": self.num_frozen, "step_count": self.step_count,
+                "epochs_ended": self._epochs_ended, "timeline": copy.deepcopy(self.timeline),
+                "recorder": None if self.recorder is None else self.recorder.state_dict(),
+                "policy": self.policy.state_dict(), "config": self.config.to_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restores onto a fresh model and optimizer: call before ``optimizer.load_state_dict``."""
+        names = [u.name for u in self.units]
+        if list(state["units"]) != names:
+            raise ValueError(f"SmartFRZ state was saved for units {list(state['units'])[:4]}..., "
+                             f"but this model has {names[:4]}... ({len(state['units'])} vs {len(names)} units)")
+        self.unfreeze(0)
+        self._freeze_prefix(int(state["num_frozen"]), {})
+        self.step_count, self._epochs_ended = int(state["step_count"]), int(state["epochs_ended"])
+        self.timeline = copy.deepcopy(list(state["timeline"]))
+        if self.recorder is not None and state.get("recorder") is not None:
+            self.recorder.load_state_dict(state["recorder"])
+        self.policy.load_state_dict(state.get("policy") or {})
+
+    def __repr__(self) -> str:
+        return (f"SmartFRZ(policy={self.policy.name!r}, units={len(self.units)}, frozen={self.num_frozen}, "
+                f"step={self.step_count})")
+
+
+def freeze_through(model: nn.Module, optimizer: torch.optim.Optimizer | None, example_input: Any, k: int,
+                   **kwargs) -> SmartFRZ:
+    """Functional form: freeze units 0..k of ``model`` now and return the engine that did it."""
+    frz = SmartFRZ(model, optimizer, example_input=example_input, policy="none", **kwargs)
+    frz.freeze_through(k)
+    return frz

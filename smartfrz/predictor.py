@@ -1,0 +1,169 @@
+"""The attention-based freeze predictor: reads a unit's weight window, returns P(freeze).
+
+Architecture (documented because the shipped weights depend on it):
+
+1. ``window_features`` turns a (W, S) window of tailored weights into W tokens of F features. The
+   sampled coordinates are in random order and layers differ in scale, so every feature is invariant
+   to coordinate permutation and to weight scale: log relative distance to the newest snapshot,
+   log relative step size, cosine of each step with the net displacement and with the previous
+   step, the share of coordinates moving along the net displacement, and the token's relative age.
+   Two window-level features (log path efficiency, log net relative displacement) are appended to
+   every token. Nothing depends on W, so any window length works.
+2. A linear embedding to ``d_model``, then ``layers`` pre-norm self-attention encoder layers over
+   the W tokens (history attends to history).
+3. The newest snapshot's token queries the whole window with one multi-head attention (the
+   "newest attends over the history" step); the result goes through an MLP to one logit.
+
+With the defaults (d_model=64, 4 heads, 2 layers) it has about 80k parameters.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NUM_FEATURES = 9
+FEATURE_VERSION = "1"
+DEFAULT_PATH = Path(__file__).parent / "weights" / "smartfrz_predictor.safetensors"
+
+
+def _log(x: torch.Tensor) -> torch.Tensor:
+    return torch.log10(x.clamp_min(1e-8))
+
+
+@torch.no_grad()
+def window_features(windows: torch.Tensor) -> torch.Tensor:
+    """(n, W, S) tailored weights, oldest first -> (n, W, NUM_FEATURES) scale-free features."""
+    x = windows.float()
+    n, W, _ = x.shape
+    newest = x[:, -1:]
+    scale = newest.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # (n,1,1)
+    steps = x.diff(dim=1)  # (n, W-1, S)
+    steps = torch.cat([steps[:, :1], steps], dim=1)  # pad so token t has the step that led to it
+    net = (newest - x[:, :1])  # (n,1,S)
+    net_norm = net.norm(dim=-1, keepdim=True)
+    step_norm = steps.norm(dim=-1, keepdim=True)
+    dist = (x - newest).norm(dim=-1, keepdim=True) / scale
+    cos_net = (steps * net).sum(-1, keepdim=True) / (step_norm * net_norm).clamp_min(1e-12)
+    prev = torch.cat([steps[:, :1], steps[:, :-1]], dim=1)
+    cos_prev = (steps * prev).sum(-1, keepdim=True) / (step_norm * prev.norm(dim=-1, keepdim=True)).clamp_min(1e-12)
+    agree = ((steps * net) > 0).float().mean(-1, keepdim=True)
+    age = torch.linspace(-1.0, 0.0, W, device=x.device).view(1, W, 1).expand(n, W, 1)
+    path = step_norm[:, 1:].sum(1, keepdim=True) if W > 1 else step_norm.sum(1, keepdim=True)
+    efficiency = (net_norm / path.clamp_min(1e-12)).expand(n, W, 1)
+    net_rel = (net_norm / scale).expand(n, W, 1)
+    feats = torch.cat([_log(dist + 1e-8), _log(step_norm / scale), cos_net, cos_prev, agree, age,
+                       _log(efficiency), _log(net_rel), (_log(step_norm / scale) - _log(net_rel / W))], dim=-1)
+    return torch.nan_to_num(feats, nan=0.0, posinf=0.0, neginf=-8.0)
+
+
+class FreezePredictor(nn.Module):
+    """Newest-snapshot attention over a unit's window -> freeze logit."""
+
+    def __init__(self, d_model: int = 64, heads: int = 4, layers: int = 2, hidden: int = 128,
+                 num_features: int = NUM_FEATURES, threshold: float = 0.5):
+        super().__init__()
+        self.hparams = dict(d_model=d_model, heads=heads, layers=layers, hidden=hidden, num_features=num_features)
+        self.threshold = threshold  # calibrated decision threshold, stored with the weights
+        self.embed = nn.Linear(num_features, d_model)
+        enc = nn.TransformerEncoderLayer(d_model, heads, hidden, dropout=0.0, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(enc, layers, enable_nested_tensor=False)
+        self.query_norm = nn.LayerNorm(d_model)
+        self.attend = nn.MultiheadAttention(d_model, heads, batch_first=True)
+        self.head = nn.Sequential(nn.LayerNorm(d_model), nn.Linear(d_model, hidden), nn.GELU(), nn.Linear(hidden, 1))
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        h = self.encoder(self.embed(feats))
+        q = self.query_norm(h[:, -1:])
+        a, _ = self.attend(q, h, h, need_weights=False)
+        return self.head(q + a).view(-1)
+
+    @torch.no_grad()
+    def predict_proba(self, windows: torch.Tensor) -> torch.Tensor:
+        """P(freeze) for raw (n, W, S) windows."""
+        p = next(self.parameters())
+        return torch.sigmoid(self(window_features(windows.to(p.device)).to(p.dtype))).float()
+
+    def save(self, path: str | Path, extra: dict | None = None) -> None:
+        from safetensors.torch import save_file
+
+        meta = {"hparams": json.dumps(self.hparams), "threshold": repr(float(self.threshold)),
+                "feature_version": FEATURE_VERSION, **{k: str(v) for k, v in (extra or {}).items()}}
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(str(path) + ".tmp")
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, str(tmp), metadata=meta)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, device: str | torch.device = "cpu") -> "FreezePredictor":
+        """Loads without pickle; a missing, corrupt or wrong-shaped file gets an error that names it."""
+        from safetensors import safe_open
+
+        path = Path(path) if path is not None else DEFAULT_PATH
+        if not path.is_file():
+            hint = ("the shipped predictor is missing from the installation; reinstall smartfrz or regenerate it "
+                    "with notebooks/00_train_predictor.ipynb") if path == DEFAULT_PATH else "check the path"
+            raise FileNotFoundError(f"predictor file not found: {path} ({hint})")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e:
+            raise ValueError(f"predictor file {path} is not a readable safetensors file ({type(e).__name__}: {e})") from e
+        if meta.get("feature_version") != FEATURE_VERSION or "hparams" not in meta:
+            raise ValueError(f"predictor file {path} was not written by this smartfrz version "
+                             f"(feature_version={meta.get('feature_version')!r}, expected {FEATURE_VERSION!r})")
+        model = cls(**json.loads(meta["hparams"]), threshold=float(meta.get("threshold", 0.5)))
+        expected = model.state_dict()
+        missing = sorted(set(expected) - set(tensors))
+        unexpected = sorted(set(tensors) - set(expected))
+        if missing or unexpected:
+            raise ValueError(f"predictor file {path} does not match the predictor architecture: "
+                             f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+        for k, v in expected.items():
+            if tensors[k].shape != v.shape:
+                raise ValueError(f"predictor file {path}: tensor {k!r} has shape {tuple(tensors[k].shape)}, "
+                                 f"expected {tuple(v.shape)}")
+        model.load_state_dict(tensors)
+        model.metadata = meta
+        return model.to(device).eval()
+
+    @property
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def train_predictor(feats: torch.Tensor, labels: torch.Tensor, epochs: int = 30, lr: float = 2e-3,
+                    batch_size: int = 256, seed: int = 0, pos_weight: float | None = None,
+                    model: FreezePredictor | None = None, progress: bool = False, **hparams) -> FreezePredictor:
+    """Fits the predictor on precomputed features; balanced by ``pos_weight`` (default neg/pos)."""
+    torch.manual_seed(seed)
+    model = model or FreezePredictor(**hparams)
+    model.train()
+    y = labels.float()
+    if pos_weight is None:
+        pos = y.sum().clamp_min(1.0)
+        pos_weight = float((len(y) - pos) / pos)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    g = torch.Generator().manual_seed(seed)
+    steps = epochs * math.ceil(len(y) / batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1))
+    it = range(epochs)
+    if progress:
+        from tqdm.auto import tqdm
+        it = tqdm(it, desc="train predictor")
+    pw = torch.tensor(pos_weight)
+    for _ in it:
+        perm = torch.randperm(len(y), generator=g)
+        for i in range(0, len(y), batch_size):
+            b = perm[i:i + batch_size]
+            loss = F.binary_cross_entropy_with_logits(model(feats[b]), y[b], pos_weight=pw)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    return model.eval()

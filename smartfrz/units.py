@@ -1,0 +1,206 @@
+"""Freezable units: the blocks SmartFRZ freezes front to back.
+
+Units are found structurally from one traced forward pass, so the same rule covers torchvision
+CNNs, timm/torchvision ViTs and Hugging Face encoders without a per-family table:
+
+* a *block* is a module whose class occurs at least twice in the model (ResNet's BasicBlock,
+  MobileNet's InvertedResidual, BERT's BertLayer, ViT's Block), taken at the shallowest such level;
+* every parameterised module outside blocks becomes its own unit at the shallowest level that
+  holds no block (BERT's ``embeddings``, ViT's ``patch_embed``, VGG's conv layers);
+* a normalisation-only unit joins the unit before it (ResNet's ``conv1+bn1`` stem, VGG's conv+BN),
+  and parameters owned directly by containers (ViT's ``cls_token``, ``pos_embed``) join the first unit;
+* the head is everything that runs after the last block (or, without blocks, the last unit):
+  it is never frozen.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
+
+
+@dataclass
+class Unit:
+    """One freezable group of modules. ``name`` joins the member names with '+'."""
+
+    index: int
+    members: list[tuple[str, nn.Module]]
+    extra_params: list[tuple[str, nn.Parameter]] = field(default_factory=list)
+    forward_flops: int = 0
+    flop_share: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return "+".join(n for n, _ in self.members)
+
+    @property
+    def module(self) -> nn.Module:
+        return self.members[0][1] if len(self.members) == 1 else nn.ModuleList(m for _, m in self.members)
+
+    def named_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        out = [(f"{n}.{pn}" if pn else n, p) for n, m in self.members for pn, p in m.named_parameters()]
+        return out + list(self.extra_params)
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for _, p in self.named_parameters()]
+
+    @property
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def __repr__(self) -> str:
+        return f"Unit({self.index}, {self.name!r}, params={self.num_params}, flop_share={self.flop_share:.3f})"
+
+
+def call_model(model: nn.Module, example_input: Any):
+    """Calls ``model`` the way users feed it: tensor, tuple of args, or dict of kwargs."""
+    if isinstance(example_input, dict) or hasattr(example_input, "keys"):
+        return model(**example_input)
+    if isinstance(example_input, (tuple, list)):
+        return model(*example_input)
+    return model(example_input)
+
+
+def _trace(model: nn.Module, example_input: Any, track_modules: Sequence[nn.Module] = ()):
+    """Execution order of all modules, plus forward FLOPs spent inside each tracked module."""
+    order: dict[nn.Module, int] = {}
+    flops: dict[nn.Module, int] = {m: 0 for m in track_modules}
+    counter = FlopCounterMode(display=False)
+    start: dict[nn.Module, list[int]] = {}
+
+    def pre(m, *_):
+        order.setdefault(m, len(order))
+        if m in flops:
+            start.setdefault(m, []).append(counter.get_total_flops())
+
+    def post(m, *_):
+        if m in flops:
+            flops[m] += counter.get_total_flops() - start[m].pop()
+
+    handles = [m.register_forward_pre_hook(pre) for m in model.modules()]
+    handles += [m.register_forward_hook(post) for m in model.modules()]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad(), counter:
+            call_model(model, example_input)
+    except Exception as e:  # the model rejected the example: say so plainly
+        raise ValueError(f"example_input was rejected by {type(model).__name__}.forward: {type(e).__name__}: {e}. "
+                         "Pass a tensor, a tuple of positional args, or a dict of keyword args that the model accepts.") from e
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return order, flops, counter.get_total_flops()
+
+
+def _has_direct_params(m: nn.Module) -> bool:
+    return any(True for _ in m.parameters(recurse=False))
+
+
+def _has_params(m: nn.Module) -> bool:
+    return any(True for _ in m.parameters())
+
+
+def _structural_units(model: nn.Module, order: dict[nn.Module, int]) -> tuple[list[list[str]], list[str]]:
+    """Returns (unit member-name groups in execution order, head module names)."""
+    named = dict(model.named_modules())
+    executed = {n for n, m in named.items() if m in order and n}
+    class_count = Counter(type(m) for n, m in named.items() if n and _has_params(m) and type(m) not in _CONTAINERS
+                          and any(True for _ in m.children()))
+    is_block = {n for n, m in named.items() if n and class_count[type(m)] >= 2
+                and type(m) not in _CONTAINERS and any(True for _ in m.children()) and _has_params(m)}
+    # keep only the shallowest blocks
+    blocks = {n for n in is_block if not any(n.startswith(b + ".") for b in is_block)}
+    blocks &= executed
+
+    def contains_block(n: str) -> bool:
+        return any(b == n or b.startswith(n + ".") for b in blocks)
+
+    chosen: dict[str, int] = {}
+    for name, m in named.items():
+        if not name or name not in executed or not _has_direct_params(m):
+            continue
+        parts = name.split(".")
+        owner = None
+        for i in range(1, len(parts) + 1):  # shallowest ancestor that is a block, or holds none
+            cand = ".".join(parts[:i])
+            if cand in blocks:
+                owner = cand
+                break
+            if not contains_block(cand) and type(named[cand]) not in _CONTAINERS:
+                owner = cand
+                break
+        if owner is None:  # parameters living on a container that also holds blocks (e.g. pos_embedding)
+            continue
+        chosen[owner] = min(chosen.get(owner, 1 << 30), order[named[owner]])
+    groups: list[list[str]] = []
+    for name in sorted(chosen, key=chosen.get):
+        m = named[name]
+        norm_only = isinstance(m, _NORMS) or (all(isinstance(c, _NORMS) for c in m.modules() if _has_direct_params(c)))
+        if norm_only and groups and name not in blocks and not any(n in blocks for n in groups[-1]):
+            groups[-1].append(name)
+        else:
+            groups.append([name])
+    if blocks:
+        last_block = max((i for i, g in enumerate(groups) if any(n in blocks for n in g)))
+        head = [n for g in groups[last_block + 1:] for n in g]
+        units = groups[: last_block + 1]
+    else:
+        head = groups[-1] if groups else []
+        units = groups[:-1]
+    return units, head
+
+
+def find_units(model: nn.Module, example_input: Any, names: Sequence[str] | None = None) -> list[Unit]:
+    """Ordered freezable units of ``model``; ``names`` overrides discovery with explicit module names.
+
+    Each override entry may join several modules with '+', e.g. ``["conv1+bn1", "layer1", "layer2"]``.
+    """
+    if not _has_params(model):
+        raise ValueError(f"{type(model).__name__} has no parameters: there is nothing to train or freeze.")
+    named = dict(model.named_modules())
+    order, _, _ = _trace(model, example_input)
+    if names is not None:
+        groups = [str(n).split("+") for n in names]
+        unknown = [n for g in groups for n in g if n not in named or n == ""]
+        if unknown:
+            sample = ", ".join(list(n for n in named if n)[:12])
+            raise KeyError(f"unknown unit name(s) {unknown}: names must come from model.named_modules(), e.g. {sample}, ...")
+        never_run = [n for g in groups for n in g if named[n] not in order]
+        if never_run:
+            raise ValueError(f"unit(s) {never_run} never ran in the forward pass of example_input, so they cannot be ordered")
+        groups.sort(key=lambda g: min(order[named[n]] for n in g))
+    else:
+        groups, _ = _structural_units(model, order)
+    if not groups:
+        raise ValueError(f"found no freezable unit in {type(model).__name__} besides its head; "
+                         "pass units=[...] with module names to choose them by hand")
+    units = [Unit(i, [(n, named[n]) for n in g]) for i, g in enumerate(groups)]
+    # parameters held directly by a container of units (ViT's cls_token and pos_embed, an encoder's
+    # position table) ride with the first unit: they feed it and nothing before it.
+    owned = {id(p) for u in units for p in u.parameters()}
+    for mname, m in named.items():
+        if _is_container_owned(mname, units):
+            for pname, p in m.named_parameters(recurse=False):
+                if id(p) not in owned:
+                    units[0].extra_params.append((f"{mname}.{pname}" if mname else pname, p))
+                    owned.add(id(p))
+    _, flops, total = _trace(model, example_input, [m for u in units for _, m in u.members])
+    for u in units:
+        u.forward_flops = sum(flops[m] for _, m in u.members)
+        u.flop_share = u.forward_flops / total if total else 0.0
+    return units
+
+
+def _is_container_owned(mname: str, units: list[Unit]) -> bool:
+    """A parameter-holding module that is an ancestor of some unit (root, ViT encoder)."""
+    prefix = mname + "." if mname else ""
+    return any(n.startswith(prefix) and n != mname for u in units for n, _ in u.members)
