@@ -65,4 +65,8 @@ class SmartFRZConfig:
         return cls(**kwargs)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain types only, so checkpoints load with ``torch.load(weights_only=True)``."""
+        d = asdict(self)
+        if d["predictor_path"] is not None:
+            d["predictor_path"] = str(d["predictor_path"])
+        return d

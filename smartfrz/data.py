@@ -394,3 +394,64 @@ if __name__ == "__main__":
     f.add_argument("--task", default=None, help="GLUE task (default: all)")
     a = p.parse_args()
     fetch(a.what, a.data_dir, a.task)
+
+
+# ----------------------------------------------------------------------------- fast in-memory batches
+
+def select_classes(ds: ImageArrayDataset, classes) -> ImageArrayDataset:
+    """The examples of ``classes`` only, relabelled 0..k-1 (for fine-tuning on unseen classes)."""
+    classes = list(classes)
+    keep = torch.isin(ds.targets, torch.tensor(classes))
+    remap = torch.full((int(ds.targets.max()) + 1,), -1, dtype=torch.long)
+    remap[torch.tensor(classes)] = torch.arange(len(classes))
+    out = ImageArrayDataset(ds.x[keep], remap[ds.targets[keep]], ds.mean.flatten().tolist(), ds.std.flatten().tolist(),
+                            augment=ds.augment, classes=[ds.classes[c] for c in classes] if ds.classes else None)
+    out.num_classes = len(classes)
+    return out
+
+
+class ArrayLoader:
+    """Batches straight from an ImageArrayDataset held on ``device``: no per-sample Python, and the
+    shuffle order of every epoch is fixed by ``seed`` (epoch e uses seed + e)."""
+
+    def __init__(self, ds: ImageArrayDataset, batch_size: int, shuffle: bool = False, seed: int = 0,
+                 device="cpu", drop_last: bool = False):
+        self.x, self.y = ds.x.to(device), ds.targets.to(device)
+        self.mean, self.std = ds.mean.to(device), ds.std.to(device)
+        self.augment, self.batch_size, self.shuffle, self.seed, self.drop_last = ds.augment, batch_size, shuffle, seed, drop_last
+        self.epoch = 0
+        self.num_classes = ds.num_classes
+
+    def __len__(self):
+        n = len(self.y)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self):
+        n = len(self.y)
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(n, generator=g).to(self.x.device)
+        else:
+            order = torch.arange(n, device=self.x.device)
+        aug_gen = torch.Generator(device=self.x.device).manual_seed(self.seed + 7919 * self.epoch)
+        self.epoch += 1
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            x = self.x[idx].permute(0, 3, 1, 2)
+            if self.augment:
+                x = _crop_flip(x, aug_gen)
+            yield (x.float().div_(255) - self.mean) / self.std, self.y[idx]
+
+
+def _crop_flip(x: torch.Tensor, g: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Seeded random 32px crop (zero padding 4) and horizontal flip, batched on x's device."""
+    n, c, h, w = x.shape
+    xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=g, device=x.device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=g, device=x.device)
+    rows = dy[:, None] + torch.arange(h, device=x.device)
+    cols = dx[:, None] + torch.arange(w, device=x.device)
+    flip = torch.rand(n, 1, generator=g, device=x.device) < 0.5
+    cols = torch.where(flip, cols.flip(1), cols)
+    return xp[torch.arange(n, device=x.device)[:, None, None, None], torch.arange(c, device=x.device)[None, :, None, None],
+              rows[:, None, :, None], cols[:, None, None, :]]

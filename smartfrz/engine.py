@@ -31,6 +31,8 @@ class SmartFRZ:
                  units: Sequence[Unit] | None = None, **kwargs):
         if config is not None and kwargs:
             raise TypeError(f"pass either config= or keyword options, not both (got {sorted(kwargs)})")
+        if units is not None and all(isinstance(u, str) for u in units):  # names: discovery override
+            kwargs["units"], units = list(units), None
         self.config = config if config is not None else SmartFRZConfig.from_kwargs(**kwargs)
         cfg = self.config
         self.model, self.optimizer = model, optimizer
@@ -150,7 +152,7 @@ class SmartFRZ:
             self._hooks[i].append(m.register_forward_pre_hook(_eval_hook))
 
     def _param_owners(self) -> dict[int, set[int]]:
-        """Unit indices using each parameter; -1 marks use outside all units (e.g. a tied head)."""
+        """Unit indices using each parameter; a huge index marks use outside all units (a tied head)."""
         owners: dict[int, set[int]] = {}
         for i, u in enumerate(self.units):
             for p in u.parameters():

@@ -213,7 +213,7 @@ def _hf_load(loader, name, **kw):
     except OSError as e:
         raise ModelWeightsMissingError(
             f"could not load {name!r} ({type(e).__name__}: {e}). It is not in the HF cache ({_hf_cache()}); "
-            f"fetch it with `huggingface-cli download {name}` or "
+            f"fetch it with `hf download {name}` (older hubs: `huggingface-cli download {name}`) or "
             f"`python -c \"from transformers import AutoModel; AutoModel.from_pretrained('{name}')\"`.") from e
 
 

@@ -1,0 +1,258 @@
+"""The predictor's training data: real training runs, recorded and labelled by CKA in hindsight.
+
+Each run trains a model with no freezing, records every unit's tailored weight window, and at
+regular checkpoints stores (a) the predictor features of each window and (b) each unit's probe
+Gram. At the end, CKA against the final Grams labels every (checkpoint, unit). One run is one
+safetensors file; ``python -m smartfrz.freeze_dataset --preset gpu --out DIR`` makes a set.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .labels import cka_curves, probe_grams
+from .predictor import window_features
+from .recorder import WeightRecorder
+from .train import example_input, fit, to_device
+from .units import find_units
+
+FAMILIES = {"resnet20": "cnn", "resnet18_cifar": "cnn", "vgg11_bn": "cnn", "mobilenet_v2": "cnn", "digits_cnn": "cnn",
+            "vit_tiny_cifar": "transformer", "deit_tiny": "transformer", "minilm": "transformer"}
+
+
+@dataclass
+class RunSpec:
+    arch: str
+    task: str  # cifar10 | digits | mrpc | cola | any GLUE task
+    regime: str = "scratch"  # scratch | finetune
+    epochs: int = 10
+    lr: float = 0.1
+    batch_size: int = 128
+    subset: int | None = None
+    seed: int = 0
+    optimizer: str = "sgd"  # sgd | adamw
+    schedule: str = "cosine"  # cosine | multistep | constant | linear
+    pretrain_epochs: int = 0  # vision fine-tuning: pretrain on the other half of the classes first
+    window: int = 30
+    sample_size: int = 1024
+    checkpoints_per_epoch: int = 4
+    probe_size: int = 256
+    record_every: int | None = None  # None: spread a window over one epoch
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"{self.arch}-{self.task}-{self.regime}-s{self.seed}"
+
+    @property
+    def family(self) -> str:
+        return FAMILIES.get(self.arch, "transformer" if "bert" in self.arch or "vit" in self.arch else "cnn")
+
+
+def _optimizer(spec: RunSpec, params, steps: int):
+    if spec.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=spec.lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    elif spec.optimizer == "adamw":
+        opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.extra.get("weight_decay", 0.05))
+    else:
+        raise ValueError(f"unknown optimizer {spec.optimizer!r}; allowed: sgd, adamw")
+    if spec.schedule == "cosine":
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=spec.lr, total_steps=steps, pct_start=max(0.05, 2.5 / steps),
+                                                    anneal_strategy="cos", cycle_momentum=False)
+    elif spec.schedule == "linear":
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / steps))
+    elif spec.schedule == "multistep":
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, [steps // 2, 3 * steps // 4], 0.1)
+    elif spec.schedule == "constant":
+        sched = None
+    else:
+        raise ValueError(f"unknown schedule {spec.schedule!r}; allowed: cosine, linear, multistep, constant")
+    return opt, sched
+
+
+def build_task(spec: RunSpec, data_dir, device):
+    """(model, train_loader, eval_loader, probe, probe_mask, metric_fn) for a spec, on real data."""
+    from . import data as D
+    from .models import build_model, build_tokenizer
+    from .train import accuracy_metric
+
+    torch.manual_seed(spec.seed)
+    if spec.task in ("cifar10", "cifar100"):
+        train = D.load_cifar(spec.task, data_dir, "train", subset=spec.subset, seed=spec.seed, augment=True)
+        test = D.load_cifar(spec.task, data_dir, "test")
+        model = build_model(spec.arch, num_classes=train.num_classes)
+        if spec.regime == "finetune":  # pretrain on classes 0-4, fine-tune on the unseen classes 5-9
+            half = train.num_classes // 2
+            pre = D.select_classes(train, range(half))
+            model = build_model(spec.arch, num_classes=half)
+            opt, sched = _optimizer(spec, model.parameters(), spec.pretrain_epochs * (-(-len(pre) // spec.batch_size)))
+            fit(model.to(device), opt, D.ArrayLoader(pre, spec.batch_size, True, spec.seed + 1, device), spec.pretrain_epochs,
+                device=device, scheduler=sched, progress=False)
+            _reset_head(model, train.num_classes - half)
+            train, test = D.select_classes(train, range(half, train.num_classes)), D.select_classes(test, range(half, test.num_classes))
+        loader = D.ArrayLoader(train, spec.batch_size, True, spec.seed, device)
+        g = torch.Generator().manual_seed(1234)
+        probe_idx = torch.randperm(len(test), generator=g)[: spec.probe_size]
+        probe = test.get_batch(probe_idx)[0].to(device)
+        return model.to(device), loader, D.ArrayLoader(test, 512, False, 0, device), probe, None, accuracy_metric
+    if spec.task == "digits":
+        train, test = D.load_digits("train", seed=spec.seed), D.load_digits("test", seed=spec.seed)
+        model = build_model(spec.arch, num_classes=10)
+        loader = D.make_loader(train, spec.batch_size, shuffle=True, seed=spec.seed)
+        probe = test.tensors[0][: spec.probe_size].to(device)
+        return model.to(device), loader, D.make_loader(test, 512), probe, None, accuracy_metric
+    # GLUE through a Hugging Face encoder
+    tok = build_tokenizer(spec.arch)
+    train = D.load_glue(spec.task, tok, data_dir, "train", subset=spec.subset, seed=spec.seed)
+    dev = D.load_glue(spec.task, tok, data_dir, "validation")
+    model = build_model(spec.arch, num_classes=train.num_labels)
+    collate = D.glue_collate(tok)
+    loader = D.make_loader(train, spec.batch_size, shuffle=True, seed=spec.seed, collate_fn=collate)
+    probe = collate([dev[i] for i in range(min(spec.probe_size, len(dev)))])
+    mask = probe["attention_mask"].to(device)
+    probe = to_device({k: v for k, v in probe.items() if k != "labels"}, device)
+    metric = lambda logits, labels: D.glue_metrics(spec.task, logits.numpy(), labels.numpy())
+    return model.to(device), loader, D.make_loader(dev, 128, collate_fn=collate), probe, mask, metric
+
+
+def _reset_head(model, num_classes: int) -> None:
+    """Replaces the classifier for the fine-tuning classes (torchvision `fc`/`classifier`, timm `head`)."""
+    from torch import nn
+    for name in ("fc", "head", "heads", "classifier"):
+        mod = getattr(model, name, None)
+        if isinstance(mod, nn.Linear):
+            setattr(model, name, nn.Linear(mod.in_features, num_classes).to(mod.weight.device))
+            return
+        if isinstance(mod, nn.Sequential) and isinstance(mod[-1], nn.Linear):
+            mod[-1] = nn.Linear(mod[-1].in_features, num_classes).to(mod[-1].weight.device)
+            return
+    raise ValueError(f"cannot find the classifier of {type(model).__name__} to replace for fine-tuning")
+
+
+def record_run(spec: RunSpec, data_dir=None, device="cpu", progress: bool = True) -> dict:
+    """Trains one run without freezing; returns features, CKA curves and metadata."""
+    model, loader, eval_loader, probe, mask, metric_fn = build_task(spec, data_dir, device)
+    units = find_units(model, example_input(next(iter(loader))) if not torch.is_tensor(probe) else probe[:2])
+    steps_per_epoch = len(loader)
+    total = spec.epochs * steps_per_epoch
+    record_every = spec.record_every or max(1, steps_per_epoch // spec.window)
+    ckpt_every = max(1, steps_per_epoch // spec.checkpoints_per_epoch)
+    rec = WeightRecorder(units, spec.window, spec.sample_size, spec.seed)
+    feats, grams, steps = [], [], []
+    everyone = list(range(len(units)))
+
+    def on_step(step: int) -> None:
+        if step % record_every == 0:
+            rec.record(everyone)
+        if (step % ckpt_every == 0 or step == total) and rec.ready(0):
+            feats.append(window_features(rec.windows(everyone)).half().cpu())
+            grams.append(probe_grams(model, units, probe, mask).float())
+            steps.append(step)
+
+    opt, sched = _optimizer(spec, model.parameters(), total)
+    t0 = time.perf_counter()
+    res = fit(model, opt, loader, spec.epochs, device=device, scheduler=sched, eval_loader=eval_loader,
+              metric_fn=metric_fn, eval_every_epochs=max(1, spec.epochs // 5), on_step=on_step,
+              progress=progress, desc=spec.name)
+    if not steps:
+        raise ValueError(f"run {spec.name} ended before any window filled: {total} steps, window {spec.window} "
+                         f"x record_every {record_every}; use more epochs or a smaller window")
+    cka = cka_curves(torch.stack(grams))
+    meta = {"spec": asdict(spec), "name": spec.name, "family": spec.family, "units": [u.name for u in units],
+            "flop_share": [u.flop_share for u in units], "steps_per_epoch": steps_per_epoch,
+            "record_every": record_every, "total_steps": total, "wall_s": time.perf_counter() - t0,
+            "final": {k: v for k, v in res.final.items() if isinstance(v, (int, float, str))},
+            "evals": [{k: v for k, v in h.items() if isinstance(v, (int, float, str))} for h in res.history if h.get("eval")]}
+    return {"features": torch.stack(feats), "cka": cka.float(), "steps": torch.tensor(steps), "meta": meta}
+
+
+def save_run(run: dict, path: Path) -> None:
+    from safetensors.torch import save_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: run[k].contiguous() for k in ("features", "cka", "steps")}, str(path),
+              metadata={"meta": json.dumps(run["meta"])})
+
+
+def load_run(path: Path) -> dict:
+    from safetensors import safe_open
+    with safe_open(str(path), framework="pt") as f:
+        out = {k: f.get_tensor(k) for k in f.keys()}
+        out["meta"] = json.loads(f.metadata()["meta"])
+    return out
+
+
+def load_runs(folder) -> list[dict]:
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no recorded runs (*.safetensors) in {folder}; make them with "
+                                "`python -m smartfrz.freeze_dataset --preset smoke --out DIR`")
+    return [load_run(f) for f in files]
+
+
+# ----------------------------------------------------------------------------- presets
+
+def preset(name: str) -> list[RunSpec]:
+    """Run sets: `smoke` (CPU, a minute), `cpu` (MiniLM on MRPC/CoLA), `gpu` (CNNs and ViTs on CIFAR-10)."""
+    if name == "smoke":
+        return [RunSpec("digits_cnn", "digits", epochs=8, lr=0.05, batch_size=32, window=8, sample_size=256,
+                        probe_size=128, seed=s) for s in (0, 1)]
+    if name == "cpu":
+        glue = dict(regime="finetune", optimizer="adamw", schedule="linear", batch_size=32, probe_size=128,
+                    extra={"weight_decay": 0.01})
+        return [RunSpec("minilm", "mrpc", epochs=3, lr=5e-5, seed=0, record_every=2, **glue),
+                RunSpec("minilm", "cola", epochs=3, lr=5e-5, seed=0, record_every=4, **glue),
+                RunSpec("minilm", "mrpc", epochs=3, lr=3e-5, seed=1, record_every=2, **glue)]
+    if name == "gpu":
+        cnn = dict(task="cifar10", subset=16000, batch_size=128, optimizer="sgd")
+        vit = dict(task="cifar10", subset=16000, batch_size=128, optimizer="adamw", extra={"weight_decay": 0.05})
+        return [RunSpec("resnet20", epochs=30, lr=0.1, **cnn),
+                RunSpec("vit_tiny_cifar", epochs=30, lr=1e-3, **vit),
+                RunSpec("resnet18_cifar", epochs=20, lr=0.05, **cnn),
+                RunSpec("vit_tiny_cifar", epochs=15, lr=2e-4, regime="finetune", pretrain_epochs=20, seed=1, **vit),
+                RunSpec("vgg11_bn", epochs=12, lr=0.01, regime="finetune", pretrain_epochs=12, seed=1, **cnn),
+                RunSpec("deit_tiny", epochs=15, lr=5e-4, **vit),
+                RunSpec("mobilenet_v2", epochs=20, lr=0.05, **cnn),
+                RunSpec("vgg11_bn", epochs=20, lr=0.05, schedule="multistep", **cnn),
+                RunSpec("resnet20", epochs=15, lr=0.02, regime="finetune", pretrain_epochs=15, seed=1, **cnn)]
+    raise ValueError(f"unknown preset {name!r}; allowed: smoke, cpu, gpu")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--preset", default="smoke", choices=["smoke", "cpu", "gpu"])
+    ap.add_argument("--out", required=True, help="folder for one <run>.safetensors per run")
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--only", default=None, help="substring of run names to keep")
+    ap.add_argument("--budget-s", type=float, default=None, help="skip runs once this much time has passed")
+    args = ap.parse_args(argv)
+    if args.device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    out = Path(args.out)
+    t0 = time.perf_counter()
+    for spec in preset(args.preset):
+        if args.only and args.only not in spec.name:
+            continue
+        path = out / f"{spec.name}.safetensors"
+        if path.exists():
+            print(f"skip {spec.name}: {path} exists")
+            continue
+        if args.budget_s and time.perf_counter() - t0 > args.budget_s:
+            print(f"skip {spec.name}: time budget of {args.budget_s:.0f}s spent")
+            continue
+        run = record_run(spec, args.data_dir, args.device)
+        save_run(run, path)
+        m = run["meta"]
+        print(f"{spec.name}: {m['final'].get('metric_name')}={m['final'].get('metric', float('nan')):.3f} "
+              f"checkpoints={len(run['steps'])} units={len(m['units'])} wall={m['wall_s']:.0f}s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from smartfrz import SmartFRZ, SmartFRZConfig
+
+
+def small_cnn():
+    torch.manual_seed(0)
+    block = lambda i, o: nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU())
+    return nn.Sequential(block(1, 8), block(8, 8), block(8, 8), block(8, 8), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(8, 4))
+
+
+def data(n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, 8, 8, generator=g)
+    return x, (x.mean((1, 2, 3)) > 0).long() + 2 * (x[:, :, :4].mean((1, 2, 3)) > 0).long()
+
+
+def run(steps, policy, pred_path=None, state=None, seed=0, return_parts=False, **kw):
+    m = small_cnn()
+    opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
+    x, y = data()
+    frz = SmartFRZ(m, opt, example_input=x[:2], policy=policy, predictor_path=pred_path, window=6, sample_size=64,
+                   record_every=1, decide_every=8, seed=seed, **kw)
+    start = 0
+    if state is not None:
+        m.load_state_dict(state["model"])
+        frz.load_state_dict(state["frz"])
+        opt.load_state_dict(state["opt"])
+        start = state["step"]
+    for s in range(start, steps):
+        b = slice((s * 16) % 64, (s * 16) % 64 + 16)
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(m(x[b]), y[b]).backward()
+        opt.step()
+        frz.step()
+    return (m, opt, frz) if return_parts else (m, frz)
+
+
+def test_smartfrz_policy_decides_deterministically(tiny_predictor):
+    m1, f1 = run(40, "smartfrz", tiny_predictor, threshold=0.05)
+    m2, f2 = run(40, "smartfrz", tiny_predictor, threshold=0.05)
+    assert f1.frozen_units == f2.frozen_units and len(f1.frozen_units) > 0
+    assert [(e["step"], e["unit"], e["p_freeze"]) for e in f1.timeline] == \
+           [(e["step"], e["unit"], e["p_freeze"]) for e in f2.timeline]
+    ev = f1.timeline[0]
+    assert set(ev) >= {"step", "epoch", "unit", "params_frozen", "p_freeze"} and ev["p_freeze"] >= 0.05
+    assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
+
+
+def test_state_round_trip_reproduces_run(tiny_predictor, tmp_path):
+    full_m, full_f = run(40, "smartfrz", tiny_predictor, threshold=0.05)
+    m, opt, frz = run(20, "smartfrz", tiny_predictor, threshold=0.05, return_parts=True)
+    ckpt = {"model": m.state_dict(), "opt": opt.state_dict(), "frz": frz.state_dict(), "step": 20}
+    torch.save(ckpt, tmp_path / "ckpt.pt")
+    state = torch.load(tmp_path / "ckpt.pt", weights_only=True)  # no pickle needed for any of it
+    res_m, res_f = run(40, "smartfrz", tiny_predictor, threshold=0.05, state=state)
+    assert res_f.frozen_units == full_f.frozen_units
+    assert res_f.timeline == full_f.timeline
+    assert all(torch.equal(a, b) for a, b in zip(full_m.state_dict().values(), res_m.state_dict().values()))
+
+
+def test_none_policy_never_freezes_but_can_be_driven_by_hand():
+    m, f = run(16, "none")
+    assert f.frozen_units == [] and f.recorder is None  # no recording cost without a predictor
+
+
+def test_epoch_end_drives_decisions_when_length_unknown(tiny_predictor):
+    m = small_cnn()
+    x, _ = data()
+    frz = SmartFRZ(m, None, example_input=x[:2], predictor_path=tiny_predictor, window=3, sample_size=32,
+                   record_every=1, threshold=0.01)
+    assert frz.decide_every is None
+    for _ in range(3):
+        frz.step()  # no decision mid-epoch
+    assert frz.num_frozen == 0
+    frz.epoch_end()
+    assert frz.num_frozen > 0 and frz.epoch == 1.0
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(decide_every=0), "decide_every must be a positive integer"),
+    (dict(window=1), "window must be at least 2"),
+    (dict(threshold=1.5), "threshold must lie strictly between 0 and 1"),
+    (dict(sample_size=-3), "sample_size must be a positive integer"),
+    (dict(windoww=3), "unknown SmartFRZ option"),
+])
+def test_config_errors(kw, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        SmartFRZConfig.from_kwargs(**kw)
+
+
+def test_unknown_policy():
+    m = small_cnn()
+    with pytest.raises(ValueError, match="unknown policy 'sgd'.*allowed"):
+        SmartFRZ(m, None, example_input=data()[0][:2], policy="sgd")

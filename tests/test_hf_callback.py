@@ -1,0 +1,31 @@
+import torch
+
+from conftest import minilm
+
+
+def test_trainer_callback_freezes_and_skips_updates(tmp_path, tiny_predictor):
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+    from smartfrz.integrations.hf import SmartFRZCallback
+
+    torch.manual_seed(0)
+    model, tok = minilm()
+    texts = [("a good movie", "a fine film"), ("bad one here", "the sky is blue"), ("I loved it", "it was great"),
+             ("terrible", "wonderful day")] * 4
+    data = [dict(tok(a, b), labels=i % 2) for i, (a, b) in enumerate(texts)]
+    args = TrainingArguments(output_dir=str(tmp_path), num_train_epochs=3, per_device_train_batch_size=8,
+                             report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0)
+    cb = SmartFRZCallback(policy="smartfrz", predictor_path=str(tiny_predictor), threshold=0.01, window=2,
+                          sample_size=64, record_every=1)
+    emb = model.bert.embeddings.word_embeddings.weight
+    trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=DataCollatorWithPadding(tok),
+                      callbacks=[cb])
+    trainer.train()
+    frz = cb.frz
+    assert frz.config.steps_per_epoch == 2
+    assert frz.num_frozen >= 1 and frz.frozen_units[0] == "bert.embeddings"
+    first = frz.timeline[0]
+    assert first["step"] == 2 and first["p_freeze"] >= 0.01  # decided at the first epoch end
+    frozen_ids = {id(p) for u in frz.units[: frz.num_frozen] for p in u.parameters()}
+    assert frozen_ids.isdisjoint({id(p) for g in trainer.optimizer.param_groups for p in g["params"]})
+    assert not emb.requires_grad
+    assert model.classifier.weight.requires_grad

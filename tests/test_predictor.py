@@ -1,0 +1,83 @@
+import time
+
+import pytest
+import torch
+
+from conftest import synthetic_windows
+from smartfrz.predictor import DEFAULT_PATH, FreezePredictor, window_features
+
+
+def test_features_are_scale_and_permutation_invariant():
+    w, _ = synthetic_windows(8, seed=3)
+    f = window_features(w)
+    assert f.shape == (8, w.shape[1], 9) and torch.isfinite(f).all()
+    assert torch.allclose(f, window_features(w * 37.0), atol=1e-4)
+    perm = torch.randperm(w.shape[-1])
+    assert torch.allclose(f, window_features(w[..., perm]), atol=1e-4)
+
+
+def test_tiny_predictor_learns_to_separate(tiny_predictor):
+    pred = FreezePredictor.load(tiny_predictor)
+    w, y = synthetic_windows(200, seed=7)  # held-out toy windows
+    p = pred.predict_proba(w)
+    acc = ((p >= 0.5).long() == y).float().mean()
+    assert acc > 0.9, acc
+    assert pred.num_params <= 2_000_000
+
+
+def test_any_window_length_works(tiny_predictor):
+    pred = FreezePredictor.load(tiny_predictor)
+    for W in (4, 30, 50):
+        assert pred.predict_proba(synthetic_windows(3, window=W)[0]).shape == (3,)
+
+
+def test_default_architecture_is_small_and_fast():
+    torch.manual_seed(0)
+    pred = FreezePredictor().eval()
+    assert pred.num_params <= 2_000_000
+    w = torch.randn(100, 30, 1024)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        pred.predict_proba(w)
+        best = min(_timed(pred, w) for _ in range(5))
+    finally:
+        torch.set_num_threads(threads)
+    assert best <= 0.05, f"scoring 100 windows took {best * 1e3:.1f} ms on one core"
+
+
+def _timed(pred, w):
+    t = time.perf_counter()
+    pred.predict_proba(w)
+    return time.perf_counter() - t
+
+
+def test_save_load_round_trip(tmp_path):
+    pred = FreezePredictor(d_model=16, heads=2, layers=1, hidden=32, threshold=0.7)
+    pred.save(tmp_path / "p.safetensors")
+    back = FreezePredictor.load(tmp_path / "p.safetensors")
+    assert back.threshold == 0.7
+    assert all(torch.equal(a, b) for a, b in zip(pred.state_dict().values(), back.state_dict().values()))
+
+
+def test_missing_corrupt_and_wrong_shape_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="predictor file not found: .*nope.safetensors"):
+        FreezePredictor.load(tmp_path / "nope.safetensors")
+    bad = tmp_path / "corrupt.safetensors"
+    bad.write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        FreezePredictor.load(bad)
+    from safetensors.torch import save_file
+    good = FreezePredictor(d_model=16, heads=2, layers=1, hidden=32)
+    tensors = {k: v.contiguous() for k, v in good.state_dict().items()}
+    tensors["embed.weight"] = torch.zeros(16, 5)
+    meta = {"hparams": '{"d_model": 16, "heads": 2, "layers": 1, "hidden": 32, "num_features": 9}',
+            "feature_version": "1", "threshold": "0.5"}
+    save_file(tensors, str(tmp_path / "shape.safetensors"), metadata=meta)
+    with pytest.raises(ValueError, match=r"'embed.weight' has shape \(16, 5\), expected \(16, 9\)"):
+        FreezePredictor.load(tmp_path / "shape.safetensors")
+    truncated = tmp_path / "trunc.safetensors"
+    good.save(truncated)
+    truncated.write_bytes(truncated.read_bytes()[:-100])
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        FreezePredictor.load(truncated)

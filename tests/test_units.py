@@ -1,0 +1,86 @@
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from conftest import cifar_resnet18, minilm
+from smartfrz import find_units
+
+x32 = torch.randn(2, 3, 32, 32)
+
+
+def names(model, x, **kw):
+    return [u.name for u in find_units(model, x, **kw)]
+
+
+def test_resnet18_stem_then_blocks():
+    units = find_units(cifar_resnet18(), x32)
+    assert [u.name for u in units] == ["conv1+bn1"] + [f"layer{s}.{b}" for s in range(1, 5) for b in range(2)]
+    assert all(u.num_params > 0 for u in units)
+    assert abs(sum(u.flop_share for u in units) - 1.0) < 0.01  # only avgpool + fc outside
+    assert not any("fc" in u.name for u in units)
+
+
+def test_resnet50_bottlenecks():
+    n = names(torchvision.models.resnet50(num_classes=10), torch.randn(1, 3, 64, 64))
+    assert n[0] == "conv1+bn1" and n[1] == "layer1.0" and n[-1] == "layer4.2" and len(n) == 17
+
+
+def test_vgg_conv_with_bn():
+    n = names(torchvision.models.vgg11_bn(num_classes=10), torch.randn(1, 3, 32, 32))
+    assert n[:2] == ["features.0+features.1", "features.4+features.5"]
+    assert sum(1 for u in n if u.startswith("features.")) == 8  # eight conv+BN layers
+    assert "classifier.6" not in n  # the head
+
+
+def test_mobilenetv2_inverted_residuals():
+    n = names(torchvision.models.mobilenet_v2(num_classes=10), torch.randn(1, 3, 32, 32))
+    assert n == [f"features.{i}" for i in range(19)]
+
+
+def test_torchvision_vit_patch_embedding_then_blocks():
+    vit = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=3, num_heads=2,
+                                               hidden_dim=32, mlp_dim=64, num_classes=10)
+    units = find_units(vit, x32)
+    assert [u.name for u in units] == ["conv_proj"] + [f"encoder.layers.encoder_layer_{i}" for i in range(3)]
+    assert {n for n, _ in units[0].extra_params} == {"class_token", "encoder.pos_embedding"}
+
+
+def test_timm_deit():
+    timm = pytest.importorskip("timm")
+    deit = timm.create_model("deit_tiny_patch16_224", img_size=32, patch_size=4, num_classes=10, depth=3)
+    units = find_units(deit, x32)
+    assert [u.name for u in units] == ["patch_embed", "blocks.0", "blocks.1", "blocks.2"]
+    assert {n for n, _ in units[0].extra_params} == {"cls_token", "pos_embed"}
+
+
+def test_minilm_embeddings_then_layers():
+    model, tok = minilm()
+    x = dict(tok(["a pair of", "sentences"], padding=True, return_tensors="pt"))
+    n = names(model, x)
+    assert n == ["bert.embeddings"] + [f"bert.encoder.layer.{i}" for i in range(6)]
+
+
+def test_generic_rule_and_override():
+    mlp = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    assert names(mlp, torch.randn(3, 4)) == ["0", "2"]  # last layer is the head
+
+    class TwoInputs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.head = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 1)
+
+        def forward(self, u, v):
+            return self.head(self.b(self.a(u) + v))
+
+    m = TwoInputs()
+    assert names(m, (torch.randn(2, 4), torch.randn(2, 4))) == ["a", "b"]
+    assert names(m, (torch.randn(2, 4), torch.randn(2, 4)), names=["b", "a"]) == ["a", "b"]  # execution order
+
+
+def test_units_ignore_requires_grad():
+    m = cifar_resnet18()
+    before = names(m, x32)
+    for p in m.layer1.parameters():
+        p.requires_grad_(False)
+    assert names(m, x32) == before
