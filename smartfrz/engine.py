@@ -50,9 +50,20 @@ class SmartFRZ:
         self.record_every = cfg.record_every or (max(1, cfg.steps_per_epoch // cfg.window) if cfg.steps_per_epoch else 10)
         self.decide_every = cfg.decide_every or cfg.steps_per_epoch  # None: decide at epoch_end()
         self.policy = make_policy(policy, cfg)
+        if (problem := self._window_problem(cfg.total_steps)) is not None:
+            raise ValueError(problem)
         self.recorder = WeightRecorder(self.units, cfg.window, cfg.sample_size, cfg.seed) if self.policy.needs_windows else None
         self.recorder_device = next(model.parameters()).device
         self.policy.bind(self)
+
+    def _window_problem(self, total_steps: int | None) -> str | None:
+        """Why no unit could ever freeze in ``total_steps`` steps (first full window too late), else None."""
+        need = self.config.window * self.record_every
+        if total_steps is None or not self.policy.needs_windows or need <= total_steps:
+            return None
+        return (f"window={self.config.window} snapshots taken every record_every={self.record_every} steps need "
+                f"{need} steps before the first freeze decision, but training has only {total_steps} steps: nothing "
+                f"would ever freeze. Allowed: window * record_every <= total steps; lower window or record_every.")
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -87,6 +98,9 @@ class SmartFRZ:
         """Asks the policy and freezes the prefix it returns; returns how many units were newly frozen."""
         before = self.num_frozen
         n, scores = self.policy.decide(self)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            from .distributed import broadcast_int
+            n = broadcast_int(n)  # rank 0 decides for all: DDP hangs if ranks freeze different prefixes
         self._freeze_prefix(min(max(n, before), self.max_frozen), scores)
         return self.num_frozen - before
 

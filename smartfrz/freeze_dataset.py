@@ -110,7 +110,7 @@ def build_task(spec: RunSpec, data_dir, device):
     tok = build_tokenizer(spec.arch)
     train = D.load_glue(spec.task, tok, data_dir, "train", subset=spec.subset, seed=spec.seed)
     dev = D.load_glue(spec.task, tok, data_dir, "validation")
-    model = build_model(spec.arch, num_classes=train.num_labels)
+    model = build_model(spec.arch, num_classes=train.num_labels).float()  # fp32 even from a half-precision copy
     collate = D.glue_collate(tok)
     loader = D.make_loader(train, spec.batch_size, shuffle=True, seed=spec.seed, collate_fn=collate)
     probe = collate([dev[i] for i in range(min(spec.probe_size, len(dev)))])
@@ -137,7 +137,7 @@ def _reset_head(model, num_classes: int) -> None:
 def record_run(spec: RunSpec, data_dir=None, device="cpu", progress: bool = True) -> dict:
     """Trains one run without freezing; returns features, CKA curves and metadata."""
     model, loader, eval_loader, probe, mask, metric_fn = build_task(spec, data_dir, device)
-    units = find_units(model, example_input(next(iter(loader))) if not torch.is_tensor(probe) else probe[:2])
+    units = find_units(model, to_device(example_input(next(iter(loader))), device) if not torch.is_tensor(probe) else probe[:2])
     steps_per_epoch = len(loader)
     total = spec.epochs * steps_per_epoch
     record_every = spec.record_every or max(1, steps_per_epoch // spec.window)
@@ -219,12 +219,21 @@ def preset(name: str) -> list[RunSpec]:
                 RunSpec("mobilenet_v2", epochs=20, lr=0.05, **cnn),
                 RunSpec("vgg11_bn", epochs=20, lr=0.05, schedule="multistep", **cnn),
                 RunSpec("resnet20", epochs=15, lr=0.02, regime="finetune", pretrain_epochs=15, seed=1, **cnn)]
-    raise ValueError(f"unknown preset {name!r}; allowed: smoke, cpu, gpu")
+    if name == "gpu_text":  # the cpu preset's MiniLM fine-tuning, with more seeds and learning rates
+        glue = dict(regime="finetune", optimizer="adamw", schedule="linear", batch_size=32, probe_size=128,
+                    extra={"weight_decay": 0.01}, arch="minilm", epochs=3)
+        return [RunSpec(task="mrpc", lr=5e-5, seed=0, record_every=2, **glue),
+                RunSpec(task="cola", lr=5e-5, seed=0, record_every=4, **glue),
+                RunSpec(task="mrpc", lr=3e-5, seed=1, record_every=2, **glue),
+                RunSpec(task="cola", lr=2e-5, seed=1, record_every=4, **glue),
+                RunSpec(task="mrpc", lr=1e-4, seed=2, record_every=1, epochs=4, **{k: v for k, v in glue.items() if k != "epochs"}),
+                RunSpec(task="cola", lr=1e-4, seed=2, record_every=8, **glue)]
+    raise ValueError(f"unknown preset {name!r}; allowed: smoke, cpu, gpu, gpu_text")
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--preset", default="smoke", choices=["smoke", "cpu", "gpu"])
+    ap.add_argument("--preset", default="smoke", choices=["smoke", "cpu", "gpu", "gpu_text"])
     ap.add_argument("--out", required=True, help="folder for one <run>.safetensors per run")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

