@@ -80,11 +80,10 @@ class DDPFreezer(nn.Module):
         n = 0 if self.frz is None else self.frz.num_frozen
         if self.ddp is not None and n == self._built_for:
             return False
-        old = self.ddp
-        if old is not None and hasattr(old, "reducer"):
-            old.reducer._remove_autograd_hooks()  # the old buckets must never fire again
+        remove_hooks = getattr(getattr(self.ddp, "reducer", None), "_remove_autograd_hooks", None)
+        if remove_hooks is not None:
+            remove_hooks()  # the old buckets must never fire again, whenever the old wrapper is collected
         object.__setattr__(self, "ddp", None)
-        del old
         object.__setattr__(self, "ddp", DDP(self.module, **self.ddp_kwargs))
         self._built_for, self.rebuilds = n, self.rebuilds + (self._built_for is not None)
         if self.on_wrap is not None:

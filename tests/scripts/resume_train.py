@@ -1,6 +1,6 @@
 """Trains a small CNN on sklearn digits with SmartFRZ, checkpointing; the resume test kills and restarts it.
 
-python resume_train.py OUT_DIR PREDICTOR [--resume] [--step-delay S]
+python resume_train.py OUT_DIR PREDICTOR [--resume] [--step-delay S] [--hang-at STEP]
 Prints "step N" after every step; writes OUT_DIR/final.pt (weights, optimizer, frozen units) at the end.
 """
 import argparse
@@ -27,6 +27,7 @@ def main():
     ap.add_argument("predictor")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--step-delay", type=float, default=0.0)
+    ap.add_argument("--hang-at", type=int, default=None, help="stall here, so a SIGKILL is sure to find it alive")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--threshold", type=float, default=0.45)
     a = ap.parse_args()
@@ -44,6 +45,8 @@ def main():
     def on_step(step):
         print(f"step {step}", flush=True)
         time.sleep(a.step_delay)
+        if step == a.hang_at:
+            time.sleep(300)
 
     ckpt = out / "ckpt.pt"
     res = fit(model, opt, train, a.epochs, scheduler=sched, frz=frz, on_step=on_step, log_every=5, progress=False,
