@@ -222,7 +222,7 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: Iterab
             synchronize(device)
             t_eval = time.perf_counter()
             metrics = metric_fn(*predict(model, eval_loader, device))
-            row = {"step": step, "epoch": epoch + 1, "eval": True, **metrics}
+            row = {"step": step, "epoch": epoch + 1, "eval": True, "time_s": t_eval - t0, **metrics}
             res.history.append(row)
             if on_eval is not None:
                 on_eval(row)

@@ -71,10 +71,10 @@ def test_missing_corrupt_and_wrong_shape_files(tmp_path):
     good = FreezePredictor(d_model=16, heads=2, layers=1, hidden=32)
     tensors = {k: v.contiguous() for k, v in good.state_dict().items()}
     tensors["embed.weight"] = torch.zeros(16, 5)
-    meta = {"hparams": '{"d_model": 16, "heads": 2, "layers": 1, "hidden": 32, "num_features": 9}',
+    meta = {"hparams": '{"d_model": 16, "heads": 2, "layers": 1, "hidden": 32, "num_features": 8}',
             "feature_version": "1", "threshold": "0.5"}
     save_file(tensors, str(tmp_path / "shape.safetensors"), metadata=meta)
-    with pytest.raises(ValueError, match=r"'embed.weight' has shape \(16, 5\), expected \(16, 9\)"):
+    with pytest.raises(ValueError, match=r"'embed.weight' has shape \(16, 5\), expected \(16, 8\)"):
         FreezePredictor.load(tmp_path / "shape.safetensors")
     truncated = tmp_path / "trunc.safetensors"
     good.save(truncated)

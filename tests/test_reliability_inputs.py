@@ -91,14 +91,12 @@ def test_wrong_shape_predictor_file(tmp_path):
     t = {k: v.contiguous() for k, v in p.state_dict().items()}
     t["embed.weight"] = torch.zeros(16, 5)
     save_file(t, str(tmp_path / "w.safetensors"), metadata={
-        "hparams": '{"d_model": 16, "heads": 2, "layers": 1, "hidden": 32, "num_features": 9}',
+        "hparams": '{"d_model": 16, "heads": 2, "layers": 1, "hidden": 32, "num_features": 8}',
         "feature_version": "1", "threshold": "0.5"})
-    with pytest.raises(ValueError, match=r"'embed.weight' has shape \(16, 5\), expected \(16, 9\)"):
+    with pytest.raises(ValueError, match=r"'embed.weight' has shape \(16, 5\), expected \(16, 8\)"):
         setup(predictor_path=tmp_path / "w.safetensors")
 
 
-@pytest.mark.xfail(reason="FreezePredictor.load accepts num_features != NUM_FEATURES; the shape error only comes "
-                          "at the first decision (fix belongs in smartfrz/predictor.py)")
 def test_predictor_for_other_features_is_refused_at_load(tmp_path):
     from smartfrz.predictor import FreezePredictor
     FreezePredictor(d_model=16, heads=2, layers=1, hidden=32, num_features=7).save(tmp_path / "p.safetensors")
