@@ -12,7 +12,7 @@ class SmartFRZConfig:
     # layer tailoring: a fixed random sample of each unit's weights, over the last `window` records
     window: int = 30
     sample_size: int = 1024
-    record_every: int | None = None  # None: spread the window over one epoch (steps_per_epoch // window)
+    record_every: int | None = None  # None: spread the window over one epoch (steps_per_epoch // window), else 10
     # decisions
     decide_every: int | None = None  # None: once per epoch (steps_per_epoch, or each epoch_end() call)
     steps_per_epoch: int | None = None

@@ -194,7 +194,48 @@ def run(runs_dir, out=None, report=None, tau: float = TAU, epochs: int = 25, see
                                "window": runs[0]["features"].shape[2]})
     if report:
         write_report(results, runs, Path(report), d)
+    if out:
+        write_card(results, Path(out).parent / "README.md", window=int(runs[0]["features"].shape[2]),
+                   sample_size=int(runs[0]["meta"]["spec"]["sample_size"]))
     return results
+
+
+def write_card(res: dict, path: Path, window: int, sample_size: int) -> None:
+    """The short card that ships next to the weights."""
+    held = "\n".join(f"| {f} | {', '.join(v['trained_on'])} | {v['threshold']:.2f} | {v['eligible']['precision']:.3f} | "
+                     f"{v['eligible']['recall']:.3f} | {v['eligible']['f1']:.3f} | {v['ece']:.3f} |"
+                     for f, v in res["held_out"].items())
+    runs = "\n".join(f"  - {r['name']} ({r['family']}, {r['units']} units, {r['checkpoints']} checkpoints)" for r in res["runs"])
+    sh = res["shipped"]
+    path.write_text(f"""# smartfrz_predictor.safetensors
+
+The attention-based freeze predictor that `SmartFRZ(..., policy="smartfrz")` loads by default
+(architecture: `smartfrz/predictor.py`; {sh['num_params']} parameters; safetensors, no pickle).
+
+- Labels: linear CKA of each unit's output on a fixed probe batch against the end of the same run;
+  freezable when CKA >= tau = {res['tau']} from then on, and every earlier unit too.
+- Window: {window} snapshots of {sample_size} sampled weights (any window length works at inference).
+- Decision threshold (stored in the file): {sh['threshold']:.2f} on Platt-calibrated P(freeze)
+  (scale, bias = {sh['calibration'][0]:.3f}, {sh['calibration'][1]:.3f}), chosen for precision >= {SELECT_PRECISION}
+  on out-of-fold predictions.
+- Training data ({len(res['runs'])} runs):
+{runs}
+
+Held-out metrics (leave-one-family-out, eligible samples; full report: `reports/predictor/report.md`):
+
+| held out | trained on | threshold | precision | recall | F1 | ECE |
+|---|---|---|---|---|---|---|
+{held}
+
+Regenerate (runs recorded on a GPU for the CNN/ViT presets, CPU for MiniLM):
+
+```bash
+python -m smartfrz.freeze_dataset --preset gpu --data-dir DATA --out artifacts/freeze_runs
+python -m smartfrz.freeze_dataset --preset cpu --data-dir DATA --out artifacts/freeze_runs
+python -m smartfrz.predictor_training --runs artifacts/freeze_runs \\
+    --out smartfrz/weights/smartfrz_predictor.safetensors --report reports/predictor
+```
+""")
 
 
 def write_report(res: dict, runs: list[dict], folder: Path, d: dict) -> None:
@@ -209,6 +250,11 @@ def write_report(res: dict, runs: list[dict], folder: Path, d: dict) -> None:
     for v in slim["held_out"].values():
         v.pop("simulation", None)
     (folder / "metrics.json").write_text(json.dumps(slim, indent=2))
+    manifest = {"tau": res["tau"], "runs": [{**r, "spec": run["meta"]["spec"], "steps_per_epoch": run["meta"]["steps_per_epoch"],
+                                             "record_every": run["meta"]["record_every"], "units_names": run["meta"]["units"]}
+                                            for r, run in zip(res["runs"], runs)],
+                "samples": int(len(d["y_eval"])), "label_balance": res["label_balance"]}
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
     # CKA curves that justify tau
     rows = [{"run": r["meta"]["name"], "progress": float(s) / r["meta"]["total_steps"], "unit": u, "cka": float(c)}
             for r in runs for t, s in enumerate(r["steps"]) for u, c in enumerate(r["cka"][t])]

@@ -81,3 +81,32 @@ def test_missing_corrupt_and_wrong_shape_files(tmp_path):
     truncated.write_bytes(truncated.read_bytes()[:-100])
     with pytest.raises(ValueError, match="not a readable safetensors file"):
         FreezePredictor.load(truncated)
+
+
+def test_scoring_costs_under_one_percent_of_a_training_step():
+    """Scoring every unit of a benchmark model (CIFAR ResNet-20, batch 128) vs one training step."""
+    from smartfrz import find_units
+    from smartfrz.models import build_model
+    torch.manual_seed(0)
+    m = build_model("resnet20")
+    x, y = torch.randn(128, 3, 32, 32), torch.randint(0, 10, (128,))
+    opt = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
+    units = find_units(m, x[:2])
+
+    def step():
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(m(x), y).backward()
+        opt.step()
+
+    pred = FreezePredictor().eval()
+    w = torch.randn(len(units), 30, 1024)
+    step(), pred.predict_proba(w)
+    t_step = min(_timed_fn(step) for _ in range(2))
+    t_score = min(_timed_fn(lambda: pred.predict_proba(w)) for _ in range(5))
+    assert t_score <= 0.01 * t_step, f"scoring {t_score * 1e3:.1f} ms vs step {t_step * 1e3:.1f} ms"
+
+
+def _timed_fn(fn):
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
