@@ -152,7 +152,7 @@ def main(argv=None):
     out = Path(a.out)
     if out.suffix != ".json":
         raise SystemExit(f"--out must end in .json (got {out}); the Markdown table is written beside it")
-    bench = run_suite(a.suite, a.data_dir, a.device, a.policies, a.seeds, a.tasks, out_dir=out.parent / "runs")
+    bench = run_suite(a.suite, a.data_dir, a.device, a.policies, a.seeds, a.tasks, out_dir=str(out.parent / "runs"))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(bench, indent=1, default=float))

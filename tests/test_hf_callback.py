@@ -14,7 +14,7 @@ def test_trainer_callback_freezes_and_skips_updates(tmp_path, tiny_predictor):
     data = [dict(tok(a, b), labels=i % 2) for i, (a, b) in enumerate(texts)]
     args = TrainingArguments(output_dir=str(tmp_path), num_train_epochs=3, per_device_train_batch_size=8,
                              report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0)
-    cb = SmartFRZCallback(policy="smartfrz", predictor_path=str(tiny_predictor), threshold=0.01, window=2,
+    cb = SmartFRZCallback(policy="smartfrz", predictor_path=str(tiny_predictor), threshold=0.01, patience=1, window=2,
                           sample_size=64, record_every=1)
     emb = model.bert.embeddings.word_embeddings.weight
     trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=DataCollatorWithPadding(tok),

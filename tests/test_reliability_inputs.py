@@ -105,7 +105,7 @@ def test_predictor_for_other_features_is_refused_at_load(tmp_path):
 
 
 def test_nan_loss_stops_fit_keeps_last_checkpoint_and_freezes_nothing(tmp_path, tiny_predictor):
-    opts = dict(predictor_path=tiny_predictor, threshold=0.01, window=3, sample_size=32, record_every=1,
+    opts = dict(predictor_path=tiny_predictor, threshold=0.01, patience=1, window=3, sample_size=32, record_every=1,
                 decide_every=11)
     m, opt, frz = setup(**opts)  # control: with finite weights this threshold freezes at step 11
     fit(m, opt, batches(13), 1, frz=frz, progress=False)

@@ -35,8 +35,8 @@ def main():
                           nn.Linear(8, 4))
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     if policy == "smartfrz":
-        opts = dict(policy="smartfrz", predictor_path=predictor, threshold=0.5 if rank == 0 else 0.999, window=3,
-                    sample_size=64, record_every=1)
+        opts = dict(policy="smartfrz", predictor_path=predictor, threshold=0.1 if rank == 0 else 0.999, window=3,
+                    sample_size=64, record_every=1, patience=1)
     else:  # linear: units freeze one after another from step 8 on
         opts = dict(policy="linear" if rank == 0 else "none", total_steps=32, freeze_start=0.25)
     frz = SmartFRZ(model, opt, example_input=x[:2], decide_every=4, **opts)

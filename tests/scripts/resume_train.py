@@ -29,7 +29,7 @@ def main():
     ap.add_argument("--step-delay", type=float, default=0.0)
     ap.add_argument("--hang-at", type=int, default=None, help="stall here, so a SIGKILL is sure to find it alive")
     ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--threshold", type=float, default=0.45)
+    ap.add_argument("--threshold", type=float, default=0.1)
     a = ap.parse_args()
     torch.set_num_threads(1)  # bitwise reproducibility across processes
     torch.manual_seed(0)
