@@ -84,17 +84,7 @@ def test_truncated_checkpoint_in_fit_leaves_model_untouched(tmp_path):
         fit(m2, torch.optim.SGD(m2.parameters(), lr=0.1), batches(), 2, progress=False, resume_from=tmp_path / "x")
 
 
-def test_wrong_shape_predictor_file(tmp_path):
-    from safetensors.torch import save_file
-    from smartfrz.predictor import FreezePredictor
-    p = FreezePredictor(d_model=16, heads=2, layers=1, hidden=32)
-    t = {k: v.contiguous() for k, v in p.state_dict().items()}
-    t["embed.weight"] = torch.zeros(16, 5)
-    save_file(t, str(tmp_path / "w.safetensors"), metadata={
-        "hparams": '{"d_model": 16, "heads": 2, "layers": 1, "hidden": 32, "num_features": 8}',
-        "feature_version": "1", "threshold": "0.5"})
-    with pytest.raises(ValueError, match=r"'embed.weight' has shape \(16, 5\), expected \(16, 8\)"):
-        setup(predictor_path=tmp_path / "w.safetensors")
+# a wrong-shaped predictor file: tests/test_bad_inputs.py::test_wrong_shape_predictor_file
 
 
 def test_predictor_for_other_features_is_refused_at_load(tmp_path):
