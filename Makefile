@@ -3,6 +3,7 @@ PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+KERNEL := $(VENV)/share/jupyter/kernels/smartfrz/kernel.json
 
 .PHONY: demo test lab clean-venv
 
@@ -13,11 +14,20 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
-demo: $(STAMP)
-	$(BIN)/python -m smartfrz.demo
+# The notebooks' kernel (papermill, nbval and JupyterLab find it by name), registered once per venv.
+$(KERNEL): $(STAMP)
+	$(BIN)/python -m ipykernel install --sys-prefix --name smartfrz --display-name "Python (smartfrz)"
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -q
+demo: $(KERNEL)
+	mkdir -p reports/executed
+	$(BIN)/python -m papermill notebooks/01_quickstart.ipynb reports/executed/01_quickstart.ipynb -k smartfrz --log-output --no-progress-bar
+	@echo "executed notebook: reports/executed/01_quickstart.ipynb"
+
+test: $(KERNEL)
+	$(BIN)/python -m pytest -q tests notebooks --nbval-lax
+
+lab: $(KERNEL)
+	$(BIN)/jupyter lab notebooks/
 
 clean-venv:
 	rm -rf $(VENV)

@@ -130,7 +130,7 @@ from smartfrz import predictor_training
 
 res = predictor_training.run(runs_dir, out=s.predictor_out, report=s.report_dir, epochs=s.epochs, progress=s.progress)
 print(f"predictor: {s.predictor_out}; report: {s.report_dir}/report.md")
-pd.DataFrame(res["runs"])
+pd.json_normalize(res["runs"])
 """, """md:
 Held-out evaluation (leave one model family out; empty when the recorded runs hold one family, as in `smoke`),
 and the shipped predictor's threshold and calibration:

@@ -112,7 +112,7 @@ def run_glue(task: str = "mrpc", model_name: str = "minilm", policy: str = "smar
     ref = costs.batch["input_ids"].numel()
     scales = [t / ref for t in trainer.tokens] if len(trainer.tokens) == steps else None
     train_flops = integrate_train_flops(engine.timeline, steps, costs.prefix, scales)
-    full_flops = float(costs.prefix[0] * (sum(scales) if scales else steps))
+    full_flops = float(sum(costs.prefix[0] * s for s in scales) if scales else costs.prefix[0] * steps)
     result = ExperimentResult(
         config=config, run=run_name, device=device_name(device), metric_name=info["main"],
         metric=float(evals[-1]["metric"]) if evals else float("nan"), final=evals[-1] if evals else {},

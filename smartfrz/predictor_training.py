@@ -240,11 +240,11 @@ Held-out metrics (leave-one-family-out, eligible samples; full report: `reports/
 |---|---|---|---|---|---|---|
 {held}
 
-Regenerate (runs recorded on a GPU for the CNN/ViT presets, CPU for MiniLM):
+Regenerate (all 15 runs were recorded on one H200; `--preset cpu` records fewer MiniLM runs on a CPU):
 
 ```bash
 python -m smartfrz.freeze_dataset --preset gpu --data-dir DATA --out artifacts/freeze_runs
-python -m smartfrz.freeze_dataset --preset cpu --data-dir DATA --out artifacts/freeze_runs
+python -m smartfrz.freeze_dataset --preset gpu_text --data-dir DATA --out artifacts/freeze_runs
 python -m smartfrz.predictor_training --runs artifacts/freeze_runs \\
     --out smartfrz/weights/smartfrz_predictor.safetensors --report reports/predictor
 ```

@@ -1,7 +1,7 @@
 """The notebooks' settings: per notebook, a ``smoke`` preset (CPU, offline, a minute or two: it checks
 the plumbing, its numbers mean nothing) and a ``paper`` preset (the paper-scale GPU runs).
 
-    s = resolve("10_cnn_cifar", "paper", epochs=None, models=["vgg11_bn"])  # None keeps the preset's value
+    s = resolve("10_cnn_cifar", "paper", scratch_epochs=None, models=["vgg11_bn"])  # None: the preset's value
     setup(s)  # project root as working directory, torch threads
 
 The paper presets are this repository's paper-scale settings (full datasets, full epoch budgets,
@@ -11,7 +11,9 @@ tiny stand-in in the same on-disk format, written to a temp folder and labelled 
 """
 from __future__ import annotations
 
+import copy
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -126,7 +128,7 @@ def resolve(notebook: str, preset: str = "smoke", **overrides) -> Settings:
         raise ValueError(f"unknown notebook {notebook!r}; allowed: {', '.join(PRESETS)}")
     if preset not in PRESETS[notebook]:
         raise ValueError(f"unknown preset {preset!r} for {notebook}; allowed: {', '.join(PRESETS[notebook])}")
-    s = Settings(PRESETS[notebook][preset], preset=preset)
+    s = Settings(copy.deepcopy(PRESETS[notebook][preset]), preset=preset)
     unknown = sorted(set(overrides) - set(s))
     if unknown:
         raise TypeError(f"unknown setting(s) {unknown} for {notebook}; allowed: {sorted(s)}")
@@ -139,8 +141,9 @@ def resolve(notebook: str, preset: str = "smoke", **overrides) -> Settings:
 
 
 def project_root() -> Path:
-    """The checkout holding the notebooks (found upwards from the working directory)."""
-    for d in (Path.cwd(), *Path.cwd().parents):
+    """The checkout: upwards from the working directory, else the one this package lives in (an
+    editable install), else the working directory."""
+    for d in (Path.cwd(), *Path.cwd().parents, Path(__file__).resolve().parent.parent):
         if (d / "pyproject.toml").is_file() and (d / "smartfrz").is_dir():
             return d
     return Path.cwd()
@@ -161,15 +164,21 @@ def setup(s: dict) -> Path:
 
 def smoke_data_dir(kind: str) -> Path:
     """``../shared/data`` when it holds ``kind`` (cifar | glue | imagefolder), else a tiny stand-in
-    written to a new temp folder in the loaders' on-disk format."""
+    written once to a temp folder in the loaders' on-disk format."""
     from .data import shared_data_dir
     shared = shared_data_dir()
     need = {"cifar": "cifar10/train.npz", "glue": "glue/MRPC/train.tsv", "imagefolder": "imagenette2-160/train"}[kind]
     if shared is not None and (shared / need).exists():
         print(f"smoke data: a small subset of the real data in {shared}")
         return shared / "imagenette2-160" if kind == "imagefolder" else shared
-    root = Path(tempfile.mkdtemp(prefix=f"smartfrz-smoke-{kind}-"))
-    {"cifar": _write_cifar, "glue": _write_glue, "imagefolder": _write_imagefolder}[kind](root)
+    root = Path(tempfile.gettempdir()) / f"smartfrz-smoke-{kind}"
+    if not root.is_dir():  # written once per machine: into a fresh folder, then renamed into place
+        tmp = Path(tempfile.mkdtemp(prefix=f"{root.name}-", dir=root.parent))
+        {"cifar": _write_cifar, "glue": _write_glue, "imagefolder": _write_imagefolder}[kind](tmp)
+        try:
+            tmp.rename(root)
+        except OSError:  # another process put it there first
+            shutil.rmtree(tmp)
     what = {"cifar": "sklearn digits upsampled to 32x32x3, in CIFAR's npz format",
             "glue": "a few hand-written sentence pairs, in GLUE's TSV format",
             "imagefolder": "random crops of sklearn's two sample photos, as an ImageFolder"}[kind]
@@ -185,8 +194,8 @@ def _write_cifar(root: Path) -> None:
     idx = np.random.default_rng(0).permutation(len(x))
     for name in ("cifar10", "cifar100"):
         (root / name).mkdir(parents=True)
-        np.savez(root / name / "train.npz", x=x[idx[:1500]], y=d.target[idx[:1500]].astype(np.int64))
-        np.savez(root / name / "test.npz", x=x[idx[1500:]], y=d.target[idx[1500:]].astype(np.int64))
+        np.savez_compressed(root / name / "train.npz", x=x[idx[:1500]], y=d.target[idx[:1500]].astype(np.int64))
+        np.savez_compressed(root / name / "test.npz", x=x[idx[1500:]], y=d.target[idx[1500:]].astype(np.int64))
 
 
 def _write_imagefolder(root: Path, train_per_class: int = 12, val_per_class: int = 6) -> None:

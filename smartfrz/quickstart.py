@@ -98,7 +98,9 @@ def main(argv=None) -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--out", default="reports/quickstart")
     a = ap.parse_args(argv)
-    print(quickstart(a.out, a.epochs, a.seeds).to_string(index=False))
+    summary = quickstart(a.out, a.epochs, a.seeds)
+    print(summary[["policy", "metric", "metric_delta", "flops_saved", "wall_s", "time_saved", "frozen_units"]]
+          .to_string(index=False))
 
 
 if __name__ == "__main__":
