@@ -16,8 +16,12 @@ SCRIPTS = REPO / "tests" / "scripts"
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed")
 
 
-def torchrun(script: str, *args, timeout=150) -> None:
-    """2 ranks; the whole process group is killed on timeout, so a hung collective fails the test, never hangs it."""
+def torchrun(script: str, *args, timeout=150, retries=1) -> None:
+    """2 ranks; the whole process group is killed on timeout, so a hung collective fails the test, never hangs it.
+
+    One rerun is allowed for gloo's rare C++ teardown abort ("terminate called without an active
+    exception", seen once in a CI-like run, never reproduced); the rerun must pass every check.
+    """
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(SCRIPTS / script),
            *map(str, args)]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TRANSFORMERS_VERBOSITY": "error"}
@@ -29,6 +33,8 @@ def torchrun(script: str, *args, timeout=150) -> None:
         os.killpg(p.pid, signal.SIGKILL)
         log, _ = p.communicate()
         pytest.fail(f"torchrun {script} hung for {timeout}s:\n{log[-3000:]}")
+    if p.returncode != 0 and retries and "terminate called without an active exception" in log:
+        return torchrun(script, *args, timeout=timeout, retries=retries - 1)
     assert p.returncode == 0, log[-3000:]
 
 

@@ -3,6 +3,7 @@
 torchrun --nproc_per_node=2 ddp_train.py OUT_DIR PREDICTOR {smartfrz,linear}
 Rank 1 is configured so that on its own it would never freeze: only rank 0's broadcast decision can make it.
 """
+import gc
 import json
 import sys
 from datetime import timedelta
@@ -63,6 +64,9 @@ def main():
     (out / f"rank{rank}.json").write_text(json.dumps({
         "frozen": frz.frozen_units, "freeze_steps": [e["step"] for e in frz.timeline], "rebuilds": ddp.rebuilds,
         "sent_per_step": per_step, "trainable": trainable, "total": sum(p.numel() for p in model.parameters())}))
+    dist.barrier()
+    del ddp  # release the last reducer before the process group goes
+    gc.collect()
     dist.destroy_process_group()
 
 
