@@ -71,8 +71,8 @@ def model_inputs(feats: torch.Tensor) -> torch.Tensor:
     the net displacement and with the previous step, agreement share, age, path efficiency, step
     relative to the mean step along the net displacement; added: the step size relative to the
     window's mean log step, and the distance to the newest snapshot relative to the net
-    displacement. Dropping the three absolute features raised held-out AUC on CNNs from 0.76 to 0.84
-    in our leave-one-family-out comparison (see reports/predictor/).
+    displacement. In an exploratory leave-one-family-out comparison, dropping the three absolute
+    features improved transfer to held-out CNNs.
     """
     rel_step = feats[..., 1:2] - feats[..., 1:2].mean(1, keepdim=True)
     rel_dist = feats[..., 0:1] - feats[..., 7:8]
