@@ -68,21 +68,19 @@ def call_model(model: nn.Module, example_input: Any):
     return model(example_input)
 
 
-def _trace(model: nn.Module, example_input: Any, track_modules: Sequence[nn.Module] = ()):
-    """Execution order of all modules, plus forward FLOPs spent inside each tracked module."""
+def _trace(model: nn.Module, example_input: Any):
+    """One forward pass: execution order of all modules and forward FLOPs spent inside each."""
     order: dict[nn.Module, int] = {}
-    flops: dict[nn.Module, int] = {m: 0 for m in track_modules}
+    flops: dict[nn.Module, int] = {}
     counter = FlopCounterMode(display=False)
     start: dict[nn.Module, list[int]] = {}
 
     def pre(m, *_):
         order.setdefault(m, len(order))
-        if m in flops:
-            start.setdefault(m, []).append(counter.get_total_flops())
+        start.setdefault(m, []).append(counter.get_total_flops())
 
     def post(m, *_):
-        if m in flops:
-            flops[m] += counter.get_total_flops() - start[m].pop()
+        flops[m] = flops.get(m, 0) + counter.get_total_flops() - start[m].pop()
 
     handles = [m.register_forward_pre_hook(pre) for m in model.modules()]
     handles += [m.register_forward_hook(post) for m in model.modules()]
@@ -167,7 +165,7 @@ def find_units(model: nn.Module, example_input: Any, names: Sequence[str] | None
     if not _has_params(model):
         raise ValueError(f"{type(model).__name__} has no parameters: there is nothing to train or freeze.")
     named = dict(model.named_modules())
-    order, _, _ = _trace(model, example_input)
+    order, flops, total = _trace(model, example_input)
     if names is not None:
         groups = [str(n).split("+") for n in names]
         unknown = [n for g in groups for n in g if n not in named or n == ""]
@@ -193,7 +191,6 @@ def find_units(model: nn.Module, example_input: Any, names: Sequence[str] | None
                 if id(p) not in owned:
                     units[0].extra_params.append((f"{mname}.{pname}" if mname else pname, p))
                     owned.add(id(p))
-    _, flops, total = _trace(model, example_input, [m for u in units for _, m in u.members])
     for u in units:
         u.forward_flops = sum(flops[m] for _, m in u.members)
         u.flop_share = u.forward_flops / total if total else 0.0
