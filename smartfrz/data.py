@@ -10,6 +10,7 @@ instead of ever falling back to random data. Fetch CLI:
 """
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
@@ -408,6 +409,21 @@ def select_classes(ds: ImageArrayDataset, classes) -> ImageArrayDataset:
                             augment=ds.augment, classes=[ds.classes[c] for c in classes] if ds.classes else None)
     out.num_classes = len(classes)
     return out
+
+
+def subset_loader(loader, k: int, seed: int = 0):
+    """The same loader over a fixed random ``k`` of its examples (order kept), or None when it holds
+    no more than ``k``: cheap per-epoch evaluation that sees the same examples every time."""
+    n = len(loader.y) if isinstance(loader, ArrayLoader) else len(loader.dataset)
+    if k >= n:
+        return None
+    idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:k].sort().values
+    if isinstance(loader, ArrayLoader):
+        sub = copy.copy(loader)
+        sub.x, sub.y = loader.x[idx.to(loader.x.device)], loader.y[idx.to(loader.y.device)]
+        return sub
+    return make_loader(torch.utils.data.Subset(loader.dataset, idx.tolist()), loader.batch_size,
+                       collate_fn=loader.collate_fn)
 
 
 class ArrayLoader:

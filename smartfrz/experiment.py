@@ -36,7 +36,8 @@ class ExperimentConfig:
     weight_decay: float | None = None
     seed: int = 0
     subset: int | None = None  # training examples (class-balanced for CIFAR)
-    eval_subset: int | None = None
+    eval_subset: int | None = None  # test examples used at all (smoke runs); None: the whole test set
+    epoch_eval_subset: int | None = None  # per-epoch evaluations use this fixed subset; the final one all
     data_dir: str | None = None  # None: $SMARTFRZ_DATA_DIR or ./data
     device: str = "auto"
     pretrained: bool | None = None  # None: text models pretrained, vision from scratch
@@ -65,6 +66,10 @@ class ExperimentConfig:
             raise ValueError(f"epochs must be a positive integer; got {self.epochs!r}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer; got {self.batch_size!r}")
+        for name in ("subset", "eval_subset", "epoch_eval_subset"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"{name} must be a positive integer or None; got {v!r}")
         if self.task not in VISION_TASKS:
             from .data import glue_task
             try:
@@ -274,8 +279,14 @@ def run(cfg: ExperimentConfig | dict) -> ExperimentResult:
         from .wandb_logging import WandbLogger
         logger = WandbLogger(project=cfg.wandb_project, group=cfg.name, name=cfg.run_name, method=cfg.policy,
                              config=asdict(cfg))
+    final_loader = None
+    if cfg.epoch_eval_subset is not None:
+        from .data import subset_loader
+        if (sub := subset_loader(eval_loader, cfg.epoch_eval_subset)) is not None:
+            eval_loader, final_loader = sub, eval_loader
     with PeakMemory(device) as mem, EnergyMeter(device) as energy:
         res = fit(model, opt, loader, cfg.epochs, device=device, scheduler=sched, frz=frz, eval_loader=eval_loader,
+                  final_eval_loader=final_loader,
                   metric_fn=metric_fn, eval_every_epochs=cfg.eval_every_epochs, on_step=on_step,
                   progress=cfg.progress, desc=cfg.run_name)
     train_flops = integrate_train_flops(frz.timeline, res.steps, prefix_flops, scales)

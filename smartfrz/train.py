@@ -116,13 +116,16 @@ def _check_finite(running: torch.Tensor, model: nn.Module, step: int) -> None:
 
 
 def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: Iterable, epochs: int, *,
-        device="cpu", scheduler=None, frz=None, eval_loader=None,
+        device="cpu", scheduler=None, frz=None, eval_loader=None, final_eval_loader=None,
         metric_fn: Callable[[torch.Tensor, torch.Tensor], dict] = accuracy_metric,
         eval_every_epochs: int = 1, on_step: Callable[[int], None] | None = None, log_every: int = 50,
         on_eval: Callable[[dict], None] | None = None, progress: bool = True, desc: str = "train",
         grad_clip: float | None = None, start_step: int = 0, checkpoint_path=None,
         checkpoint_every: int | None = None, resume_from=None) -> FitResult:
     """Trains ``epochs`` epochs; ``frz.step()`` follows each ``optimizer.step()``; evaluates per epoch.
+
+    ``final_eval_loader``: evaluates the last epoch instead of ``eval_loader``, so per-epoch checks can
+    run on a cheap fixed subset while the reported metric uses the whole test set.
 
     ``checkpoint_path``/``checkpoint_every``: an atomic exact-resume checkpoint every that many steps
     (written by rank 0 under DDP). ``resume_from``: a checkpoint to continue from, bitwise as if never
@@ -221,8 +224,11 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: Iterab
         if eval_loader is not None and ((epoch + 1) % eval_every_epochs == 0 or epoch + 1 == epochs):
             synchronize(device)
             t_eval = time.perf_counter()
-            metrics = metric_fn(*predict(model, eval_loader, device))
+            last = epoch + 1 == epochs and final_eval_loader is not None
+            metrics = metric_fn(*predict(model, final_eval_loader if last else eval_loader, device))
             row = {"step": step, "epoch": epoch + 1, "eval": True, "time_s": t_eval - t0, **metrics}
+            if last:
+                row["full_eval"] = True
             res.history.append(row)
             if on_eval is not None:
                 on_eval(row)
