@@ -157,7 +157,7 @@ class AutoFreezePolicy(Policy):
 
 class OraclePolicy(Policy):
     """Hindsight CKA: each unit freezes at the step its representation converged in a reference
-    run (``smartfrz.labels``). The best any predictor could do on that run."""
+    run (``smartfrz.predictor_training.labels``). The best any predictor could do on that run."""
 
     name = "oracle"
 
@@ -166,7 +166,7 @@ class OraclePolicy(Policy):
         steps = engine.config.oracle_freeze_steps
         if not steps:
             raise ValueError("policy 'oracle' needs oracle_freeze_steps ({unit name: step}) from a reference run; "
-                             "see smartfrz.labels.freeze_steps")
+                             "see smartfrz.predictor_training.labels.freeze_steps")
         self.steps = [steps.get(u.name) for u in engine.units]
 
     def decide(self, engine):

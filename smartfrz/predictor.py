@@ -20,11 +20,9 @@ With the defaults (d_model=64, 4 heads, 2 layers) it has about 80k parameters.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 NUM_FEATURES = 9  # what window_features computes (and what recorded datasets store)
@@ -159,35 +157,3 @@ class FreezePredictor(nn.Module):
     @property
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
-
-
-def train_predictor(feats: torch.Tensor, labels: torch.Tensor, epochs: int = 30, lr: float = 2e-3,
-                    batch_size: int = 256, seed: int = 0, pos_weight: float | None = None,
-                    model: FreezePredictor | None = None, progress: bool = False, **hparams) -> FreezePredictor:
-    """Fits the predictor on precomputed features; balanced by ``pos_weight`` (default neg/pos)."""
-    torch.manual_seed(seed)
-    model = model or FreezePredictor(**hparams)
-    model.train()
-    y = labels.float()
-    if pos_weight is None:
-        pos = y.sum().clamp_min(1.0)
-        pos_weight = float((len(y) - pos) / pos)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    g = torch.Generator().manual_seed(seed)
-    steps = epochs * math.ceil(len(y) / batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1))
-    it = range(epochs)
-    if progress:
-        from tqdm.auto import tqdm
-        it = tqdm(it, desc="train predictor")
-    pw = torch.tensor(pos_weight)
-    for _ in it:
-        perm = torch.randperm(len(y), generator=g)
-        for i in range(0, len(y), batch_size):
-            b = perm[i:i + batch_size]
-            loss = F.binary_cross_entropy_with_logits(model(feats[b]), y[b], pos_weight=pw)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-    return model.eval()

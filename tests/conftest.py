@@ -55,7 +55,8 @@ def synthetic_windows(n, window=12, size=256, seed=0):
 @pytest.fixture(scope="session")
 def tiny_predictor(tmp_path_factory):
     """Until shipped weights exist for a test's purpose: a small predictor trained here on toy windows."""
-    from smartfrz.predictor import train_predictor, window_features
+    from smartfrz.predictor import window_features
+    from smartfrz.predictor_training.training import train_predictor
     w, y = synthetic_windows(512, seed=1)
     pred = train_predictor(window_features(w), y, epochs=8, d_model=32, heads=2, layers=1, hidden=64, seed=0)
     path = tmp_path_factory.mktemp("pred") / "tiny.safetensors"

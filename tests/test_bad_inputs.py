@@ -91,27 +91,27 @@ def test_state_for_another_model(model):
 
 
 @pytest.mark.parametrize("kw,match", [
-    (dict(model="resnet9000"), "unknown model 'resnet9000'; allowed:"),
+    (dict(model="resnet9000"), "unknown model 'resnet9000'; choose from: .*torchvision:<name>, timm:<name>, hf:<repo id>"),
     (dict(task="imagenet-22k"), "unknown task 'imagenet-22k'; allowed:"),
     (dict(policy="freeze-all"), "unknown policy 'freeze-all'; allowed:"),
     (dict(epochs=0), "epochs must be a positive integer; got 0"),
     (dict(epochs=-3), "epochs must be a positive integer; got -3"),
 ])
 def test_unknown_experiment_settings(kw, match):
-    from smartfrz.experiment import ExperimentConfig
+    from smartfrz.lab.experiment import ExperimentConfig
     with pytest.raises(ValueError, match=match):
         ExperimentConfig(**kw)
 
 
 def test_unknown_preset_and_dataset_missing_offline(tmp_path):
-    from smartfrz import presets
-    from smartfrz.experiment import ExperimentConfig, run
+    from smartfrz.lab import presets
+    from smartfrz.lab.experiment import ExperimentConfig, run
     with pytest.raises(ValueError, match="unknown preset 'huge' for 10_cnn_cifar; allowed: smoke, paper"):
         presets.resolve("10_cnn_cifar", "huge")
     earlier = tmp_path / "runs" / "earlier.json"
     earlier.parent.mkdir()
     earlier.write_text("{}")
-    from smartfrz.data import DatasetMissingError
+    from smartfrz.lab.data import DatasetMissingError
     with pytest.raises(DatasetMissingError, match=str(tmp_path / "empty")) as e:
         run(ExperimentConfig(task="cifar10", model="resnet20", data_dir=str(tmp_path / "empty"),
                              out_dir=str(tmp_path / "runs"), progress=False))

@@ -1,11 +1,15 @@
 import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
-import torch
 
-from smartfrz.bench import POLICY_ORDER, main as bench_main, summarize
-from smartfrz.costs import frozen_count_per_step, integrate_train_flops
-from smartfrz.experiment import ExperimentConfig, run
+from smartfrz.lab.bench import POLICY_ORDER, main as bench_main, summarize
+from smartfrz.lab.costs import frozen_count_per_step, integrate_train_flops
+from smartfrz.lab.experiment import ExperimentConfig, run
 
 
 def test_experiment_accounts_costs(tmp_path):
@@ -46,8 +50,70 @@ def test_smoke_suite(tmp_path):
 
 
 def test_bad_suite_and_policy():
-    from smartfrz.bench import run_suite
+    from smartfrz.lab.bench import run_suite
     with pytest.raises(ValueError, match="unknown suite 'huge'"):
         run_suite("huge")
     with pytest.raises(ValueError, match=r"unknown policies \['magic'\]"):
         run_suite("smoke", policies=["magic"])
+
+
+# what must match between a resumed parallel suite and one uninterrupted serial run (not wall-clock)
+_SAME = ("task", "policy", "seed", "metric", "final", "train_flops", "full_train_flops", "flops_saved", "timeline",
+         "frozen_units", "steps", "flops_check")
+
+
+def test_killed_suite_resumes_in_parallel_and_equals_an_uninterrupted_run(tmp_path):
+    from smartfrz.lab.bench import run_suite
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "killed" / "smoke.json"
+    runs = out.with_suffix(".runs")
+    cmd = [sys.executable, "-m", "smartfrz.lab.bench", "--suite", "smoke", "--seeds", "0", "--jobs", "1",
+           "--out", str(out)]
+    proc = subprocess.Popen(cmd, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(repo)})
+    deadline = time.time() + 300
+    while not list(runs.glob("*.json")):
+        assert proc.poll() is None, f"the suite ended before its first run was written: {proc.stderr.read()[-2000:]}"
+        assert time.time() < deadline, "no run was written within 5 minutes"
+        time.sleep(0.02)
+    proc.kill()  # SIGKILL: no cleanup of any kind
+    proc.wait()
+    done_before = len(list(runs.glob("*.json")))
+    assert 1 <= done_before < len(POLICY_ORDER)
+    partial = json.loads(out.read_text())  # the suite's JSON was written after its first run, not only at the end
+    assert partial["complete"] is False and len(partial["runs"]) == done_before
+
+    resumed = run_suite("smoke", seeds=[0], runs_dir=runs, jobs=2, progress=False)
+    assert resumed["read_back"] == done_before and resumed["trained"] == len(POLICY_ORDER) - done_before
+    assert len(list(runs.glob("*.json"))) == len(POLICY_ORDER)
+    again = run_suite("smoke", seeds=[0], runs_dir=runs, jobs=2, progress=False)  # nothing left to train
+    assert again["read_back"] == len(POLICY_ORDER) and again["trained"] == 0
+
+    whole = run_suite("smoke", seeds=[0], runs_dir=tmp_path / "whole", jobs=1, progress=False)
+    def pick(bench):
+        rows = [{**{k: r[k] for k in _SAME}, "final": {k: v for k, v in r["final"].items() if k != "time_s"}}
+                for r in bench["runs"]]
+        return sorted(rows, key=lambda r: r["policy"])
+
+    assert pick(resumed) == pick(whole)
+    assert any(r["frozen_units"] for r in whole["runs"])  # the comparison covers real freeze timelines
+
+
+def test_run_key_follows_every_setting():
+    from smartfrz.lab.bench import run_key
+    from smartfrz.lab.experiment import ExperimentConfig
+    a = ExperimentConfig(policy="linear", epochs=2)
+    assert run_key(a, 1) == run_key(ExperimentConfig(policy="linear", epochs=2, progress=False, out_dir=None), 1)
+    changed = [ExperimentConfig(policy="linear", epochs=3), ExperimentConfig(policy="linear", epochs=2, lr=0.1),
+               ExperimentConfig(policy="linear", epochs=2, frz={"freeze_start": 0.3}),
+               ExperimentConfig(policy="none", epochs=2)]
+    keys = {run_key(c, 1) for c in changed} | {run_key(a, 2)}
+    assert run_key(a, 1) not in keys and len(keys) == len(changed) + 1
+
+
+def test_bad_jobs_and_tasks():
+    from smartfrz.lab.bench import run_suite
+    with pytest.raises(ValueError, match="jobs must be a positive integer"):
+        run_suite("smoke", jobs=0)
+    with pytest.raises(ValueError, match=r"unknown tasks \['mnist'\] in suite 'smoke'; allowed: digits_cnn"):
+        run_suite("smoke", tasks=["mnist"])

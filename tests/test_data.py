@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from smartfrz import data as D
+from smartfrz.lab import data as D
 
 SHARED = D.shared_data_dir()
 needs_shared = pytest.mark.skipif(SHARED is None, reason=f"no shared data at {D.REPO_ROOT.parent / 'shared' / 'data'} "
@@ -16,7 +16,7 @@ needs_shared = pytest.mark.skipif(SHARED is None, reason=f"no shared data at {D.
 
 @pytest.fixture(scope="module")
 def tok():
-    from smartfrz.models import build_tokenizer
+    from smartfrz.lab.models import build_tokenizer
     return build_tokenizer("minilm")
 
 
@@ -164,7 +164,7 @@ def test_glue_missing_names_paths_and_fetch(tmp_path, tok, monkeypatch):
         D.load_glue("cola", tok, tmp_path, "validation")
     msg = str(e.value)
     assert str(tmp_path / "glue" / "CoLA" / "dev.tsv") in msg and "validation.parquet" in msg
-    assert "python -m smartfrz.data fetch glue --task cola" in msg
+    assert "python -m smartfrz.lab.data fetch glue --task cola" in msg
     with pytest.raises(ValueError, match="unknown GLUE task"):
         D.glue_task("squad")
     assert D.GLUE_TASKS["mnli"]["dev"] == "validation_matched" and D.GLUE_TASKS["stsb"]["num_labels"] == 1

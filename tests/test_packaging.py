@@ -29,3 +29,25 @@ def test_shipped_predictor_is_packaged():
     pred = FreezePredictor.load()
     assert pred.num_params <= 2_000_000 and 0 < pred.threshold < 1
     assert (DEFAULT_PATH.parent / "README.md").is_file()  # its card
+
+
+def test_import_smartfrz_is_light():
+    """`import smartfrz` pulls in torch (safetensors when a predictor loads), never the lab or its stack;
+    integrations.hf alone brings transformers, for those who use the Trainer."""
+    import json
+    import subprocess
+    import sys
+    code = ("import json, sys, smartfrz, smartfrz.integrations; "
+            "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} | "
+            "{m for m in sys.modules if m.startswith('smartfrz')})))")
+    loaded = set(json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                           check=True, cwd=REPO).stdout))
+    heavy = {"transformers", "timm", "pandas", "wandb", "sklearn", "matplotlib", "seaborn", "papermill", "datasets",
+             "torchvision", "smartfrz.lab", "smartfrz.predictor_training"}
+    assert "torch" in loaded and not loaded & heavy, sorted(loaded & heavy)
+
+
+def test_core_stays_compact():
+    core = [p for p in (REPO / "smartfrz").rglob("*.py") if not {"lab", "predictor_training"} & set(p.parts)]
+    lines = sum(len(p.read_text().splitlines()) for p in core)
+    assert lines <= 1800, f"the core (smartfrz/ less lab/ and predictor_training/) grew to {lines} lines"

@@ -86,7 +86,7 @@ def test_missing_corrupt_and_wrong_shape_files(tmp_path):
 def test_scoring_costs_under_one_percent_of_a_training_step():
     """Scoring every unit of a benchmark model (CIFAR ResNet-20, batch 128) vs one training step."""
     from smartfrz import find_units
-    from smartfrz.models import build_model
+    from smartfrz.lab.models import build_model
     torch.manual_seed(0)
     m = build_model("resnet20")
     x, y = torch.randn(128, 3, 32, 32), torch.randint(0, 10, (128,))

@@ -5,7 +5,7 @@ from torch import nn
 
 from smartfrz import SmartFRZ
 from smartfrz.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
-from smartfrz.train import NonFiniteLossError, fit
+from smartfrz.lab.train import NonFiniteLossError, fit
 
 
 def small_cnn():

@@ -68,8 +68,8 @@ class Crash(Exception):
 
 def fit_run(tmp_path, loader_kind, crash_at=None, resume=False):
     """2 epochs of a tiny CNN on augmented images; ``crash_at`` dies (in-process) after that step."""
-    from smartfrz.data import ArrayLoader, ImageArrayDataset, make_loader
-    from smartfrz.train import fit
+    from smartfrz.lab.data import ArrayLoader, ImageArrayDataset, make_loader
+    from smartfrz.lab.train import fit
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     ds = ImageArrayDataset(torch.randint(0, 256, (80, 8, 8, 3), generator=g, dtype=torch.uint8),

@@ -12,9 +12,9 @@ from torch.utils.data import DataLoader, TensorDataset
 wandb = pytest.importorskip("wandb")
 
 from smartfrz import SmartFRZ  # noqa: E402
-from smartfrz.train import fit  # noqa: E402
-from smartfrz import wandb_logging as wl  # noqa: E402
-from smartfrz.wandb_logging import TIMELINE_COLUMNS, WandbLogger, smartfrz_callback  # noqa: E402
+from smartfrz.lab.train import fit  # noqa: E402
+from smartfrz.lab import wandb_logging as wl  # noqa: E402
+from smartfrz.lab.wandb_logging import TIMELINE_COLUMNS, WandbLogger, smartfrz_callback  # noqa: E402
 
 
 def read_records(path):
@@ -179,7 +179,7 @@ def test_frozen_spans_handle_unfreeze():
 def test_report_spec_builds_offline(monkeypatch, tmp_path, capsys):
     wr_iface = pytest.importorskip("wandb_workspaces.reports.v2.interface")
     import socket
-    from smartfrz import wandb_report
+    from smartfrz.lab import wandb_report
 
     def no_network(*a, **k):
         raise AssertionError("build_report_spec touched the network")

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from smartfrz import SmartFRZ
 from smartfrz.distributed import DDPFreezer
-from smartfrz.train import fit
+from smartfrz.lab.train import fit
 
 
 def main():

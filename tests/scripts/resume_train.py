@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from smartfrz import SmartFRZ
-from smartfrz.data import load_digits, make_loader
-from smartfrz.train import fit
+from smartfrz.lab.data import load_digits, make_loader
+from smartfrz.lab.train import fit
 
 
 def small_cnn():

@@ -1,6 +1,10 @@
 """Model builders: standard torchvision / timm / Hugging Face classes (so the freezing engine's
 structural discovery applies unchanged), plus two small CPU models (CIFAR ResNet-20, digits CNN).
 
+Names: the shortcuts in ``MODEL_NAMES``, or any model of the ecosystem by source prefix:
+``torchvision:<name>`` (classification models), ``timm:<name>``, ``hf:<repo id or local folder>``
+(sequence classification). Small inputs (<= 64 px) get a CIFAR-style stem.
+
 Pretrained weights are read from the usual caches; when they are missing and cannot be fetched we
 raise ModelWeightsMissingError (cache path + fetch command) rather than train from random weights.
 """
@@ -26,8 +30,45 @@ def _offline() -> bool:
                for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "SMARTFRZ_OFFLINE"))
 
 
+SOURCES = ("torchvision", "timm", "hf")
+
+
 def is_text_model(name: str) -> bool:
-    return name in TEXT_MODELS
+    return name in TEXT_MODELS or name.startswith("hf:")
+
+
+def check_model_name(name: str) -> None:
+    """Raises ValueError naming what is allowed; imports torchvision/timm only for their prefixes."""
+    if name in _BUILDERS:
+        return
+    source, sep, arch = name.partition(":")
+    if not sep:
+        hint = ""
+        if _torchvision_names().count(name):
+            hint = f" (did you mean 'torchvision:{name}'?)"
+        raise ValueError(f"unknown model {name!r}{hint}; choose from: {', '.join(MODEL_NAMES)}, or "
+                         "torchvision:<name>, timm:<name>, hf:<repo id>")
+    if source not in SOURCES or not arch:
+        raise ValueError(f"unknown model source in {name!r}; allowed prefixes: "
+                         f"{', '.join(s + ':' for s in SOURCES)} followed by a model name")
+    if source == "torchvision" and arch not in _torchvision_names():
+        raise ValueError(f"{arch!r} is not a torchvision classification model; e.g. "
+                         f"{', '.join(_close(arch, _torchvision_names()))} (torchvision.models.list_models())")
+    if source == "timm":
+        import timm
+        if not timm.list_models(arch):
+            raise ValueError(f"{arch!r} is not a timm model; e.g. {', '.join(_close(arch, timm.list_models()))} "
+                             "(timm.list_models())")
+
+
+def _close(name, names) -> list[str]:
+    import difflib
+    return difflib.get_close_matches(name, names, n=3, cutoff=0.4) or list(names)[:3]
+
+
+def _torchvision_names() -> list[str]:
+    import torchvision.models as tvm
+    return tvm.list_models(module=tvm)
 
 
 # ----------------------------------------------------------------------------- CIFAR ResNet-20
@@ -107,6 +148,8 @@ def _torchvision(arch, num_classes, pretrained, weights=None, **kw):
     import torchvision.models as tvm
     if not pretrained:
         return tvm.get_model(arch, weights=None, num_classes=num_classes, **kw)
+    if not tvm.get_model_weights(arch).__members__:
+        raise ValueError(f"torchvision {arch} has no pretrained weights; build it with pretrained=False")
     w = tvm.get_model_weights(arch)[weights or "IMAGENET1K_V1"]
     cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(w.url)
     msg = (f"pretrained weights {w} for {arch} are not in the torch hub cache ({cached}). Fetch them with "
@@ -229,11 +272,21 @@ def _bert(name):
     return build
 
 
+def _hf_sequence_classifier(repo):
+    def build(num_classes, pretrained, image_size, **kw):
+        from transformers import AutoConfig, AutoModelForSequenceClassification
+        cfg = _hf_load(AutoConfig.from_pretrained, repo, num_labels=num_classes, **kw)
+        if not pretrained:  # architecture only, random init
+            return AutoModelForSequenceClassification.from_config(cfg)
+        return _hf_load(AutoModelForSequenceClassification.from_pretrained, repo, config=cfg)
+    return build
+
+
 def build_tokenizer(name):
     if not is_text_model(name):
         raise ValueError(f"{name!r} is not a text model; text models: {', '.join(TEXT_MODELS)}")
     from transformers import AutoTokenizer
-    return _hf_load(AutoTokenizer.from_pretrained, name)
+    return _hf_load(AutoTokenizer.from_pretrained, name.removeprefix("hf:"))
 
 
 # ----------------------------------------------------------------------------- registry
@@ -267,8 +320,35 @@ MODEL_NAMES = tuple(_BUILDERS)
 def build_model(name, num_classes=10, pretrained=None, image_size=32, **kw) -> nn.Module:
     """Build a model by name. pretrained=None means the model's natural default: text models load
     their pretrained checkpoint (fine-tuning is the point), vision models start from scratch."""
-    if name not in _BUILDERS:
-        raise ValueError(f"unknown model {name!r}; choose from: {', '.join(MODEL_NAMES)}")
+    check_model_name(name)
     if pretrained is None:
         pretrained = is_text_model(name)
-    return _BUILDERS[name](num_classes, pretrained, image_size, **kw)
+    if name in _BUILDERS:
+        return _BUILDERS[name](num_classes, pretrained, image_size, **kw)
+    source, _, arch = name.partition(":")
+    if source == "hf":
+        return _hf_sequence_classifier(arch)(num_classes, pretrained, image_size, **kw)
+    if source == "timm":
+        model = _timm(arch, num_classes, pretrained, **kw)
+    else:
+        model = _torchvision(arch, num_classes, pretrained, **kw)
+    return small_input_stem(model) if image_size <= 64 else model
+
+
+def small_input_stem(model: nn.Module) -> nn.Module:
+    """CIFAR-style adaptation of an ImageNet network: the first strided convolution keeps the
+    resolution and a max-pool right after it is dropped, so 32 px inputs are not cut 4x up front.
+    Patch-embedding models (one conv as tokenizer) are left alone."""
+    if isinstance(getattr(model, "conv1", None), nn.Conv2d) and hasattr(model, "maxpool"):  # the ResNet family
+        return _cifar_stem(model)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    first = convs[0] if convs else None
+    if first is None or first.kernel_size == first.stride:  # patch embedding
+        return model
+    first.stride = (1, 1)
+    for parent in model.modules():
+        for attr, child in parent.named_children():
+            if isinstance(child, nn.MaxPool2d):
+                setattr(parent, attr, nn.Identity())
+                return model
+    return model

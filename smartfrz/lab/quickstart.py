@@ -1,14 +1,17 @@
 """``make demo``: SmartFRZ against full training on sklearn's digits, offline, on a CPU in a minute or two.
 
-    python -m smartfrz.quickstart [--epochs 15] [--seeds 0 1 2] [--out reports/quickstart]
+    python -m smartfrz.lab.quickstart [--epochs 15] [--seeds 0 1 2] [--out reports/quickstart]
 
 Writes ``summary.md`` (table per method), ``results.json``, ``results.csv``, the run files
-(``runs/``) and three figures: the freeze timeline, the accuracy curves and the compute saved.
+(``runs/``) and three figures: the freeze timeline, the accuracy curves and the compute saved; and
+one W&B run per training run under ``wandb/`` (offline unless logged in; ``WANDB_MODE=disabled``
+turns it off), with the freeze-events table and the timeline chart.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -18,15 +21,17 @@ from .experiment import ExperimentConfig, run
 
 
 def quickstart(out_dir="reports/quickstart", epochs: int = 15, seeds=(0, 1, 2), progress: bool = True,
-               policies=("none", "smartfrz"), frz: dict | None = None, device: str = "cpu") -> pd.DataFrame:
+               policies=("none", "smartfrz"), frz: dict | None = None, device: str = "cpu",
+               wandb: bool = True) -> pd.DataFrame:
     """Trains ``digits_cnn`` on sklearn's digits once per policy and seed; returns the per-method table."""
     out = Path(out_dir)
+    wandb = wandb and os.getenv("WANDB_MODE", "").lower() != "disabled"
     runs = []
     for seed in seeds:
         for policy in policies:
             cfg = ExperimentConfig(name="quickstart", task="digits", model="digits_cnn", policy=policy, epochs=epochs,
                                    seed=seed, frz=dict(frz or {}), device=device, out_dir=str(out / "runs"),
-                                   progress=False)
+                                   progress=False, wandb=wandb, wandb_dir=str(out))
             r = run(cfg).to_dict()
             runs.append(r)
             if progress:
@@ -43,7 +48,21 @@ def quickstart(out_dir="reports/quickstart", epochs: int = 15, seeds=(0, 1, 2), 
     if progress:
         print(f"results: {out / 'summary.md'} (table), {out / 'results.json'}, figures {', '.join(p.name for p in figs.values())}"
               f", run files in {out / 'runs'}")
+        if wandb:
+            print(wandb_pointer(out / "wandb"))
     return summary
+
+
+def wandb_pointer(folder: Path) -> str:
+    """Where the W&B runs are and how to upload them (offline) or see them (online)."""
+    offline = sorted(str(p) for p in folder.glob("offline-run-*"))
+    if offline:
+        return (f"W&B: {len(offline)} offline runs in {folder}/ (freeze-events table, timeline chart); upload with "
+                f"`wandb sync {folder}/offline-run-*` after `wandb login`")
+    online = sorted(folder.glob("run-*"))
+    if online:
+        return f"W&B: {len(online)} runs synced online (project smartfrz, group quickstart); local copies in {folder}/"
+    return f"W&B: no run was written under {folder}/ (W&B unavailable or disabled; see the warnings above)"
 
 
 def _figures(df: pd.DataFrame, runs: list[dict], out: Path) -> dict[str, Path]:
@@ -97,8 +116,9 @@ def main(argv=None) -> None:
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--out", default="reports/quickstart")
+    ap.add_argument("--no-wandb", action="store_true", help="no W&B runs (same as WANDB_MODE=disabled)")
     a = ap.parse_args(argv)
-    summary = quickstart(a.out, a.epochs, a.seeds)
+    summary = quickstart(a.out, a.epochs, a.seeds, wandb=not a.no_wandb)
     print(summary[["policy", "metric", "metric_delta", "flops_saved", "wall_s", "time_saved", "frozen_units"]]
           .to_string(index=False))
 

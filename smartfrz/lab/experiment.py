@@ -11,12 +11,12 @@ import platform
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+
 
 import torch
 
 from .costs import EnergyMeter, PeakMemory, Stopwatch, integrate_train_flops, prefix_step_flops
-from .engine import SmartFRZ
+from ..engine import SmartFRZ
 from .train import batch_loss, example_input, fit, to_device
 
 VISION_TASKS = ("digits", "cifar10", "cifar100", "imagefolder")
@@ -26,7 +26,7 @@ VISION_TASKS = ("digits", "cifar10", "cifar100", "imagefolder")
 class ExperimentConfig:
     name: str = "quickstart"  # the experiment: a W&B group and a folder of comparable runs
     task: str = "digits"  # digits | cifar10 | cifar100 | imagefolder | any GLUE task (mrpc, cola, sst2, stsb, ...)
-    model: str = "digits_cnn"  # see smartfrz.models.MODEL_NAMES
+    model: str = "digits_cnn"  # smartfrz.lab.models.MODEL_NAMES, or torchvision:<name>, timm:<name>, hf:<repo id>
     policy: str = "smartfrz"  # smartfrz | none | linear | autofreeze | oracle
     epochs: int = 30
     batch_size: int = 32
@@ -51,17 +51,17 @@ class ExperimentConfig:
     oracle_freeze_steps: dict | None = None
     wandb: bool = False
     wandb_project: str = "smartfrz"
+    wandb_dir: str | None = None  # where W&B writes its run folder; None: ./wandb
     out_dir: str | None = "reports/runs"
     progress: bool = True
     eval_every_epochs: int = 1
 
     def __post_init__(self):
-        from .config import POLICIES
-        from .models import MODEL_NAMES
+        from ..config import POLICIES
+        from .models import check_model_name
         if self.policy not in POLICIES:
             raise ValueError(f"unknown policy {self.policy!r}; allowed: {', '.join(POLICIES)}")
-        if self.model not in MODEL_NAMES:
-            raise ValueError(f"unknown model {self.model!r}; allowed: {', '.join(MODEL_NAMES)}")
+        check_model_name(self.model)
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
             raise ValueError(f"epochs must be a positive integer; got {self.epochs!r}")
         if self.batch_size < 1:
@@ -246,7 +246,7 @@ def run(cfg: ExperimentConfig | dict) -> ExperimentResult:
     if cfg.policy == "oracle":
         if not cfg.oracle_freeze_steps:
             raise ValueError("policy 'oracle' needs oracle_freeze_steps from a reference run "
-                             "(run the 'none' policy with record_cka=True, then smartfrz.experiment.oracle_steps)")
+                             "(run the 'none' policy with record_cka=True, then smartfrz.lab.experiment.oracle_steps)")
         options["oracle_freeze_steps"] = cfg.oracle_freeze_steps
     frz = SmartFRZ(model, opt, example_input=example_input(first), policy=cfg.policy, **options)
     prefix_flops = prefix_step_flops(model, frz.units, first, batch_loss, frz.max_frozen)
@@ -268,7 +268,7 @@ def run(cfg: ExperimentConfig | dict) -> ExperimentResult:
         if cfg.record_cka and (step % ckpt_every == 0 or step == total):
             with torch.no_grad():
                 t = time.perf_counter()
-                from .labels import probe_grams
+                from ..predictor_training.labels import probe_grams
                 grams.append(probe_grams(model, frz.units, probe, mask).float().cpu())
                 cka_steps.append(step)
                 probe_watch.seconds += time.perf_counter() - t
@@ -278,7 +278,7 @@ def run(cfg: ExperimentConfig | dict) -> ExperimentResult:
     if cfg.wandb:
         from .wandb_logging import WandbLogger
         logger = WandbLogger(project=cfg.wandb_project, group=cfg.name, name=cfg.run_name, method=cfg.policy,
-                             config=asdict(cfg))
+                             config=asdict(cfg), dir=cfg.wandb_dir)
     final_loader = None
     if cfg.epoch_eval_subset is not None:
         from .data import subset_loader
@@ -294,7 +294,7 @@ def run(cfg: ExperimentConfig | dict) -> ExperimentResult:
     check = _check_flops(model, frz, prefix_flops, first)
     cka = None
     if cfg.record_cka and grams:
-        from .labels import cka_curves
+        from ..predictor_training.labels import cka_curves
         curves = cka_curves(torch.stack(grams))
         cka = {"steps": cka_steps, "curves": curves.tolist(), "units": [u.name for u in frz.units]}
     result = ExperimentResult(
@@ -350,7 +350,7 @@ class _Tap:
 
 def oracle_steps(reference: ExperimentResult | dict, tau: float = 0.95) -> dict[str, int]:
     """Hindsight freeze steps from a reference run recorded with ``record_cka=True``."""
-    from .labels import freeze_steps
+    from ..predictor_training.labels import freeze_steps
     cka = reference.cka if isinstance(reference, ExperimentResult) else reference["cka"]
     if not cka:
         raise ValueError("the reference run has no CKA curves: run it with record_cka=True")

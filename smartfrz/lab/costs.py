@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .units import Unit
+from ..units import Unit
 
 
 def count_step_flops(model: nn.Module, batch: Any, loss_fn: Callable) -> int:

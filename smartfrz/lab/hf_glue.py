@@ -2,8 +2,8 @@
 
 ``run_glue(task, model_name, policy, ...)`` trains one run and writes ``<out_dir>/<run>.json`` with
 the keys of ``experiment.ExperimentResult`` (metric, history, freeze timeline, measured training
-FLOPs, wall time without evaluation, peak memory, energy), so ``smartfrz.reports`` reads both alike.
-Any GLUE task works by name; its official metric comes from ``smartfrz.data.glue_metrics``.
+FLOPs, wall time without evaluation, peak memory, energy), so ``smartfrz.lab.reports`` reads both alike.
+Any GLUE task works by name; its official metric comes from ``smartfrz.lab.data.glue_metrics``.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def run_glue(task: str = "mrpc", model_name: str = "minilm", policy: str = "smar
     """Fine-tunes ``model_name`` on GLUE ``task`` with the freezing ``policy``; returns the run dict."""
     from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
-    from .integrations.hf import SmartFRZCallback
+    from ..integrations.hf import SmartFRZCallback
     from .models import build_model, build_tokenizer
 
     info = D.glue_task(task)

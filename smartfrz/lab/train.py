@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
-from .distributed import is_main_process
+from ..checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
+from ..distributed import is_main_process
 
 
 class NonFiniteLossError(FloatingPointError):

@@ -1,8 +1,8 @@
 """Batch reproduction: runs the experiment matrix (notebook x parameter set) through papermill.
 
-    python -m smartfrz.reproduce --preset paper --gpu 0          # every paper experiment, on GPU 0
-    python -m smartfrz.reproduce --preset smoke                  # the whole matrix, small, on a CPU
-    python -m smartfrz.reproduce --preset paper --only 10_cnn    # the cells whose name contains 10_cnn
+    python -m smartfrz.lab.reproduce --preset paper --gpu 0          # every paper experiment, on GPU 0
+    python -m smartfrz.lab.reproduce --preset smoke                  # the whole matrix, small, on a CPU
+    python -m smartfrz.lab.reproduce --preset paper --only 10_cnn    # the cells whose name contains 10_cnn
 
 Executed notebooks go to ``--out`` (``reports/executed/<notebook>-<cell>.ipynb``) with a ``.done.json``
 marker once they finish without error; runs with a marker are skipped, so running the command again
@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 
 
 def _cells(notebook: str, preset: str, *variants: tuple[str, dict]) -> list[tuple[str, str, dict]]:
@@ -89,7 +89,7 @@ def summary_table(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> list[dict]:
-    ap = argparse.ArgumentParser(prog="python -m smartfrz.reproduce", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m smartfrz.lab.reproduce", description=__doc__.splitlines()[0])
     ap.add_argument("--preset", choices=sorted(MATRIX), default="paper")
     ap.add_argument("--only", default=None, help="keep the runs whose name matches this (a substring or a glob)")
     ap.add_argument("--gpu", default=None, help="sets CUDA_VISIBLE_DEVICES for the notebooks' kernels")

@@ -4,9 +4,9 @@ Everything reads from local files first (our machines are offline) and raises
 DatasetMissingError -- with the path and the command that fetches the data --
 instead of ever falling back to random data. Fetch CLI:
 
-    python -m smartfrz.data fetch cifar10 --data-dir data
-    python -m smartfrz.data fetch glue --task mrpc --data-dir data
-    python -m smartfrz.data fetch imagenette --data-dir data
+    python -m smartfrz.lab.data fetch cifar10 --data-dir data
+    python -m smartfrz.lab.data fetch glue --task mrpc --data-dir data
+    python -m smartfrz.lab.data fetch imagenette --data-dir data
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class DatasetMissingError(FileNotFoundError):
@@ -37,7 +37,7 @@ def shared_data_dir() -> Path | None:
 
 
 def _fetch_cmd(what: str, data_dir, extra: str = "") -> str:
-    return f"python -m smartfrz.data fetch {what}{extra} --data-dir {data_dir}"
+    return f"python -m smartfrz.lab.data fetch {what}{extra} --data-dir {data_dir}"
 
 
 # ----------------------------------------------------------------------------- CIFAR
@@ -387,7 +387,7 @@ def fetch(what, data_dir=None, task=None):
 
 if __name__ == "__main__":
     import argparse
-    p = argparse.ArgumentParser(prog="python -m smartfrz.data")
+    p = argparse.ArgumentParser(prog="python -m smartfrz.lab.data")
     sub = p.add_subparsers(dest="cmd", required=True)
     f = sub.add_parser("fetch", help="download a dataset into the data dir (needs internet)")
     f.add_argument("what", choices=["cifar10", "cifar100", "glue", "imagenette"])

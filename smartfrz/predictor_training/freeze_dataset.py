@@ -3,7 +3,7 @@
 Each run trains a model with no freezing, records every unit's tailored weight window, and at
 regular checkpoints stores (a) the predictor features of each window and (b) each unit's probe
 Gram. At the end, CKA against the final Grams labels every (checkpoint, unit). One run is one
-safetensors file; ``python -m smartfrz.freeze_dataset --preset gpu --out DIR`` makes a set.
+safetensors file; ``python -m smartfrz.predictor_training.freeze_dataset --preset gpu --out DIR`` makes a set.
 """
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 
 from .labels import cka_curves, probe_grams
-from .predictor import window_features
-from .recorder import WeightRecorder
-from .train import example_input, fit, to_device
-from .units import find_units
+from ..predictor import window_features
+from ..recorder import WeightRecorder
+from ..lab.train import example_input, fit, to_device
+from ..units import find_units
 
 FAMILIES = {"resnet20": "cnn", "resnet18_cifar": "cnn", "vgg11_bn": "cnn", "mobilenet_v2": "cnn", "digits_cnn": "cnn",
             "vit_tiny_cifar": "transformer", "deit_tiny": "transformer", "minilm": "transformer"}
@@ -77,9 +77,9 @@ def _optimizer(spec: RunSpec, params, steps: int):
 
 def build_task(spec: RunSpec, data_dir, device):
     """(model, train_loader, eval_loader, probe, probe_mask, metric_fn) for a spec, on real data."""
-    from . import data as D
-    from .models import build_model, build_tokenizer
-    from .train import accuracy_metric
+    from ..lab import data as D
+    from ..lab.models import build_model, build_tokenizer
+    from ..lab.train import accuracy_metric
 
     torch.manual_seed(spec.seed)
     if spec.task in ("cifar10", "cifar100"):
@@ -190,7 +190,7 @@ def load_runs(folder) -> list[dict]:
     files = sorted(Path(folder).glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"no recorded runs (*.safetensors) in {folder}; make them with "
-                                "`python -m smartfrz.freeze_dataset --preset smoke --out DIR`")
+                                "`python -m smartfrz.predictor_training.freeze_dataset --preset smoke --out DIR`")
     return [load_run(f) for f in files]
 
 

@@ -49,9 +49,9 @@ PRESETS: dict[str, dict[str, dict]] = {
     },
     "01_quickstart": {
         "smoke": dict(epochs=15, seeds=[0, 1, 2], policies=["none", "smartfrz"], frz={}, out_dir="reports/quickstart",
-                      device="cpu", threads=1),
+                      device="cpu", threads=1, wandb=True),
         "paper": dict(epochs=30, seeds=[0, 1, 2, 3, 4], policies=PAPER_POLICIES, frz={}, out_dir="reports/quickstart_paper",
-                      device="auto", threads=None),
+                      device="auto", threads=None, wandb=True),
     },
     "10_cnn_cifar": {
         "smoke": dict(models=["resnet50_cifar", "vgg11_bn", "mobilenet_v2"], datasets=["cifar10"], regimes=["scratch"],
@@ -143,7 +143,7 @@ def resolve(notebook: str, preset: str = "smoke", **overrides) -> Settings:
 def project_root() -> Path:
     """The checkout: upwards from the working directory, else the one this package lives in (an
     editable install), else the working directory."""
-    for d in (Path.cwd(), *Path.cwd().parents, Path(__file__).resolve().parent.parent):
+    for d in (Path.cwd(), *Path.cwd().parents, Path(__file__).resolve().parents[2]):
         if (d / "pyproject.toml").is_file() and (d / "smartfrz").is_dir():
             return d
     return Path.cwd()

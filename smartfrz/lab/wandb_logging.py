@@ -1,7 +1,7 @@
 """Weights & Biases logging for SmartFRZ runs, built so that W&B can never stall or break training.
 
 Runs are grouped by experiment (``group``) and tagged and configured by method, so comparing methods
-is a few clicks in the UI, or one ``python -m smartfrz.wandb_report``. Without credentials the run
+is a few clicks in the UI, or one ``python -m smartfrz.lab.wandb_report``. Without credentials the run
 is written offline (``wandb sync`` uploads it later); any W&B failure becomes one warning, after
 which the logger does nothing.
 

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .units import Unit, call_model
+from ..units import Unit, call_model
 
 
 def centered_gram(x: torch.Tensor) -> torch.Tensor:

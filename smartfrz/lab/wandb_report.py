@@ -1,6 +1,6 @@
 """A W&B report comparing freezing methods, one section per experiment (a W&B run group).
 
-    python -m smartfrz.wandb_report --entity ENTITY --project smartfrz --experiments cifar10-resnet18 sst2-minilm
+    python -m smartfrz.lab.wandb_report --entity ENTITY --project smartfrz --experiments cifar10-resnet18 sst2-minilm
 
 Each section shows the frozen FLOP share, eval metric and loss over steps, accuracy against savings
 and against wall time, the per-run freeze timeline images and event tables, over runs grouped by
@@ -100,7 +100,7 @@ def unsynced_offline_runs(root: str | os.PathLike) -> list[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m smartfrz.wandb_report", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m smartfrz.lab.wandb_report", description=__doc__.split("\n\n")[0])
     p.add_argument("--entity", default=os.getenv("WANDB_ENTITY"), help="W&B entity (default: your default entity)")
     p.add_argument("--project", default=os.getenv("WANDB_PROJECT", "smartfrz"))
     p.add_argument("--title", default="SmartFRZ: freezing methods compared")
