@@ -27,6 +27,8 @@ from pathlib import Path
 from .experiment import ExperimentConfig, oracle_steps, resolve_device, run
 
 POLICY_ORDER = ("none", "oracle", "smartfrz", "linear", "autofreeze")
+CACHE_POLICIES = ("oracle+cache", "smartfrz+cache")  # the same decisions, with the prefix cache
+ALL_POLICIES = POLICY_ORDER + CACHE_POLICIES
 
 SUITES: dict[str, dict] = {
     "smoke": {
@@ -47,7 +49,8 @@ SUITES: dict[str, dict] = {
                 "evaluation on a fixed 1,000-image test subset; the final metric on the full 10,000. Every "
                 "SmartFRZ option is the package default."),
         "tasks": {
-            "mrpc_minilm": dict(task="mrpc", model="minilm", epochs=3, batch_size=32, lr=5e-5, schedule="linear"),
+            "mrpc_minilm": dict(task="mrpc", model="minilm", epochs=3, batch_size=32, lr=5e-5, schedule="linear",
+                                extra_policies=CACHE_POLICIES),
             "cifar10_resnet20": dict(task="cifar10", model="resnet20", subset=4000, epochs=10, batch_size=128,
                                      lr=0.1, epoch_eval_subset=1000)}},
     "gpu": {
@@ -62,7 +65,8 @@ SUITES: dict[str, dict] = {
                                      lr=0.1, epoch_eval_subset=2000),
             "cifar10_deit_tiny": dict(task="cifar10", model="deit_tiny", subset=15000, epochs=15, batch_size=256,
                                       lr=1e-3, optimizer="adamw", weight_decay=0.05, epoch_eval_subset=2000),
-            "mrpc_minilm": dict(task="mrpc", model="minilm", epochs=3, batch_size=32, lr=5e-5, schedule="linear"),
+            "mrpc_minilm": dict(task="mrpc", model="minilm", epochs=3, batch_size=32, lr=5e-5, schedule="linear",
+                                extra_policies=CACHE_POLICIES),
             "cola_minilm": dict(task="cola", model="minilm", epochs=3, batch_size=32, lr=5e-5, schedule="linear")}},
 }
 
@@ -107,15 +111,15 @@ def _train(cfg: ExperimentConfig) -> dict:
     return run(cfg).to_dict()
 
 
-def run_suite(suite: str, data_dir=None, device="auto", policies=POLICY_ORDER, seeds=None, tasks=None,
+def run_suite(suite: str, data_dir=None, device="auto", policies=ALL_POLICIES, seeds=None, tasks=None,
               runs_dir="reports/bench/runs", jobs: int | None = None, threads: int | None = None,
               progress=True, on_run=None) -> dict:
     """Trains (or reads back) every run of a suite; ``on_run(bench)`` sees the results after each run."""
     if suite not in SUITES:
         raise ValueError(f"unknown suite {suite!r}; allowed: {', '.join(SUITES)}")
-    bad = sorted(set(policies) - set(POLICY_ORDER))
+    bad = sorted(set(policies) - set(ALL_POLICIES))
     if bad:
-        raise ValueError(f"unknown policies {bad}; allowed: {', '.join(POLICY_ORDER)}")
+        raise ValueError(f"unknown policies {bad}; allowed: {', '.join(ALL_POLICIES)}")
     spec = SUITES[suite]
     unknown = sorted(set(tasks or ()) - set(spec["tasks"]))
     if unknown:
@@ -127,23 +131,31 @@ def run_suite(suite: str, data_dir=None, device="auto", policies=POLICY_ORDER, s
     threads = threads if threads is not None else (1 if on_cpu else None)
     seeds = tuple(seeds) if seeds is not None else spec["seeds"]
     tasks = {k: v for k, v in spec["tasks"].items() if tasks is None or k in tasks}
-    wanted = [p for p in POLICY_ORDER if p in policies or p == "none"]
-    # every `none` first (each unlocks an oracle), then the rest; within that, in the suite's task order
-    todo = sorted(((t, s, p) for t in tasks for s in seeds for p in wanted),
-                  key=lambda j: (j[2] != "none", list(tasks).index(j[0]), j[1], wanted.index(j[2])))
+
+    def wanted(task):  # a task's extra policies (the prefix cache) run only where the suite lists them
+        offered = POLICY_ORDER + tuple(tasks[task].get("extra_policies", ()))
+        return [p for p in ALL_POLICIES if p in offered and (p in policies or p == "none")]
+    # every `none` first (each unlocks an oracle), then the rest, the prefix-cache runs last (so the base
+    # suite's own wall-clock can be read off); within that, in the suite's task order
+    todo = sorted(((t, s, p) for t in tasks for s in seeds for p in wanted(t)),
+                  key=lambda j: (j[2] != "none", j[2] in CACHE_POLICIES, list(tasks).index(j[0]), j[1],
+                                 ALL_POLICIES.index(j[2])))
     runs_dir = Path(runs_dir)
     results: dict[tuple, dict] = {}
+    finished: dict[tuple, float | None] = {}  # seconds into this invocation when each run finished
     out = {"suite": suite, "why": spec["why"], "device": None, "jobs": jobs, "threads_per_job": threads,
            "commit": _git_commit(), "started": time.strftime("%Y-%m-%d %H:%M:%S"), "complete": False,
            "read_back": 0, "trained": 0, "suite_wall_s": None, "runs": []}
     t0 = time.perf_counter()
 
-    def config(task, seed, policy) -> ExperimentConfig | None:
+    def config(task, seed, label) -> ExperimentConfig | None:
         base = dict(tasks[task])
+        base.pop("extra_policies", None)
+        policy, cache = label.removesuffix("+cache"), label.endswith("+cache")
         frz = {**base.pop("frz", {}), **(LINEAR_DEFAULTS if policy == "linear" else {})}
         cfg = ExperimentConfig(name=f"bench-{suite}-{task}", policy=policy, seed=seed, data_dir=data_dir,
                                device=device, out_dir=None, progress=False, record_cka=policy == "none",
-                               frz=frz, **base)
+                               cache=cache, frz=frz, **base)
         if policy != "oracle":
             return cfg
         ref = results.get((task, seed, "none"))
@@ -154,9 +166,10 @@ def run_suite(suite: str, data_dir=None, device="auto", policies=POLICY_ORDER, s
             _write_json(runs_dir / f"{key}.json", res)
             out["trained"] += 1
         results[job] = res
+        finished[job] = None if key is None else time.perf_counter() - t0  # read back: finished earlier
         out["device"] = res["device"]
-        out["runs"] = [row(j[0], results[j], results[(j[0], j[1], "none")]) for j in todo
-                       if j in results and (j[0], j[1], "none") in results]
+        out["runs"] = [{**row(j[0], results[j], results[(j[0], j[1], "none")]), "finished_s": finished[j]}
+                       for j in todo if j in results and (j[0], j[1], "none") in results]
         out["suite_wall_s"] = time.perf_counter() - t0
         if bar is not None:
             bar.set_postfix_str(f"{out['read_back']} read back, {out['trained']} trained")
@@ -242,8 +255,9 @@ def row(task: str, res: dict, ref: dict) -> dict:
     reached = [h["time_s"] for h in res["history"] if h.get("eval") and h.get("metric", float("-inf")) >= target]
     keep = ("metric_name", "metric", "final", "train_flops", "full_train_flops", "flops_saved", "wall_s",
             "peak_mem_bytes", "energy_j", "overhead_s", "frozen_units", "timeline", "flops_check", "steps")
-    return {"task": task, "policy": res["config"]["policy"], "seed": res["config"]["seed"], "run": res["run"],
-            **{k: res[k] for k in keep}, "time_to_target_s": reached[0] if reached else None,
+    label = res["config"]["policy"] + ("+cache" if res["config"].get("cache") else "")
+    return {"task": task, "policy": label, "seed": res["config"]["seed"], "run": res["run"],
+            **{k: res[k] for k in keep}, "cache": res.get("cache"), "time_to_target_s": reached[0] if reached else None,
             "target_metric": target}
 
 
@@ -271,7 +285,7 @@ def summarize(bench: dict) -> list[dict]:
                      "mem_ratio": med["peak_mem_bytes"] / bmed["peak_mem_bytes"] if bmed["peak_mem_bytes"] else None,
                      "overhead_s": _median([r["overhead_s"]["total"] for r in rs]),
                      **{f"final_{k}": v for k, v in extra.items()}})
-    order = {p: i for i, p in enumerate(POLICY_ORDER)}
+    order = {p: i for i, p in enumerate(ALL_POLICIES)}
     return sorted(rows, key=lambda r: (r["task"], order.get(r["policy"], 99)))
 
 
@@ -304,6 +318,19 @@ def markdown(bench: dict, command: str | None = None) -> str:
     if notes:
         lines += ["", "The oracle (hindsight CKA labels from the `none` run of the same seed) against full training:",
                   *notes]
+    cached = [r for r in bench["runs"] if r.get("cache")]
+    if cached:
+        lines += ["", "Prefix cache (`+cache`: the same policy, frozen units' outputs stored per example; medians):"]
+        for (task, label) in dict.fromkeys((r["task"], r["policy"]) for r in cached):
+            rs = [r for r in cached if (r["task"], r["policy"]) == (task, label)]
+            c = {k: _median([r["cache"][k] for r in rs]) for k in ("ram_bytes", "disk_bytes", "fill_flops")}
+            fill = _median([r["cache"]["fill_flops"] / r["train_flops"] for r in rs])
+            lines.append(f"- {task} {label}: store {(c['ram_bytes'] + c['disk_bytes']) / 2**20:.1f} MiB "
+                         f"({rs[0]['cache']['dtype']}), filling it is {100 * fill:.1f}% of the run's FLOPs; "
+                         f"{_median([r['cache']['hits'] / max(1, r['steps']) for r in rs]):.0%} of steps served")
+    base = [r["finished_s"] for r in bench["runs"] if r.get("finished_s") is not None and not r.get("cache")]
+    if base and cached:
+        lines += ["", f"The runs without the cache finished {max(base) / 60:.1f} min into this invocation."]
     return "\n".join(lines) + "\n"
 
 
@@ -313,7 +340,8 @@ def main(argv=None):
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", required=True, help="JSON path; the Markdown table goes beside it, the runs in <out>.runs/")
-    ap.add_argument("--policies", nargs="*", default=list(POLICY_ORDER))
+    ap.add_argument("--policies", nargs="*", default=list(ALL_POLICIES),
+                    help="default: all; the +cache ones run only on the tasks that list them")
     ap.add_argument("--seeds", nargs="*", type=int, default=None)
     ap.add_argument("--tasks", nargs="*", default=None)
     ap.add_argument("--jobs", type=int, default=None, help="runs side by side (default: CPU cores on CPU, 1 on GPU)")

@@ -76,6 +76,38 @@ def integrate_train_flops(timeline: Sequence[dict], total_steps: int, prefix_flo
     return float(sum(prefix_flops[k] * s for k, s in zip(ks, scale)))
 
 
+@torch.no_grad()
+def prefix_forward_flops(model: nn.Module, units: Sequence[Unit], batch: Any, loss_fn: Callable,
+                         max_prefix: int | None = None) -> list[int]:
+    """Forward FLOPs spent before unit k receives its input, k = 0..max_prefix: what a step served by
+    the prefix cache skips, and (as differences) what advancing the cache costs per batch."""
+    from ..prefix_cache import forward_until
+    max_prefix = len(units) if max_prefix is None else max_prefix
+    was = model.training
+    model.eval()
+    out = [0]
+    try:
+        for k in range(1, max_prefix + 1):
+            with FlopCounterMode(display=False) as counter:
+                forward_until(units[k].members[0][1], lambda: loss_fn(model, batch))
+            out.append(int(counter.get_total_flops()))
+    finally:
+        model.train(was)
+    return out
+
+
+def integrate_cached_train_flops(timeline: Sequence[dict], total_steps: int, prefix_flops: Sequence[int],
+                                 forward_flops: Sequence[int], served: Sequence[bool], scale: Sequence[float],
+                                 advances: Sequence[dict], ref_work: int) -> tuple[float, float]:
+    """(training FLOPs, of which filling the cache) with the prefix cache: a served step skips the
+    prefix's forward; each advance from boundary j to k runs units j..k-1 over the stored examples."""
+    ks = frozen_count_per_step(timeline, total_steps)
+    served = list(served) + [False] * (len(ks) - len(served))
+    steps = sum((prefix_flops[k] - (forward_flops[k] if hit else 0)) * s for k, hit, s in zip(ks, served, scale))
+    fill = sum((forward_flops[a["to"]] - forward_flops[a["from"]]) * a["work"] / ref_work for a in advances)
+    return float(steps + fill), float(fill)
+
+
 class PeakMemory:
     """Peak memory of a block: CUDA max allocated on GPU, sampled process RSS on CPU."""
 

@@ -325,6 +325,8 @@ def glue_collate(tokenizer, pad_to_multiple_of=None):
                 out[k] = torch.tensor(rows, dtype=torch.long)
         labels = [ex["labels"] for ex in batch]
         out["labels"] = torch.tensor(labels, dtype=torch.float if isinstance(labels[0], float) else torch.long)
+        if "index" in batch[0]:  # IndexedDataset: the prefix cache keys examples by it
+            out["index"] = torch.tensor([ex["index"] for ex in batch], dtype=torch.long)
         return out
 
     return collate
@@ -411,6 +413,26 @@ def select_classes(ds: ImageArrayDataset, classes) -> ImageArrayDataset:
     return out
 
 
+class IndexedDataset(Dataset):
+    """Examples with their dataset index: ``"index"`` added to dicts, appended to tuples (the prefix
+    cache keys the stored activations by it)."""
+
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        item = self.ds[i]
+        return {**item, "index": i} if isinstance(item, dict) else (*item, i)
+
+    def __getattr__(self, name):
+        if name == "ds":
+            raise AttributeError(name)
+        return getattr(self.ds, name)
+
+
 def subset_loader(loader, k: int, seed: int = 0):
     """The same loader over a fixed random ``k`` of its examples (order kept), or None when it holds
     no more than ``k``: cheap per-epoch evaluation that sees the same examples every time."""
@@ -431,12 +453,13 @@ class ArrayLoader:
     shuffle order of every epoch is fixed by ``seed`` (epoch e uses seed + e)."""
 
     def __init__(self, ds: ImageArrayDataset, batch_size: int, shuffle: bool = False, seed: int = 0,
-                 device="cpu", drop_last: bool = False):
+                 device="cpu", drop_last: bool = False, with_index: bool = False):
         self.x, self.y = ds.x.to(device), ds.targets.to(device)
         self.mean, self.std = ds.mean.to(device), ds.std.to(device)
         self.augment, self.batch_size, self.shuffle, self.seed, self.drop_last = ds.augment, batch_size, shuffle, seed, drop_last
         self.epoch = 0
         self.num_classes = ds.num_classes
+        self.with_index = with_index  # batches (x, y, index): the prefix cache keys examples by index
 
     def __len__(self):
         n = len(self.y)
@@ -456,7 +479,8 @@ class ArrayLoader:
             x = self.x[idx].permute(0, 3, 1, 2)
             if self.augment:
                 x = _crop_flip(x, aug_gen)
-            yield (x.float().div_(255) - self.mean) / self.std, self.y[idx]
+            x = (x.float().div_(255) - self.mean) / self.std
+            yield (x, self.y[idx], idx) if self.with_index else (x, self.y[idx])
 
 
 def _crop_flip(x: torch.Tensor, g: torch.Generator, pad: int = 4) -> torch.Tensor:

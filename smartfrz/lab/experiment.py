@@ -15,11 +15,13 @@ from pathlib import Path
 
 import torch
 
-from .costs import EnergyMeter, PeakMemory, Stopwatch, integrate_train_flops, prefix_step_flops
+from .costs import (EnergyMeter, PeakMemory, Stopwatch, integrate_cached_train_flops, integrate_train_flops,
+                    prefix_forward_flops, prefix_step_flops)
 from ..engine import SmartFRZ
 from .train import batch_loss, example_input, fit, to_device
 
 VISION_TASKS = ("digits", "cifar10", "cifar100", "imagefolder")
+CACHE_DTYPES = ("float16", "bfloat16", "float32")
 
 
 @dataclass
@@ -46,6 +48,9 @@ class ExperimentConfig:
     max_length: int = 128
     augment: bool = True
     frz: dict = field(default_factory=dict)  # SmartFRZ options (threshold, window, decide_every, ...)
+    cache: bool = False  # prefix cache: frozen units' outputs stored per example, their forward skipped
+    cache_dtype: str = "float16"  # float16 | bfloat16 | float32 (exact)
+    cache_max_bytes: int | None = None  # RAM for the store; beyond it, a memory-mapped spill file
     record_cka: bool = False  # record probe CKA curves (a reference run for the oracle)
     oracle_tau: float = 0.95
     oracle_freeze_steps: dict | None = None
@@ -70,6 +75,8 @@ class ExperimentConfig:
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise ValueError(f"{name} must be a positive integer or None; got {v!r}")
+        if self.cache_dtype not in CACHE_DTYPES:
+            raise ValueError(f"cache_dtype must be one of {', '.join(CACHE_DTYPES)}; got {self.cache_dtype!r}")
         if self.task not in VISION_TASKS:
             from .data import glue_task
             try:
@@ -79,8 +86,13 @@ class ExperimentConfig:
                                  "(cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli)") from e
 
     @property
+    def label(self) -> str:
+        """The method as tables show it: the policy, and "+cache" with the prefix cache."""
+        return f"{self.policy}+cache" if self.cache else self.policy
+
+    @property
     def run_name(self) -> str:
-        return f"{self.name}-{self.model}-{self.task}-{self.policy}-s{self.seed}"
+        return f"{self.name}-{self.model}-{self.task}-{self.label}-s{self.seed}"
 
     @classmethod
     def from_dict(cls, d: dict) -> "ExperimentConfig":
@@ -113,6 +125,7 @@ class ExperimentResult:
     energy_j: float | None
     overhead_s: dict
     cka: dict | None = None
+    cache: dict | None = None  # prefix cache: entries, RAM/disk bytes, steps served, fill work and FLOPs
 
     @property
     def flops_saved(self) -> float:
@@ -159,13 +172,14 @@ def build(cfg: ExperimentConfig, device: str):
         train = D.load_cifar(cfg.task, cfg.data_dir, "train", subset=cfg.subset, seed=cfg.seed, augment=cfg.augment)
         test = D.load_cifar(cfg.task, cfg.data_dir, "test", subset=cfg.eval_subset, seed=0)
         model = build_model(cfg.model, num_classes=train.num_classes, pretrained=cfg.pretrained, image_size=cfg.image_size)
-        train_loader = D.ArrayLoader(train, cfg.batch_size, True, cfg.seed, device)
+        train_loader = D.ArrayLoader(train, cfg.batch_size, True, cfg.seed, device, with_index=cfg.cache)
         eval_loader = D.ArrayLoader(test, 500, False, 0, device)
         probe = test.get_batch(torch.arange(min(256, len(test))))[0].to(device)
         return model, train_loader, eval_loader, accuracy_metric, probe, None
     if cfg.task == "digits":
         train, test = D.load_digits("train", seed=cfg.seed), D.load_digits("test", seed=cfg.seed)
         model = build_model(cfg.model, num_classes=10, pretrained=cfg.pretrained)
+        train = D.IndexedDataset(train) if cfg.cache else train
         return (model, D.make_loader(train, cfg.batch_size, shuffle=True, seed=cfg.seed), D.make_loader(test, 512),
                 accuracy_metric, test.tensors[0][:256].to(device), None)
     if cfg.task == "imagefolder":
@@ -177,6 +191,7 @@ def build(cfg: ExperimentConfig, device: str):
         kw = dict(num_workers=min(8, torch.get_num_threads()), pin_memory=device != "cpu")
         val_loader = D.make_loader(val, 128, **kw)
         probe = next(iter(D.make_loader(val, 128)))[0].to(device)
+        train = D.IndexedDataset(train) if cfg.cache else train
         return model, D.make_loader(train, cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=True, **kw), \
             val_loader, accuracy_metric, probe, None
     tok = build_tokenizer(cfg.model)
@@ -188,6 +203,7 @@ def build(cfg: ExperimentConfig, device: str):
     probe_batch = collate([dev[i] for i in range(min(128, len(dev)))])
     mask = probe_batch["attention_mask"].to(device)
     probe = to_device({k: v for k, v in probe_batch.items() if k != "labels"}, device)
+    train = D.IndexedDataset(train) if cfg.cache else train
     return (model, D.make_loader(train, cfg.batch_size, shuffle=True, seed=cfg.seed, collate_fn=collate),
             D.make_loader(dev, 128, collate_fn=collate), metric, probe, mask)
 
@@ -250,6 +266,11 @@ def run(cfg: ExperimentConfig | dict) -> ExperimentResult:
         options["oracle_freeze_steps"] = cfg.oracle_freeze_steps
     frz = SmartFRZ(model, opt, example_input=example_input(first), policy=cfg.policy, **options)
     prefix_flops = prefix_step_flops(model, frz.units, first, batch_loss, frz.max_frozen)
+    cache = None
+    if cfg.cache:
+        from ..prefix_cache import PrefixCache
+        cache = PrefixCache(getattr(torch, cfg.cache_dtype), cfg.cache_max_bytes)
+        forward_flops = prefix_forward_flops(model, frz.units, first, batch_loss, frz.max_frozen)
     ref_rows, ref_tokens = _batch_size_of(first)
 
     # per-step FLOP scaling for batches unlike the measured one (last partial batch, dynamic padding)
@@ -288,8 +309,12 @@ def run(cfg: ExperimentConfig | dict) -> ExperimentResult:
         res = fit(model, opt, loader, cfg.epochs, device=device, scheduler=sched, frz=frz, eval_loader=eval_loader,
                   final_eval_loader=final_loader,
                   metric_fn=metric_fn, eval_every_epochs=cfg.eval_every_epochs, on_step=on_step,
-                  progress=cfg.progress, desc=cfg.run_name)
+                  progress=cfg.progress, desc=cfg.run_name, cache=cache or False)
     train_flops = integrate_train_flops(frz.timeline, res.steps, prefix_flops, scales)
+    if cache is not None:
+        train_flops, fill_flops = integrate_cached_train_flops(frz.timeline, res.steps, prefix_flops, forward_flops,
+                                                               cache.served, scales, cache.advances, ref_tokens)
+        res.cache.update(fill_flops=fill_flops, forward_flops=forward_flops)
     full_flops = float(sum(prefix_flops[0] * s for s in scales))
     check = _check_flops(model, frz, prefix_flops, first)
     cka = None
@@ -307,7 +332,7 @@ def run(cfg: ExperimentConfig | dict) -> ExperimentResult:
         prefix_step_flops=prefix_flops, flops_check=check,
         wall_s=res.wall_s - probe_watch.seconds, peak_mem_bytes=int(mem.peak), energy_j=energy.joules,
         overhead_s={"record": record_watch.seconds, "decide": decide_watch.seconds,
-                    "total": record_watch.seconds + decide_watch.seconds}, cka=cka)
+                    "total": record_watch.seconds + decide_watch.seconds}, cka=cka, cache=res.cache)
     if logger is not None:
         logger.log_fit(res, frz=frz, total_steps=res.steps)
         logger.log_summary({"final/metric": result.metric, "train_flops": train_flops, "flops_saved": result.flops_saved,

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 from ..distributed import is_main_process
+from ..prefix_cache import INDEX_KEY, PrefixCache
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -34,14 +35,16 @@ def to_device(batch: Any, device) -> Any:
 def example_input(batch: Any, n: int = 2) -> Any:
     """The model's input part of a batch, cut to ``n`` rows, for unit discovery."""
     if isinstance(batch, dict) or hasattr(batch, "keys"):
-        return {k: v[:n] for k, v in batch.items() if k != "labels" and torch.is_tensor(v)}
+        return {k: v[:n] for k, v in batch.items() if k not in ("labels", INDEX_KEY) and torch.is_tensor(v)}
     return batch[0][:n]
 
 
 def batch_loss(model: nn.Module, batch: Any) -> torch.Tensor:
+    """Batches are ``(x, y)`` or a Hugging Face dict with labels; an example index (``(x, y, index)``
+    or ``"index"``, for the prefix cache) is not fed to the model."""
     if isinstance(batch, dict) or hasattr(batch, "keys"):
-        return model(**batch).loss
-    x, y = batch
+        return model(**{k: v for k, v in batch.items() if k != INDEX_KEY}).loss
+    x, y = batch[0], batch[1]
     return F.cross_entropy(model(x), y)
 
 
@@ -54,7 +57,7 @@ def predict(model: nn.Module, loader: Iterable, device) -> tuple[torch.Tensor, t
     for batch in loader:
         batch = to_device(batch, device)
         if isinstance(batch, dict):
-            outs.append(model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float().cpu())
+            outs.append(model(**{k: v for k, v in batch.items() if k not in ("labels", INDEX_KEY)}).logits.float().cpu())
             labels.append(batch["labels"].cpu())
         else:
             outs.append(model(batch[0]).float().cpu())
@@ -74,6 +77,7 @@ class FitResult:
     wall_s: float = 0.0
     steps: int = 0
     final: dict = field(default_factory=dict)
+    cache: dict | None = None  # the prefix cache's stats (entries, bytes, fill work), when one was used
 
 
 def synchronize(device) -> None:
@@ -115,13 +119,25 @@ def _check_finite(running: torch.Tensor, model: nn.Module, step: int) -> None:
                                  "checkpoint was kept; lower the learning rate or check the data")
 
 
+def _loss(model: nn.Module, batch: Any, cache: "PrefixCache | None") -> torch.Tensor:
+    served = cache.context(batch) if cache else None
+    if served is None:
+        return batch_loss(model, batch)
+    try:
+        with served:
+            return batch_loss(model, batch)
+    except Exception as e:  # noqa: BLE001 - a stubbed forward that fails: go on without the cache
+        cache.refuse(f"a cached step failed ({type(e).__name__}: {e})")
+        return batch_loss(model, batch)
+
+
 def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: Iterable, epochs: int, *,
         device="cpu", scheduler=None, frz=None, eval_loader=None, final_eval_loader=None,
         metric_fn: Callable[[torch.Tensor, torch.Tensor], dict] = accuracy_metric,
         eval_every_epochs: int = 1, on_step: Callable[[int], None] | None = None, log_every: int = 50,
         on_eval: Callable[[dict], None] | None = None, progress: bool = True, desc: str = "train",
         grad_clip: float | None = None, start_step: int = 0, checkpoint_path=None,
-        checkpoint_every: int | None = None, resume_from=None) -> FitResult:
+        checkpoint_every: int | None = None, resume_from=None, cache: "bool | PrefixCache" = False) -> FitResult:
     """Trains ``epochs`` epochs; ``frz.step()`` follows each ``optimizer.step()``; evaluates per epoch.
 
     ``final_eval_loader``: evaluates the last epoch instead of ``eval_loader``, so per-epoch checks can
@@ -130,6 +146,9 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: Iterab
     ``checkpoint_path``/``checkpoint_every``: an atomic exact-resume checkpoint every that many steps
     (written by rank 0 under DDP). ``resume_from``: a checkpoint to continue from, bitwise as if never
     interrupted (the resumed epoch replays its data order and skips the batches already done).
+    ``cache``: True or a ``PrefixCache``: once units freeze, their output is stored per example and
+    later steps skip the frozen forward (batches must carry indices; checkpoints never hold the store,
+    a resumed run rebuilds it).
     """
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
         raise ValueError(f"epochs must be a positive integer; got {epochs!r}")
@@ -158,6 +177,13 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: Iterab
         warnings.warn(problem)
     start_epoch, skip = divmod(start_step, steps_per_epoch)
     _seek_loader(train_loader, start_epoch, pos)
+    if cache is True:
+        cache = PrefixCache()
+    if cache and frz is None:
+        raise ValueError("cache needs frz (a SmartFRZ engine): it stores the output of the frozen units")
+    if cache:
+        cache.attach(model, frz, train_loader, batch_loss, to_device, device)
+        cache.sync()  # a resumed run with frozen units rebuilds its store here
 
     def save() -> None:
         _check_finite(running, model, step)
@@ -187,7 +213,7 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: Iterab
                 set_rng_state(rng)  # replaying may have drawn random numbers (augmentation)
         for i, batch in enumerate(batches, start=first):
             batch = to_device(batch, device)
-            loss = batch_loss(model, batch)
+            loss = _loss(model, batch, cache)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if grad_clip:
@@ -197,6 +223,8 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: Iterab
                 scheduler.step()
             if frz is not None:
                 frz.step()
+                if cache:
+                    cache.sync()
             step += 1
             running += loss.detach()
             n_running += 1
@@ -221,6 +249,8 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: Iterab
                 save()  # at an epoch's last step, wait until the epoch-end work below is done
         if frz is not None:
             frz.epoch_end()  # decides here only when no step interval was set
+            if cache:
+                cache.sync()
         if eval_loader is not None and ((epoch + 1) % eval_every_epochs == 0 or epoch + 1 == epochs):
             synchronize(device)
             t_eval = time.perf_counter()
@@ -243,4 +273,6 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: Iterab
         bar.close()
     evals = [h for h in res.history if h.get("eval")]
     res.final = evals[-1] if evals else {}
+    if cache:
+        res.cache = cache.stats()
     return res

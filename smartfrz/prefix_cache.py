@@ -1,0 +1,381 @@
+"""Frozen-prefix activation cache: once the front units are frozen, their output for an example never
+changes, so later epochs feed the first active unit from a per-example store and run no frozen forward.
+
+Opt-in and separate from the engine: ``fit(..., frz=frz, cache=True)`` or a ``PrefixCache`` object.
+Batches must carry dataset indices (``(x, y, index)`` or a dict with ``"index"``). At each change of
+the frozen prefix the store advances from its boundary in one ordered pass over the training data,
+running only the newly frozen units on the stored values. A step then runs the model with the frozen
+members stubbed out (they return zeros of their recorded shape) and the first active unit's input
+swapped for the stored one. Before the first use, one batch is run both ways: if the outputs differ
+(a unit's output feeds more than the next unit, a padded position matters, ...) the cache is refused
+with a warning naming the reason and training goes on without it. So are random augmentation, loaders
+without indices, and prefixes with trainable (tied) parameters.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import mmap
+import os
+import tempfile
+import warnings
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_flatten, tree_unflatten
+
+INDEX_KEY = "index"
+
+
+class _StopForward(Exception):
+    """Raised at the boundary to end an advance pass: nothing after the prefix needs to run."""
+
+
+def forward_until(module: nn.Module, run: Callable[[], Any]) -> torch.Tensor | None:
+    """Calls ``run`` (a forward pass) and stops it as ``module`` is entered; returns that input."""
+    captured = {}
+
+    def grab(mod, args, kwargs):
+        captured["x"] = _boundary(args, kwargs)
+        raise _StopForward
+
+    handle = module.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        run()
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    return captured.get("x")
+
+
+def batch_indices(batch: Any) -> torch.Tensor | None:
+    if isinstance(batch, dict) or hasattr(batch, "keys"):
+        return batch.get(INDEX_KEY)
+    if isinstance(batch, (tuple, list)) and len(batch) == 3 and torch.is_tensor(batch[2]) and batch[2].dim() == 1:
+        return batch[2]
+    return None
+
+
+def batch_work(batch: Any) -> int:
+    """Rows, or padded tokens for text: the unit by which step FLOPs scale across batches."""
+    if isinstance(batch, dict) or hasattr(batch, "keys"):
+        ids = batch.get("input_ids", batch.get("attention_mask"))
+        if ids is not None:
+            return int(ids.numel())
+    x = batch[0] if isinstance(batch, (tuple, list)) else batch
+    return int(x.shape[0])
+
+
+def _valid_lengths(batch: Any) -> torch.Tensor | None:
+    """Per-example token counts for padded text batches (right padding), else None."""
+    if isinstance(batch, dict) and torch.is_tensor(batch.get("attention_mask")):
+        return batch["attention_mask"].sum(1)
+    return None
+
+
+class _Store:
+    """Per-example tensors in RAM up to ``max_bytes``, then in a memory-mapped spill file."""
+
+    def __init__(self, max_bytes: int | None, spill_dir: str | None):
+        self.max_bytes, self.spill_dir = max_bytes, spill_dir
+        self.clear()
+
+    def clear(self) -> None:
+        self.ram: dict[int, torch.Tensor] = {}
+        self.disk: dict[int, tuple[int, tuple, torch.dtype]] = {}
+        self.ram_bytes = self.disk_bytes = 0
+        if getattr(self, "_file", None) is not None:
+            self._file.close()
+        self._file, self._map = None, None
+
+    def put(self, i: int, t: torch.Tensor) -> None:
+        t = t.detach().to("cpu", copy=True).contiguous()
+        n = t.numel() * t.element_size()
+        if self.max_bytes is None or self.ram_bytes + n <= self.max_bytes:
+            self.ram[i] = t
+            self.ram_bytes += n
+            return
+        if self._file is None:
+            self._file = tempfile.TemporaryFile(dir=self.spill_dir, prefix="smartfrz-prefix-cache-")
+        self._file.seek(0, os.SEEK_END)
+        self.disk[i] = (self._file.tell(), tuple(t.shape), t.dtype)
+        self._file.write(t.view(torch.uint8).reshape(-1).numpy().tobytes())
+        self.disk_bytes += n
+        self._map = None  # grown: map again on the next read
+
+    def get(self, i: int) -> torch.Tensor:
+        if i in self.ram:
+            return self.ram[i]
+        offset, shape, dtype = self.disk[i]
+        if self._map is None:
+            self._file.flush()
+            self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+        n = torch.empty(shape, dtype=dtype).numel() * torch.empty((), dtype=dtype).element_size()
+        raw = torch.frombuffer(bytearray(self._map[offset:offset + n]), dtype=torch.uint8)
+        return raw.view(dtype).reshape(shape)
+
+    def __contains__(self, i: int) -> bool:
+        return i in self.ram or i in self.disk
+
+    def __len__(self) -> int:
+        return len(self.ram) + len(self.disk)
+
+
+class PrefixCache:
+    """Stores the first active unit's input per example; ``dtype`` is the storage precision (fp16 by
+    default: half the memory, a small rounding of the boundary activations; fp32 is exact)."""
+
+    def __init__(self, dtype: torch.dtype = torch.float16, max_bytes: int | None = None, spill_dir: str | None = None,
+                 atol: float = 1e-4, rtol: float = 1e-3):
+        self.dtype, self.atol, self.rtol = dtype, atol, rtol
+        self.store = _Store(max_bytes, spill_dir)
+        self.level = 0  # units whose work the stored values already contain
+        self.enabled, self.refused = True, None
+        self.hits = self.fill_examples = self.fill_work = 0
+        self.served: list[bool] = []  # per training step: fed from the store
+        self.advances: list[dict] = []  # {"from", "to", "examples", "work"}: what filling cost
+        self._specs: dict[nn.Module, tuple] = {}
+        self._trimmed = False
+
+    # ------------------------------------------------------------------ setup
+    def attach(self, model: nn.Module, frz, train_loader, loss_fn: Callable, to_device: Callable, device) -> bool:
+        self.model, self.frz, self.loss_fn, self.to_device, self.device = model, frz, loss_fn, to_device, device
+        self.fill_loader = self._ordered(train_loader)
+        return self.enabled
+
+    def refuse(self, why: str) -> None:
+        if self.enabled:
+            warnings.warn(f"prefix cache off: {why}; training goes on without it", stacklevel=3)
+        self.enabled, self.refused = False, why
+        self.store.clear()
+        self.level = 0
+
+    def _ordered(self, loader):
+        """The same examples in a fixed order, without touching the training loader's shuffle state."""
+        while hasattr(loader, "loader") and not isinstance(loader, torch.utils.data.DataLoader):
+            loader = loader.loader  # a wrapper that observes batches (the lab's cost tap)
+        if getattr(loader, "augment", False) or getattr(getattr(loader, "dataset", None), "augment", False) \
+                or "Random" in repr(getattr(getattr(loader, "dataset", None), "transform", "")):
+            return self.refuse("the training data is randomly augmented, so a frozen prefix's output is not fixed")
+        if hasattr(loader, "x") and hasattr(loader, "shuffle"):  # smartfrz.lab.data.ArrayLoader
+            ordered = copy.copy(loader)
+            ordered.shuffle = False
+            return ordered
+        if isinstance(loader, torch.utils.data.DataLoader):
+            ds, sampler = loader.dataset, loader.sampler
+            if isinstance(sampler, torch.utils.data.DistributedSampler):  # this rank's shard only
+                ds = torch.utils.data.Subset(ds, list(iter(sampler)))
+            return torch.utils.data.DataLoader(ds, batch_size=loader.batch_size, shuffle=False,
+                                               collate_fn=loader.collate_fn, num_workers=loader.num_workers,
+                                               generator=torch.Generator())  # draws no global random numbers
+        return self.refuse(f"cannot iterate {type(loader).__name__} in a fixed order (use a DataLoader)")
+
+    # ------------------------------------------------------------------ filling
+    def sync(self) -> None:
+        """Brings the store to the engine's frozen prefix (call after each ``frz.step()``)."""
+        k = self.frz.num_frozen
+        if not self.enabled or k == self.level:
+            return
+        if k < self.level:  # unfrozen: what is stored is past the boundary now
+            self.store.clear()
+            self.level = 0
+            if k == 0:
+                return
+        prefix = [p for u in self.frz.units[:k] for p in u.parameters()]
+        if any(p.requires_grad for p in prefix):
+            return self.refuse("a frozen unit shares trainable (tied) parameters, so its output keeps changing")
+        if self.level == 0 and not self._verify(k):
+            return
+        self._advance(k)
+
+    @torch.no_grad()
+    def _advance(self, k: int) -> None:
+        was = self.model.training
+        self.model.eval()
+        n = work = 0
+        old, self._next = self.store, _Store(self.store.max_bytes, self.store.spill_dir)  # read old, write new
+        try:
+            for batch in self.fill_loader:
+                batch = self.to_device(batch, self.device)
+                idx = batch_indices(batch)
+                if idx is None:
+                    return self.refuse("the loader yields no example indices (batches (x, y, index) or a dict "
+                                       f"with {INDEX_KEY!r})")
+                out = self._run_to(k, batch)
+                self._put(idx, out, batch)
+                n += len(idx)
+                work += batch_work(batch)
+        finally:
+            self.model.train(was)
+        old.clear()
+        self.store = self._next
+        self.advances.append({"from": self.level, "to": k, "examples": n, "work": work})
+        self.fill_examples += n
+        self.fill_work += work
+        self.level = k
+
+    def _run_to(self, k: int, batch) -> torch.Tensor:
+        """The input of unit k for this batch, running only units level..k-1 on the stored values."""
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(self._record(k))
+            if self.level:
+                stack.enter_context(self._replay(batch, self.level))
+            x = forward_until(self.frz.units[k].members[0][1], lambda: self.loss_fn(self.model, batch))
+        if x is None:
+            raise RuntimeError(f"unit {self.frz.units[k].name} did not run in the forward pass")
+        return x
+
+    def _put(self, idx: torch.Tensor, x: torch.Tensor, batch) -> None:
+        lengths = _valid_lengths(batch)
+        seq = lengths is not None and x.dim() >= 2 and x.shape[1] == batch["attention_mask"].shape[1]
+        self._trimmed = seq  # rows stored without their padding
+        x = x.to(self.dtype)
+        for row, i in enumerate(idx.tolist()):
+            self._next.put(i, x[row, :int(lengths[row])] if seq else x[row])
+
+    @contextlib.contextmanager
+    def _record(self, k: int):
+        """Notes each frozen member's output structure, so a stub can stand in for it later."""
+        handles = []
+        for u in self.frz.units[:k]:
+            for _, m in u.members:
+                def note(mod, args, out):
+                    leaves, spec = tree_flatten(out)
+                    self._specs[mod] = (spec, [("tensor", tuple(t.shape), t.dtype) if torch.is_tensor(t)
+                                               else ("value", t, None) for t in leaves])
+                handles.append(m.register_forward_hook(note))
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    # ------------------------------------------------------------------ replay
+    def lookup(self, batch) -> torch.Tensor | None:
+        """The stored boundary values of a batch, padded like it, or None when some are missing."""
+        idx = batch_indices(batch)
+        if idx is None or not self.level or not all(int(i) in self.store for i in idx):
+            return None
+        rows = [self.store.get(int(i)) for i in idx]
+        lengths = _valid_lengths(batch)
+        if lengths is not None and self._trimmed:
+            width = batch["attention_mask"].shape[1]
+            out = rows[0].new_zeros((len(rows), width, *rows[0].shape[1:]))
+            for r, t in enumerate(rows):
+                out[r, :t.shape[0]] = t
+        else:
+            out = torch.stack(rows)
+        return out
+
+    @contextlib.contextmanager
+    def _replay(self, batch, k: int, stored: torch.Tensor | None = None):
+        """Frozen members of units < k return zeros of their recorded shape; unit k gets the stored input."""
+        stored = self.lookup(batch) if stored is None else stored
+        if stored is None:
+            raise KeyError("batch not in the prefix cache")
+        dims = _batch_dims(batch)
+        param = next(self.model.parameters())
+        stored = stored.to(device=param.device)
+        restore = []
+        for u in self.frz.units[:k]:
+            for _, m in u.members:
+                spec, leaves = self._specs[m]
+
+                def stub(*args, _spec=spec, _leaves=leaves, **kwargs):
+                    return tree_unflatten([torch.zeros(_resize(v, dims), dtype=d, device=param.device)
+                                           if kind == "tensor" else v for kind, v, d in _leaves], _spec)
+                restore.append((m, m.__dict__.get("forward")))
+                m.forward = stub
+
+        def feed(mod, args, kwargs):
+            return _swap_boundary(args, kwargs, stored.to(_boundary(args, kwargs).dtype))
+
+        handle = self.frz.units[k].members[0][1].register_forward_pre_hook(feed, with_kwargs=True)
+        try:
+            yield
+        finally:
+            handle.remove()
+            for m, fwd in restore:
+                if fwd is None:
+                    del m.forward
+                else:
+                    m.forward = fwd
+
+    def context(self, batch):
+        """A context for a training step's forward that serves it from the store, or None when some
+        example of the batch is not stored (the step then runs uncached)."""
+        stored = self.lookup(batch) if self.enabled and self.level else None
+        self.served.append(stored is not None)
+        if stored is None:
+            return None
+        self.hits += 1
+        return self._replay(batch, self.level, stored)
+
+    @torch.no_grad()
+    def _verify(self, k: int) -> bool:
+        """One batch through the model both ways, in eval mode: the outputs must agree."""
+        batch = self.to_device(next(iter(self.fill_loader)), self.device)
+        if batch_indices(batch) is None:
+            self.refuse(f"the loader yields no example indices (batches (x, y, index) or a dict with {INDEX_KEY!r})")
+            return False
+        was = self.model.training
+        self.model.eval()
+        try:
+            x = self._run_to(k, batch).float()
+            want = self.loss_fn(self.model, batch)
+            with self._replay(batch, k, x):
+                got = self.loss_fn(self.model, batch)
+        except Exception as e:  # noqa: BLE001 - any failure of the stubbed forward means: not cacheable
+            self.refuse(f"the model cannot run from the stored prefix output ({type(e).__name__}: {e})")
+            return False
+        finally:
+            self.model.train(was)
+        if not torch.allclose(got.float(), want.float(), atol=self.atol, rtol=self.rtol):
+            self.refuse(f"the prefix is not a chain: feeding unit {self.frz.units[k].name} the stored output of the "
+                        f"frozen units changes the loss ({float(want):.6g} -> {float(got):.6g}); some frozen unit's "
+                        "output reaches the rest of the model by another path")
+            return False
+        return True
+
+    def stats(self) -> dict:
+        return {"enabled": self.enabled, "refused": self.refused, "level": self.level, "entries": len(self.store),
+                "ram_bytes": self.store.ram_bytes, "disk_bytes": self.store.disk_bytes, "hits": self.hits,
+                "fill_examples": self.fill_examples, "fill_work": self.fill_work, "advances": self.advances,
+                "dtype": str(self.dtype).removeprefix("torch.")}
+
+
+def _boundary(args, kwargs) -> torch.Tensor:
+    if args and torch.is_tensor(args[0]):
+        return args[0]
+    for v in kwargs.values():
+        if torch.is_tensor(v):
+            return v
+    raise TypeError("the first active unit receives no tensor input")
+
+
+def _swap_boundary(args, kwargs, value):
+    if args and torch.is_tensor(args[0]):
+        return (value, *args[1:]), kwargs
+    key = next(k for k, v in kwargs.items() if torch.is_tensor(v))
+    return args, {**kwargs, key: value}
+
+
+def _batch_dims(batch) -> tuple[int, int | None]:
+    if isinstance(batch, dict):
+        ids = batch.get("input_ids", batch.get("attention_mask"))
+        return ids.shape[0], ids.shape[1] if ids is not None and ids.dim() > 1 else None
+    x = batch[0]
+    return x.shape[0], None
+
+
+def _resize(shape: tuple, dims) -> tuple:
+    """A recorded shape for this batch: batch-first, and (text) the sequence length second."""
+    b, t = dims
+    out = list(shape)
+    if out:
+        out[0] = b
+    if t is not None and len(out) >= 2:
+        out[1] = t
+    return tuple(out)

@@ -1,0 +1,238 @@
+"""The prefix cache: exact (loss and gradients as uncached), bounded, and refused when it cannot be exact."""
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from smartfrz import SmartFRZ
+from smartfrz.lab import data as D
+from smartfrz.lab.train import batch_loss, example_input, fit, to_device
+from smartfrz.prefix_cache import PrefixCache
+
+SENTENCES = [("A man is playing a guitar.", "Someone plays an instrument."), ("It rained all day.", "The sun shone."),
+             ("The cat sat on the mat and looked at the door for a long time.", "A cat sat."),
+             ("Stocks fell sharply on Monday after the report.", "Markets dropped on Monday."),
+             ("He left.", "He departed quickly without saying a word to anyone in the room."),
+             ("The committee approved the budget.", "The budget was approved by the committee."),
+             ("Birds sing.", "Fish swim in the deep blue sea near the old harbour."), ("Yes.", "No.")]
+
+
+def _text_loader(tok, batch_size=4, seed=0):
+    enc = tok([a for a, _ in SENTENCES], [b for _, b in SENTENCES], truncation=True, max_length=64)
+    examples = [{k: enc[k][i] for k in ("input_ids", "attention_mask", "token_type_ids")} | {"labels": i % 2}
+                for i in range(len(SENTENCES))]
+    return D.make_loader(D.IndexedDataset(examples), batch_size, shuffle=True, seed=seed, collate_fn=D.glue_collate(tok))
+
+
+def _image_loader(n=48, batch_size=16, augment=False):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (n, 32, 32, 3), generator=g, dtype=torch.uint8)
+    ds = D.ImageArrayDataset(x.numpy(), (torch.arange(n) % 10).numpy(), (0.5,) * 3, (0.25,) * 3, augment=augment)
+    ds.num_classes = 10
+    return D.ArrayLoader(ds, batch_size, shuffle=True, seed=0, with_index=True)
+
+
+def _engine(model, loader, k):
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    frz = SmartFRZ(model, opt, example_input=example_input(next(iter(loader))), policy="none",
+                   steps_per_epoch=len(loader))
+    if hasattr(loader, "epoch"):
+        loader.epoch = 0
+    frz.freeze_through(k)
+    return frz
+
+
+def _one_step_both_ways(model, loader, frz, n):
+    cache = PrefixCache(dtype=torch.float32)
+    cache.attach(model, frz, loader, batch_loss, to_device, "cpu")
+    cache.sync()
+    assert cache.enabled and cache.level == frz.num_frozen and len(cache.store) == n
+    batch = next(iter(loader))
+    model.train()
+    active = [p for p in model.parameters() if p.requires_grad]
+    out = []
+    for served in (None, cache.context(batch)):
+        torch.manual_seed(1)  # the same dropout masks in the active units
+        model.zero_grad(set_to_none=True)
+        if served is None:
+            loss = batch_loss(model, batch)
+        else:
+            with served:
+                loss = batch_loss(model, batch)
+        loss.backward()
+        out.append((loss.detach(), [p.grad.clone() for p in active]))
+    return out, cache
+
+
+def test_minilm_cached_step_matches_uncached_with_dynamic_padding():
+    from smartfrz.lab.models import build_model, build_tokenizer
+    tok = build_tokenizer("minilm")
+    torch.manual_seed(0)
+    model = build_model("minilm", num_classes=2).float()
+    loader = _text_loader(tok)
+    assert len({b["input_ids"].shape[1] for b in loader}) > 1  # each batch padded to its own longest example
+    frz = _engine(model, loader, 3)  # embeddings + layers 0-2 frozen
+    (plain, cached), cache = _one_step_both_ways(model, loader, frz, len(SENTENCES))
+    torch.testing.assert_close(cached[0], plain[0], atol=1e-5, rtol=1e-5)
+    for a, b in zip(cached[1], plain[1]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    assert cache.hits == 1 and cache.store.ram_bytes > 0
+    stored = [cache.store.get(i).shape[0] for i in range(len(SENTENCES))]
+    assert len(set(stored)) > 1  # rows are stored without their padding, each at its own length
+
+
+def test_cnn_cached_step_matches_uncached():
+    from smartfrz.lab.models import build_model
+    torch.manual_seed(0)
+    model = build_model("resnet20", num_classes=10)
+    loader = _image_loader()
+    frz = _engine(model, loader, 4)
+    (plain, cached), cache = _one_step_both_ways(model, loader, frz, 48)
+    torch.testing.assert_close(cached[0], plain[0], atol=1e-5, rtol=1e-5)
+    for a, b in zip(cached[1], plain[1]):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
+
+
+def test_same_decisions_same_metric_and_fewer_flops():
+    """Mid-epoch freezes (the linear schedule) advance the store unit by unit; the run is unchanged."""
+    from smartfrz.lab.experiment import ExperimentConfig, run
+    kw = dict(policy="linear", epochs=4, out_dir=None, progress=False, frz={"freeze_start": 0.25, "freeze_level": 0.8})
+    plain = run(ExperimentConfig(**kw))
+    cached = run(ExperimentConfig(cache=True, cache_dtype="float32", **kw))
+    assert cached.timeline == plain.timeline and cached.metric == pytest.approx(plain.metric, abs=0.25)
+    c = cached.cache
+    steps = [(a["from"], a["to"]) for a in c["advances"]]
+    assert c["enabled"] and steps[0][0] == 0 and all(b[0] == a[1] > a[0] for a, b in zip(steps, steps[1:]))
+    assert steps[-1][1] == len(cached.frozen_units)  # advanced from its boundary each time, never from the input
+    assert all(a["examples"] == c["entries"] for a in c["advances"])  # each advance ran over every example once
+    # the integral: uncached FLOPs, minus the skipped forward of served steps, plus filling
+    skipped = plain.train_flops + c["fill_flops"] - cached.train_flops
+    assert 0 < c["fill_flops"] and skipped > 0 and c["hits"] > 0
+    assert c["ram_bytes"] > 0 and cached.peak_mem_bytes > 0
+
+
+def test_store_spills_to_disk_beyond_its_cap():
+    from smartfrz.lab.models import build_model
+    loaders = [_image_loader(), _image_loader()]
+    losses = []
+    for loader, cap in zip(loaders, (None, 200_000)):
+        torch.manual_seed(0)
+        model = build_model("resnet20", num_classes=10)
+        frz = _engine(model, loader, 2)
+        cache = PrefixCache(dtype=torch.float16, max_bytes=cap)
+        res = fit(model, frz.optimizer, loader, 2, frz=frz, progress=False, cache=cache, log_every=1)
+        losses.append([h["loss"] for h in res.history])
+        if cap:
+            assert cache.store.ram_bytes <= cap and cache.store.disk_bytes > 0 and res.cache["disk_bytes"] > 0
+    assert losses[0] == losses[1]  # RAM or disk, the same stored values
+
+
+def _refusal(loader, model, k=2, **fit_kw):
+    frz = _engine(model, loader, k)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        res = fit(model, frz.optimizer, loader, 1, frz=frz, progress=False, cache=True, **fit_kw)
+    msgs = [str(x.message) for x in w if "prefix cache off" in str(x.message)]
+    assert res.steps == len(loader) and res.cache["enabled"] is False  # trained on, without the cache
+    return msgs[0] if msgs else ""
+
+
+def test_refused_for_random_augmentation():
+    from smartfrz.lab.models import build_model
+    assert "randomly augmented" in _refusal(_image_loader(augment=True), build_model("resnet20"))
+
+
+def test_refused_without_indices():
+    from smartfrz.lab.models import build_model
+    loader = _image_loader()
+    loader.with_index = False
+    assert "no example indices" in _refusal(loader, build_model("resnet20"))
+
+
+class SkipNet(nn.Module):
+    """Unit 0's output reaches past unit 1 directly: with unit 0 frozen, not a chain (with units 0-2
+    frozen it is one again: everything after them depends on unit 3's input alone)."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleList(nn.Linear(8, 8) for _ in range(4))
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h0 = self.blocks[0](x)
+        h = self.blocks[2](self.blocks[1](h0) + h0)
+        return self.head(self.blocks[3](h))
+
+
+def test_refused_for_a_prefix_that_is_not_a_chain():
+    g = torch.Generator().manual_seed(0)
+    ds = torch.utils.data.TensorDataset(torch.randn(32, 8, generator=g), torch.randint(0, 3, (32,), generator=g))
+    loader = D.make_loader(D.IndexedDataset(ds), 8, shuffle=True)
+    msg = _refusal(loader, SkipNet(), k=0)  # blocks.0 frozen: its output also skips past blocks.1
+    assert "not a chain" in msg and "blocks.1" in msg
+
+
+def test_refused_when_a_frozen_unit_shares_trainable_weights():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList(nn.Linear(8, 8) for _ in range(3))
+            self.head = nn.Linear(8, 8)
+            self.head.weight = self.blocks[0].weight  # tied to the head, which never freezes
+
+        def forward(self, x):
+            h = x
+            for b in self.blocks:
+                h = b(h)
+            return self.head(h)
+
+    g = torch.Generator().manual_seed(0)
+    ds = torch.utils.data.TensorDataset(torch.randn(32, 8, generator=g), torch.randint(0, 8, (32,), generator=g))
+    loader = D.make_loader(D.IndexedDataset(ds), 8, shuffle=True)
+    assert "tied" in _refusal(loader, Tied(), k=1)
+
+
+def test_resumed_run_rebuilds_the_store(tmp_path):
+    from smartfrz.lab.models import build_model
+
+    def train(resume=None, stop_after=None):
+        torch.manual_seed(0)
+        loader = _image_loader()
+        model = build_model("resnet20", num_classes=10)
+        frz = _engine(model, loader, 3)
+        kw = dict(checkpoint_path=tmp_path / "ck.pt", checkpoint_every=2) if resume is None else dict(resume_from=resume)
+        res = fit(model, frz.optimizer, loader, stop_after or 3, frz=frz, progress=False, cache=True, **kw)
+        return model, res
+
+    whole, _ = train()
+    (tmp_path / "ck.pt").unlink()
+    train(stop_after=2)  # writes the checkpoint at the end of epoch 2, store not included
+    state = torch.load(tmp_path / "ck.pt", weights_only=True)
+    assert not any("cache" in k for k in state.get("extra", {}).get("fit", {}))
+    resumed, res = train(resume=tmp_path / "ck.pt")
+    assert res.cache["enabled"] and res.cache["entries"] == 48  # rebuilt from the frozen weights
+    for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_cache_needs_an_engine():
+    with pytest.raises(ValueError, match="cache needs frz"):
+        fit(nn.Linear(2, 2), torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1), [(torch.zeros(1, 2),
+            torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))], 1, progress=False, cache=True)
+
+
+def test_advancing_replaces_the_store_rather_than_growing_it():
+    from smartfrz.lab.models import build_model
+    torch.manual_seed(0)
+    loader = _image_loader()
+    model = build_model("resnet20", num_classes=10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    frz = SmartFRZ(model, opt, example_input=example_input(next(iter(loader))), policy="linear",
+                   steps_per_epoch=len(loader), total_steps=4 * len(loader), freeze_start=0.25, freeze_level=0.6)
+    loader.epoch = 0
+    cache = PrefixCache()
+    fit(model, opt, loader, 4, frz=frz, progress=False, cache=cache)
+    assert len(cache.advances) >= 2 and len(cache.store) == 48
+    held = sum(t.numel() * t.element_size() for t in cache.store.ram.values())
+    assert cache.store.ram_bytes == held and all(t.dtype == torch.float16 for t in cache.store.ram.values())
