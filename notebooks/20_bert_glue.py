@@ -33,6 +33,7 @@ preset = "smoke"  # smoke | paper: see the first cell
 model = None  # smoke: 'minilm' | paper: 'bert-base-uncased'
 tasks = None  # smoke: ['mrpc'] | paper: ['mrpc', 'cola']
 policies = None  # smoke: ['none', 'smartfrz'] | paper: ['none', 'smartfrz', 'linear', 'autofreeze']
+cache_policies = None  # smoke: ['smartfrz+cache'] | paper: ['smartfrz+cache', 'oracle+cache']
 seeds = None  # smoke: [0] | paper: [0, 1, 2]
 epochs = None  # smoke: 2 | paper: 3
 batch_size = None  # smoke: 16 | paper: 32
@@ -55,7 +56,8 @@ from IPython.display import Image, display
 
 from smartfrz.lab import presets
 
-s = presets.resolve("20_bert_glue", preset, model=model, tasks=tasks, policies=policies, seeds=seeds,
+s = presets.resolve("20_bert_glue", preset, model=model, tasks=tasks, policies=policies,
+                    cache_policies=cache_policies, seeds=seeds,
                     epochs=epochs, batch_size=batch_size, lr=lr, max_length=max_length, subset=subset,
                     eval_subset=eval_subset, frz=frz, data_dir=data_dir, runs_dir=runs_dir,
                     report_dir=report_dir, device=device, threads=threads, progress=progress, wandb=wandb,
@@ -87,3 +89,31 @@ summary[["task", "model", "regime", "policy", "metric_name", "metric", "metric_d
 figs = reports.figures(df, s.report_dir, runs=runs)  # freeze timelines, Pareto plots, learning curves
 for path in figs.values():
     display(Image(filename=str(path)))
+
+# %% [markdown]
+# ## Prefix cache
+#
+# With the front units frozen, their output for an example never changes: the `+cache` policies store it
+# per example and skip the frozen forward (`smartfrz.prefix_cache`). The Trainer owns its training step and
+# drops the example index the store is keyed by, so these runs use the package's plain loop
+# (`smartfrz.lab.train.fit`), beside `none` and the same policy uncached on that loop: compare within this
+# table, not with the Trainer runs above.
+
+# %%
+from pathlib import Path
+
+from IPython.display import Markdown
+
+from smartfrz.lab.bench import markdown, run_tasks
+
+if s.cache_policies:
+    spec = {task: dict(task=task, model=s.model, epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, schedule="linear",
+                       max_length=s.max_length, subset=s.subset, eval_subset=s.eval_subset, frz=s.frz,
+                       extra_policies=s.cache_policies) for task in s.tasks}
+    uncached = [p.removesuffix("+cache") for p in s.cache_policies]
+    cache_bench = run_tasks(spec, s.seeds, ["none", *uncached, *s.cache_policies], name="bert_glue_cache",
+                            data_dir=s.data_dir, device=s.device, runs_dir=Path(s.runs_dir) / "prefix_cache", jobs=1,
+                            progress=s.progress)
+    Path(s.report_dir).mkdir(parents=True, exist_ok=True)
+    (Path(s.report_dir) / "prefix_cache.md").write_text(markdown(cache_bench))
+    display(Markdown(markdown(cache_bench)))

@@ -2,7 +2,9 @@
 from .config import POLICIES, SmartFRZConfig
 from .engine import SmartFRZ, freeze_through
 from .predictor import FreezePredictor
+from .prefix_cache import PrefixCache
 from .units import Unit, find_units
 
-__all__ = ["SmartFRZ", "SmartFRZConfig", "FreezePredictor", "Unit", "find_units", "freeze_through", "POLICIES"]
+__all__ = ["SmartFRZ", "SmartFRZConfig", "FreezePredictor", "PrefixCache", "Unit", "find_units", "freeze_through",
+           "POLICIES"]
 __version__ = "0.1.0"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import mmap
 import os
 import tempfile
@@ -112,7 +113,7 @@ class _Store:
         if self._map is None:
             self._file.flush()
             self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
-        n = torch.empty(shape, dtype=dtype).numel() * torch.empty((), dtype=dtype).element_size()
+        n = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
         raw = torch.frombuffer(bytearray(self._map[offset:offset + n]), dtype=torch.uint8)
         return raw.view(dtype).reshape(shape)
 
@@ -161,7 +162,7 @@ class PrefixCache:
             return self.refuse("the training data is randomly augmented, so a frozen prefix's output is not fixed")
         if hasattr(loader, "x") and hasattr(loader, "shuffle"):  # smartfrz.lab.data.ArrayLoader
             ordered = copy.copy(loader)
-            ordered.shuffle = False
+            ordered.shuffle = ordered.drop_last = False  # every example, once
             return ordered
         if isinstance(loader, torch.utils.data.DataLoader):
             ds, sampler = loader.dataset, loader.sampler
@@ -186,7 +187,7 @@ class PrefixCache:
         prefix = [p for u in self.frz.units[:k] for p in u.parameters()]
         if any(p.requires_grad for p in prefix):
             return self.refuse("a frozen unit shares trainable (tied) parameters, so its output keeps changing")
-        if self.level == 0 and not self._verify(k):
+        if not self._verify(k):
             return
         self._advance(k)
 
@@ -315,10 +316,15 @@ class PrefixCache:
 
     @torch.no_grad()
     def _verify(self, k: int) -> bool:
-        """One batch through the model both ways, in eval mode: the outputs must agree."""
+        """One batch through the model both ways, in eval mode: the outputs must agree. And nothing random
+        (dropout in train mode) may run before unit k outside the frozen units."""
         batch = self.to_device(next(iter(self.fill_loader)), self.device)
         if batch_indices(batch) is None:
             self.refuse(f"the loader yields no example indices (batches (x, y, index) or a dict with {INDEX_KEY!r})")
+            return False
+        if (noisy := self._random_before(k, batch)) is not None:
+            self.refuse(f"{noisy} draws random numbers in training mode before unit {self.frz.units[k].name}, "
+                        "outside the frozen units, so the prefix's output is not fixed")
             return False
         was = self.model.training
         self.model.eval()
@@ -338,6 +344,26 @@ class PrefixCache:
                         "output reaches the rest of the model by another path")
             return False
         return True
+
+    def _random_before(self, k: int, batch) -> str | None:
+        """The name of an active dropout module that runs before unit k's input, if any."""
+        frozen = {id(m) for u in self.frz.units[:k] for _, top in u.members for m in top.modules()}
+        names = {id(m): n for n, m in self.model.named_modules()}
+        seen: list[nn.Module] = []
+        handles = [m.register_forward_pre_hook(lambda mod, args: seen.append(mod))
+                   for m in self.model.modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0
+                   and id(m) not in frozen]
+        was = self.model.training
+        cuda = [torch.device(self.device)] if torch.device(self.device).type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=cuda):  # the check draws no number the training run would see
+                self.model.train()  # as in a training step (frozen members stay in eval through the engine's hooks)
+                forward_until(self.frz.units[k].members[0][1], lambda: self.loss_fn(self.model, batch))
+        finally:
+            self.model.train(was)
+            for h in handles:
+                h.remove()
+        return names.get(id(seen[0]), type(seen[0]).__name__) if seen else None
 
     def stats(self) -> dict:
         return {"enabled": self.enabled, "refused": self.refused, "level": self.level, "entries": len(self.store),

@@ -236,3 +236,23 @@ def test_advancing_replaces_the_store_rather_than_growing_it():
     assert len(cache.advances) >= 2 and len(cache.store) == 48
     held = sum(t.numel() * t.element_size() for t in cache.store.ram.values())
     assert cache.store.ram_bytes == held and all(t.dtype == torch.float16 for t in cache.store.ram.values())
+
+
+def test_refused_when_dropout_runs_before_the_boundary_outside_frozen_units():
+    class Noisy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList(nn.Linear(8, 8) for _ in range(4))
+            self.drop = nn.Dropout(0.1)  # between blocks 0 and 1, in no unit
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, x):
+            h = self.drop(self.blocks[0](x))
+            for b in self.blocks[1:]:
+                h = b(h)
+            return self.head(h)
+
+    g = torch.Generator().manual_seed(0)
+    ds = torch.utils.data.TensorDataset(torch.randn(32, 8, generator=g), torch.randint(0, 3, (32,), generator=g))
+    loader = D.make_loader(D.IndexedDataset(ds), 8, shuffle=True)
+    assert "drop draws random numbers" in _refusal(loader, Noisy(), k=0)

@@ -117,20 +117,31 @@ def run_suite(suite: str, data_dir=None, device="auto", policies=ALL_POLICIES, s
     """Trains (or reads back) every run of a suite; ``on_run(bench)`` sees the results after each run."""
     if suite not in SUITES:
         raise ValueError(f"unknown suite {suite!r}; allowed: {', '.join(SUITES)}")
-    bad = sorted(set(policies) - set(ALL_POLICIES))
-    if bad:
-        raise ValueError(f"unknown policies {bad}; allowed: {', '.join(ALL_POLICIES)}")
     spec = SUITES[suite]
     unknown = sorted(set(tasks or ()) - set(spec["tasks"]))
     if unknown:
         raise ValueError(f"unknown tasks {unknown} in suite {suite!r}; allowed: {', '.join(spec['tasks'])}")
+    tasks = {k: v for k, v in spec["tasks"].items() if tasks is None or k in tasks}
+    return run_tasks(tasks, seeds if seeds is not None else spec["seeds"], policies, name=suite, why=spec["why"],
+                     data_dir=data_dir, device=device, runs_dir=runs_dir, jobs=jobs, threads=threads,
+                     progress=progress, on_run=on_run)
+
+
+def run_tasks(tasks: dict[str, dict], seeds, policies=ALL_POLICIES, name: str = "custom", why: str | None = None,
+              data_dir=None, device="auto", runs_dir="reports/bench/runs", jobs: int | None = None,
+              threads: int | None = None, progress=True, on_run=None) -> dict:
+    """Every policy on each task spec (ExperimentConfig fields, plus ``extra_policies`` such as the
+    ``+cache`` ones) and seed, side by side; what ``run_suite`` and the notebooks build on."""
+    suite, spec = name, {"why": why}
+    bad = sorted(set(policies) - set(ALL_POLICIES))
+    if bad:
+        raise ValueError(f"unknown policies {bad}; allowed: {', '.join(ALL_POLICIES)}")
     on_cpu = resolve_device(device) == "cpu"
     jobs = jobs if jobs is not None else (os.cpu_count() or 1) if on_cpu else 1
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be a positive integer; got {jobs!r}")
     threads = threads if threads is not None else (1 if on_cpu else None)
-    seeds = tuple(seeds) if seeds is not None else spec["seeds"]
-    tasks = {k: v for k, v in spec["tasks"].items() if tasks is None or k in tasks}
+    seeds = tuple(seeds)
 
     def wanted(task):  # a task's extra policies (the prefix cache) run only where the suite lists them
         offered = POLICY_ORDER + tuple(tasks[task].get("extra_policies", ()))

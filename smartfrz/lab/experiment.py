@@ -373,10 +373,11 @@ class _Tap:
         return getattr(self.loader, name)
 
 
-def oracle_steps(reference: ExperimentResult | dict, tau: float = 0.95) -> dict[str, int]:
-    """Hindsight freeze steps from a reference run recorded with ``record_cka=True``."""
+def oracle_steps(reference: ExperimentResult | dict, tau: float = 0.95, rule: str = "cka") -> dict[str, int]:
+    """Hindsight freeze steps from a reference run recorded with ``record_cka=True`` (label ``rule``:
+    see ``smartfrz.predictor_training.labels.freeze_labels``)."""
     from ..predictor_training.labels import freeze_steps
     cka = reference.cka if isinstance(reference, ExperimentResult) else reference["cka"]
     if not cka:
         raise ValueError("the reference run has no CKA curves: run it with record_cka=True")
-    return freeze_steps(torch.tensor(cka["curves"]), cka["steps"], cka["units"], tau)
+    return freeze_steps(torch.tensor(cka["curves"]), cka["steps"], cka["units"], tau, rule)

@@ -77,16 +77,33 @@ def cka_curves(grams: torch.Tensor) -> torch.Tensor:
     return torch.tensor([[cka_from_grams(g[u], final[u]) for u in range(g.shape[0])] for g in grams])
 
 
-def freeze_labels(cka: torch.Tensor, tau: float) -> torch.Tensor:
-    """(checkpoints, units) CKA -> bool labels: CKA >= tau from t onwards, and so for every earlier unit."""
-    ok = cka >= tau
+RULES = ("cka", "remaining")
+
+
+def remaining_change(cka: torch.Tensor) -> torch.Tensor:
+    """(checkpoints, units) share of each unit's representational change still to come:
+    (1 - CKA(t, end)) / (1 - CKA(first, end)). Scale-free: a fine-tuned layer that moves little in CKA
+    and a layer trained from scratch that moves a lot both start at 1 and end at 0."""
+    total = (1 - cka[:1]).clamp_min(1e-12)
+    return ((1 - cka) / total).clamp(0, 1)
+
+
+def freeze_labels(cka: torch.Tensor, tau: float, rule: str = "cka") -> torch.Tensor:
+    """(checkpoints, units) CKA -> bool labels, true from t onwards and so for every earlier unit.
+
+    ``rule="cka"``: CKA(t, end) >= tau. ``rule="remaining"``: ``remaining_change`` <= tau (tau is then
+    the share of the change still allowed to come, e.g. 0.1)."""
+    if rule not in RULES:
+        raise ValueError(f"unknown label rule {rule!r}; allowed: {', '.join(RULES)}")
+    ok = cka >= tau if rule == "cka" else remaining_change(cka) <= tau
     settled = torch.flip(torch.cummin(torch.flip(ok.int(), [0]), 0).values, [0]).bool()  # true from t to the end
     return torch.cummin(settled.int(), 1).values.bool()  # front-to-back: every earlier unit settled too
 
 
-def freeze_steps(cka: torch.Tensor, steps: Sequence[int], unit_names: Sequence[str], tau: float) -> dict[str, int]:
+def freeze_steps(cka: torch.Tensor, steps: Sequence[int], unit_names: Sequence[str], tau: float,
+                 rule: str = "cka") -> dict[str, int]:
     """Hindsight freeze step per unit (the oracle's schedule); units that never settle are omitted."""
-    labels = freeze_labels(cka, tau)
+    labels = freeze_labels(cka, tau, rule)
     out = {}
     for u, name in enumerate(unit_names):
         hits = torch.nonzero(labels[:, u]).flatten()
