@@ -37,20 +37,22 @@ SUITES: dict[str, dict] = {
         "tasks": {"digits_cnn": dict(task="digits", model="digits_cnn", epochs=6, batch_size=64, lr=0.05)}},
     "cpu": {
         "seeds": (0, 1, 2),
-        # Sizes fixed before any result of this suite was seen, from step timings alone (one thread each,
-        # two runs side by side on 2 cores): a MiniLM-MRPC step takes ~1.8 s, so the 15 MRPC runs the issue
-        # fixes (full train/dev, 3 epochs) take ~2 h of one core; a ResNet-20 step at batch 128 takes
-        # ~0.27 s. That leaves ~100 s a CIFAR run for 75 min on 2 cores: 4,000 class-balanced images x 10
-        # epochs (320 steps, 10 freeze decisions at the default cadence). Per-epoch checks use a fixed
-        # 1,000-image test subset (~1% of a run); the final metric uses all 10,000.
-        "why": ("MiniLM-MRPC: full train/dev, 3 epochs, dynamic padding, as the paper's fine-tuning recipe. "
-                "ResNet-20 from scratch on 4,000 balanced CIFAR-10 images x 10 epochs: the largest run for which "
-                "30 runs fit 75 minutes on 2 cores (sized from step timings before any result). Per-epoch "
-                "evaluation on a fixed 1,000-image test subset; the final metric on the full 10,000. Every "
-                "SmartFRZ option is the package default."),
+        # Sizes fixed from step timings alone, before any metric of this suite was seen (one thread each,
+        # two runs side by side on 2 cores). A MiniLM-MRPC step takes ~2.2 s with random batches padded to
+        # their longest pair: a `none` run took 14 min, so the 15 MRPC runs the issue fixes (full train/dev,
+        # 3 epochs) would take ~80 min of the two cores alone. Length-grouped batches (the HF Trainer's
+        # group_by_length; still dynamic padding, the same examples and epochs) cut the padding, about a
+        # third of the tokens. A ResNet-20 step at batch 128 takes ~0.27 s: 4,000 class-balanced images x
+        # 10 epochs (320 steps, 10 freeze decisions at the default cadence) is ~2 min a run. Per-epoch
+        # checks use a fixed 1,000-image test subset (~1% of a run); the final metric uses all 10,000.
+        "why": ("MiniLM-MRPC: full train/dev, 3 epochs, dynamic padding with length-grouped batches (as the HF "
+                "Trainer's group_by_length), the paper's fine-tuning recipe otherwise. ResNet-20 from scratch on "
+                "4,000 balanced CIFAR-10 images x 10 epochs, sized so the 30 runs fit 75 minutes on 2 cores (from "
+                "step timings, before any result). Per-epoch evaluation on a fixed 1,000-image test subset; the "
+                "final metric on the full 10,000. Every SmartFRZ option is the package default."),
         "tasks": {
             "mrpc_minilm": dict(task="mrpc", model="minilm", epochs=3, batch_size=32, lr=5e-5, schedule="linear",
-                                extra_policies=CACHE_POLICIES),
+                                group_by_length=True, extra_policies=CACHE_POLICIES),
             "cifar10_resnet20": dict(task="cifar10", model="resnet20", subset=4000, epochs=10, batch_size=128,
                                      lr=0.1, epoch_eval_subset=1000)}},
     "gpu": {
@@ -59,15 +61,17 @@ SUITES: dict[str, dict] = {
         # with 4 runs sharing the GPU: the carried CIFAR-10 subset is 15,000 images (64 MiB per call).
         "why": ("ResNet-18 (CIFAR stem) and DeiT-tiny from scratch on 15,000 balanced CIFAR-10 images x 15 epochs, "
                 "per-epoch evaluation on a fixed 2,000-image test subset and the final one on all 10,000; MiniLM "
-                "fine-tuned on MRPC and CoLA, full train/dev, 3 epochs. Every SmartFRZ option is the package default."),
+                "fine-tuned on MRPC and CoLA, full train/dev, 3 epochs, length-grouped batches. Every SmartFRZ option is the "
+                "package default."),
         "tasks": {
             "cifar10_resnet18": dict(task="cifar10", model="resnet18_cifar", subset=15000, epochs=15, batch_size=256,
                                      lr=0.1, epoch_eval_subset=2000),
             "cifar10_deit_tiny": dict(task="cifar10", model="deit_tiny", subset=15000, epochs=15, batch_size=256,
                                       lr=1e-3, optimizer="adamw", weight_decay=0.05, epoch_eval_subset=2000),
             "mrpc_minilm": dict(task="mrpc", model="minilm", epochs=3, batch_size=32, lr=5e-5, schedule="linear",
-                                extra_policies=CACHE_POLICIES),
-            "cola_minilm": dict(task="cola", model="minilm", epochs=3, batch_size=32, lr=5e-5, schedule="linear")}},
+                                group_by_length=True, extra_policies=CACHE_POLICIES),
+            "cola_minilm": dict(task="cola", model="minilm", epochs=3, batch_size=32, lr=5e-5, schedule="linear",
+                                group_by_length=True)}},
 }
 
 # what a run's key leaves out: where data is read from, where results are written and how they are shown

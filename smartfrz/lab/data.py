@@ -351,11 +351,33 @@ def glue_metrics(task, preds, labels) -> dict:
 
 # ----------------------------------------------------------------------------- loaders
 
-def make_loader(dataset, batch_size, shuffle=False, seed=0, collate_fn=None, num_workers=0, drop_last=False, **kw):
-    """DataLoader whose shuffle order (and worker seeds) depend only on `seed`, not on global RNG state."""
+def make_loader(dataset, batch_size, shuffle=False, seed=0, collate_fn=None, num_workers=0, drop_last=False,
+                lengths=None, **kw):
+    """DataLoader whose shuffle order (and worker seeds) depend only on `seed`, not on global RNG state.
+    ``lengths`` (per example) with shuffle: length-grouped batches (see LengthGroupedSampler)."""
     g = torch.Generator().manual_seed(seed)
+    if shuffle and lengths is not None:
+        kw["sampler"], shuffle = LengthGroupedSampler(lengths, batch_size, g), False
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=g, collate_fn=collate_fn,
                       num_workers=num_workers, drop_last=drop_last, **kw)
+
+
+class LengthGroupedSampler(torch.utils.data.Sampler):
+    """A random order, sorted by length within chunks of 50 batches, so that dynamically padded batches
+    hold examples of similar length and pad little (the Hugging Face Trainer's ``group_by_length``).
+    It draws from the loader's own generator, so data order and exact resume work as with shuffle."""
+
+    def __init__(self, lengths, batch_size: int, generator: torch.Generator, chunk_batches: int = 50):
+        self.lengths, self.generator, self.chunk = list(lengths), generator, batch_size * chunk_batches
+
+    def __len__(self):
+        return len(self.lengths)
+
+    def __iter__(self):
+        order = torch.randperm(len(self.lengths), generator=self.generator).tolist()
+        chunks = [sorted(order[i:i + self.chunk], key=lambda j: -self.lengths[j])
+                  for i in range(0, len(order), self.chunk)]
+        return iter([j for c in chunks for j in c])
 
 
 # ----------------------------------------------------------------------------- fetch CLI (needs internet)

@@ -46,6 +46,7 @@ class ExperimentConfig:
     image_size: int = 32
     classes: list | None = None  # imagefolder: a class subset (e.g. ImageNet-100)
     max_length: int = 128
+    group_by_length: bool = False  # text: batches of similar length (less padding), as the HF Trainer option
     augment: bool = True
     frz: dict = field(default_factory=dict)  # SmartFRZ options (threshold, window, decide_every, ...)
     cache: bool = False  # prefix cache: frozen units' outputs stored per example, their forward skipped
@@ -203,8 +204,9 @@ def build(cfg: ExperimentConfig, device: str):
     probe_batch = collate([dev[i] for i in range(min(128, len(dev)))])
     mask = probe_batch["attention_mask"].to(device)
     probe = to_device({k: v for k, v in probe_batch.items() if k != "labels"}, device)
+    lengths = [len(ex["input_ids"]) for ex in train] if cfg.group_by_length else None
     train = D.IndexedDataset(train) if cfg.cache else train
-    return (model, D.make_loader(train, cfg.batch_size, shuffle=True, seed=cfg.seed, collate_fn=collate),
+    return (model, D.make_loader(train, cfg.batch_size, shuffle=True, seed=cfg.seed, collate_fn=collate, lengths=lengths),
             D.make_loader(dev, 128, collate_fn=collate), metric, probe, mask)
 
 
