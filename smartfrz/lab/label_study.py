@@ -33,8 +33,8 @@ def references(bench_path: Path) -> dict[tuple[str, int], dict]:
     return out
 
 
-def study(bench_path, rules, jobs: int = 1, threads: int = 1, out_dir=None) -> list[dict]:
-    refs = references(Path(bench_path))
+def study(bench_path, rules, jobs: int = 1, threads: int = 1, out_dir=None, tasks=None) -> list[dict]:
+    refs = {k: v for k, v in references(Path(bench_path)).items() if tasks is None or k[0] in tasks}
     out_dir, bench_runs = Path(out_dir), Path(bench_path).with_suffix(".runs")
     allowed = {f.name for f in fields(ExperimentConfig)}
     todo = []
@@ -84,11 +84,12 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bench", required=True, help="a bench JSON whose <name>.runs/ holds its none runs")
     ap.add_argument("--rules", nargs="+", default=["cka:0.95", "remaining:0.1"])
+    ap.add_argument("--tasks", nargs="*", default=None, help="only these bench tasks")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--out", required=True, help="JSON path; the Markdown table goes beside it")
     a = ap.parse_args(argv)
     out = Path(a.out)
-    rows = study(a.bench, a.rules, a.jobs, out_dir=out.with_suffix(".runs"))
+    rows = study(a.bench, a.rules, a.jobs, out_dir=out.with_suffix(".runs"), tasks=a.tasks)
     _write_json(out, {"bench": a.bench, "rules": a.rules, "rows": rows})
     md = f"# Oracle label rules on `{a.bench}`\n\nMedians over seeds; Δ against that seed's `none` run.\n\n" + table(rows)
     out.with_suffix(".md").write_text(md)
