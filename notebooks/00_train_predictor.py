@@ -54,7 +54,7 @@ s
 import tempfile
 from pathlib import Path
 
-from smartfrz import freeze_dataset
+from smartfrz.predictor_training import freeze_dataset
 from smartfrz.lab.experiment import resolve_device
 
 runs_dir = Path(s.runs_dir or tempfile.mkdtemp(prefix="smartfrz-freeze-runs-"))
@@ -73,9 +73,9 @@ for preset_name in s.record_presets:
 # %%
 import pandas as pd
 
-from smartfrz import predictor_training
+from smartfrz.predictor_training import training
 
-res = predictor_training.run(runs_dir, out=s.predictor_out, report=s.report_dir, epochs=s.epochs, progress=s.progress)
+res = training.run(runs_dir, out=s.predictor_out, report=s.report_dir, epochs=s.epochs, progress=s.progress)
 print(f"predictor: {s.predictor_out}; report: {s.report_dir}/report.md")
 pd.json_normalize(res["runs"])
 
