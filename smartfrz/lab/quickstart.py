@@ -26,6 +26,7 @@ def quickstart(out_dir="reports/quickstart", epochs: int = 15, seeds=(0, 1, 2), 
     """Trains ``digits_cnn`` on sklearn's digits once per policy and seed; returns the per-method table."""
     out = Path(out_dir)
     wandb = wandb and os.getenv("WANDB_MODE", "").lower() != "disabled"
+    earlier = set((out / "wandb").glob("*run-*"))  # W&B runs of earlier invocations are not this one's
     runs = []
     for seed in seeds:
         for policy in policies:
@@ -49,17 +50,17 @@ def quickstart(out_dir="reports/quickstart", epochs: int = 15, seeds=(0, 1, 2), 
         print(f"results: {out / 'summary.md'} (table), {out / 'results.json'}, figures {', '.join(p.name for p in figs.values())}"
               f", run files in {out / 'runs'}")
         if wandb:
-            print(wandb_pointer(out / "wandb"))
+            print(wandb_pointer(out / "wandb", earlier))
     return summary
 
 
-def wandb_pointer(folder: Path) -> str:
-    """Where the W&B runs are and how to upload them (offline) or see them (online)."""
-    offline = sorted(str(p) for p in folder.glob("offline-run-*"))
+def wandb_pointer(folder: Path, earlier=frozenset()) -> str:
+    """Where this invocation's W&B runs are and how to upload them (offline) or see them (online)."""
+    offline = sorted(p for p in folder.glob("offline-run-*") if p not in earlier)
     if offline:
         return (f"W&B: {len(offline)} offline runs in {folder}/ (freeze-events table, timeline chart); upload with "
                 f"`wandb sync {folder}/offline-run-*` after `wandb login`")
-    online = sorted(folder.glob("run-*"))
+    online = sorted(p for p in folder.glob("run-*") if p not in earlier)
     if online:
         return f"W&B: {len(online)} runs synced online (project smartfrz, group quickstart); local copies in {folder}/"
     return f"W&B: no run was written under {folder}/ (W&B unavailable or disabled; see the warnings above)"
