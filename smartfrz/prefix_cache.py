@@ -134,7 +134,7 @@ class PrefixCache:
         self.store = _Store(max_bytes, spill_dir)
         self.level = 0  # units whose work the stored values already contain
         self.enabled, self.refused = True, None
-        self.hits = self.fill_examples = self.fill_work = 0
+        self.fill_examples = self.fill_work = 0
         self.served: list[bool] = []  # per training step: fed from the store
         self.advances: list[dict] = []  # {"from", "to", "examples", "work"}: what filling cost
         self._specs: dict[nn.Module, tuple] = {}
@@ -233,8 +233,9 @@ class PrefixCache:
         seq = lengths is not None and x.dim() >= 2 and x.shape[1] == batch["attention_mask"].shape[1]
         self._trimmed = seq  # rows stored without their padding
         x = x.to(self.dtype)
+        lengths = lengths.tolist() if seq else None
         for row, i in enumerate(idx.tolist()):
-            self._next.put(i, x[row, :int(lengths[row])] if seq else x[row])
+            self._next.put(i, x[row, :lengths[row]] if seq else x[row])
 
     @contextlib.contextmanager
     def _record(self, k: int):
@@ -257,9 +258,12 @@ class PrefixCache:
     def lookup(self, batch) -> torch.Tensor | None:
         """The stored boundary values of a batch, padded like it, or None when some are missing."""
         idx = batch_indices(batch)
-        if idx is None or not self.level or not all(int(i) in self.store for i in idx):
+        if idx is None or not self.level:
             return None
-        rows = [self.store.get(int(i)) for i in idx]
+        idx = idx.tolist()  # one host transfer per batch, not one per example
+        if not all(i in self.store for i in idx):
+            return None
+        rows = [self.store.get(i) for i in idx]
         lengths = _valid_lengths(batch)
         if lengths is not None and self._trimmed:
             width = batch["attention_mask"].shape[1]
@@ -311,7 +315,6 @@ class PrefixCache:
         self.served.append(stored is not None)
         if stored is None:
             return None
-        self.hits += 1
         return self._replay(batch, self.level, stored)
 
     @torch.no_grad()
@@ -364,6 +367,11 @@ class PrefixCache:
             for h in handles:
                 h.remove()
         return names.get(id(seen[0]), type(seen[0]).__name__) if seen else None
+
+    @property
+    def hits(self) -> int:
+        """Training steps served from the store."""
+        return sum(self.served)
 
     def stats(self) -> dict:
         return {"enabled": self.enabled, "refused": self.refused, "level": self.level, "entries": len(self.store),
