@@ -15,25 +15,27 @@
 # %% [markdown]
 # # 00 · Train the SmartFRZ predictor
 #
-# Records training runs without freezing (weight windows + CKA labels in hindsight,
-# `smartfrz.predictor_training.freeze_dataset`), then trains and evaluates the attention predictor on them
-# (`smartfrz.predictor_training.training`).
+# Records training runs without freezing (weight windows + labels in hindsight: rewind harm and CKA,
+# `smartfrz.predictor_training.freeze_dataset`), then trains the attention predictor on them, chooses its
+# decision rule by replaying the engine on out-of-fold runs, and evaluates it on held-out families and
+# schedules (`smartfrz.predictor_training.training`).
 #
 # **Presets.** `smoke` (default, `make test`): two short runs of the digits CNN recorded into a temp folder,
 # a few predictor epochs; writes `reports/predictor_smoke/` and `artifacts/predictor_smoke.safetensors` (never
-# the shipped file). `full`: regenerates the shipped predictor from the real data: the `gpu` (CNNs and ViTs on
-# CIFAR-10) and `gpu_text` (MiniLM on MRPC/CoLA) run sets into `artifacts/freeze_runs` (runs already there are
-# kept), then `smartfrz/weights/smartfrz_predictor.safetensors` and `reports/predictor/`. Run it on a GPU with
-# `data_dir` pointing at the data (`papermill ... -p preset full -p data_dir ../shared/data`).
+# the shipped file). `full`: regenerates the shipped predictor from the real data: the `cpu` run set (65 runs, 9
+# architectures in 8 families, 6 schedules, digits / CIFAR-10 / MRPC / CoLA; about 80 minutes of one core) into
+# `artifacts/freeze_runs` (runs already there are kept), then `smartfrz/weights/smartfrz_predictor.safetensors`
+# and `reports/predictor/` (`papermill ... -p preset full -p data_dir ../shared/data`; `record_presets` can add
+# `gpu` and `gpu_text` on a GPU).
 
 # %% tags=["parameters"]
 preset = "smoke"  # smoke | full: see the first cell
 # None = the preset's value (smartfrz/lab/presets.py); override any of them with papermill -p NAME VALUE
-record_presets = None  # smoke: ['smoke'] | full: ['gpu', 'gpu_text']
+record_presets = None  # smoke: ['smoke'] | full: ['cpu']
 runs_dir = None  # smoke: None | full: 'artifacts/freeze_runs'
 predictor_out = None  # smoke: 'artifacts/predictor_smoke.safetensors' | full: 'smartfrz/weights/smartfrz_predictor.safetens...
 report_dir = None  # smoke: 'reports/predictor_smoke' | full: 'reports/predictor'
-epochs = None  # smoke: 5 | full: 25
+epochs = None  # smoke: 5 | full: 6
 data_dir = None  # smoke: None | full: None
 device = None  # smoke: 'cpu' | full: 'auto'
 threads = None  # smoke: 1 | full: None
@@ -80,15 +82,15 @@ print(f"predictor: {s.predictor_out}; report: {s.report_dir}/report.md")
 pd.json_normalize(res["runs"])
 
 # %% [markdown]
-# Held-out evaluation (leave one model family out; empty when the recorded runs hold one family, as in `smoke`),
-# and the shipped predictor's threshold and calibration:
+# Held out (one architecture family, then one learning-rate schedule at a time; empty when the recorded runs hold
+# one family and one schedule, as in `smoke`): the engine's rule replayed on runs the predictor never saw, the share
+# of the oracle's saving it reached and the units it froze before their label. Then the shipped decision rule.
 
 # %%
-display(pd.DataFrame({fam: {"trained_on": v["trained_on"], **v["eligible"], "ece": v["ece"]}
-                      for fam, v in res["held_out"].items()}).T)
+display(pd.DataFrame([{"held out": f"{kind}: {g}", **v["rule"],
+                       **{k: v[k] for k in ("runs", "oracle_saved", "saved", "saved_share_of_oracle", "early", "units")}}
+                      for kind, block in res["held_out"].items() for g, v in block.items()]))
 res["shipped"]
 
 # %%
-figs = {name: Path(s.report_dir) / f"{name}.png" for name in ("cka_curves", "heldout")}
-for path in figs.values():
-    display(Image(filename=str(path)))
+display(Image(filename=str(Path(s.report_dir) / "heldout.png")))

@@ -14,10 +14,10 @@ class SmartFRZConfig:
     sample_size: int = 1024
     record_every: int | None = None  # None: spread the window over one epoch (steps_per_epoch // window), else 10
     # decisions
-    decide_every: int | None = None  # None: once per epoch (steps_per_epoch, or each epoch_end() call)
+    decide_every: int | None = None  # None: the policy's cadence per epoch (smartfrz: the predictor's; others: 1)
     steps_per_epoch: int | None = None
-    threshold: float | None = None  # P(freeze) needed; None: the predictor's calibrated threshold
-    patience: int = 2  # consecutive decisions a unit must score >= threshold (one spike never freezes)
+    threshold: float | None = None  # P(freeze) needed; None: the one chosen with the predictor (stored in its file)
+    patience: int | None = None  # consecutive decisions a unit must score >= threshold; None: the predictor's
     min_active_units: int = 1  # units (besides the head) that are never frozen
     predictor_path: str | None = None  # None: the shipped predictor
     units: Sequence[str] | None = None  # explicit unit names; None: structural discovery
@@ -41,7 +41,7 @@ class SmartFRZConfig:
                 raise ValueError(f"{name} must be a positive integer{extra}; got {v!r}")
 
         positive("window", allow_none=False)
-        positive("patience", allow_none=False)
+        positive("patience")
         positive("sample_size", allow_none=False)
         for name in ("record_every", "decide_every", "steps_per_epoch", "total_steps"):
             positive(name)

@@ -48,8 +48,10 @@ class SmartFRZ:
         self._home: dict[int, int] = {}  # param id -> optimizer group index, to restore on unfreeze
         self._owners = self._param_owners()
         self.record_every = cfg.record_every or (max(1, cfg.steps_per_epoch // cfg.window) if cfg.steps_per_epoch else 10)
-        self.decide_every = cfg.decide_every or cfg.steps_per_epoch  # None: decide at epoch_end()
         self.policy = make_policy(policy, cfg)
+        per_epoch = getattr(self.policy, "decisions_per_epoch", 1)  # smartfrz: chosen with the predictor
+        self.decide_every = cfg.decide_every or (max(1, cfg.steps_per_epoch // per_epoch) if cfg.steps_per_epoch
+                                                 else None)  # None: decide at epoch_end()
         if (problem := self._window_problem(cfg.total_steps)) is not None:
             raise ValueError(problem)
         self.recorder = WeightRecorder(self.units, cfg.window, cfg.sample_size, cfg.seed) if self.policy.needs_windows else None

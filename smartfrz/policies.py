@@ -55,12 +55,14 @@ class SmartFRZPolicy(Policy):
     name = "smartfrz"
     needs_windows = True
 
-    def __init__(self, predictor=None, threshold: float | None = None, path: str | None = None, patience: int = 2):
+    def __init__(self, predictor=None, threshold: float | None = None, path: str | None = None,
+                 patience: int | None = None):
         from .predictor import FreezePredictor
 
         self.predictor = predictor if predictor is not None else FreezePredictor.load(path)
         self.threshold = threshold if threshold is not None else float(self.predictor.threshold)
-        self.patience = patience
+        self.patience = patience if patience is not None else int(getattr(self.predictor, "patience", 2))
+        self.decisions_per_epoch = int(getattr(self.predictor, "decisions_per_epoch", 1))
         self.streak: dict[int, int] = {}
 
     def bind(self, engine):

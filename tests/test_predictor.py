@@ -53,10 +53,21 @@ def _timed(pred, w):
 
 
 def test_save_load_round_trip(tmp_path):
+    """The decision rule chosen with the weights travels with them, and the engine follows it."""
+    from smartfrz import SmartFRZ
     pred = FreezePredictor(d_model=16, heads=2, layers=1, hidden=32, threshold=0.7)
+    pred.patience, pred.decisions_per_epoch = 3, 2
     pred.save(tmp_path / "p.safetensors")
     back = FreezePredictor.load(tmp_path / "p.safetensors")
-    assert back.threshold == 0.7
+    assert (back.threshold, back.patience, back.decisions_per_epoch) == (0.7, 3, 2)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    frz = SmartFRZ(model, opt, example_input=torch.randn(2, 4), predictor_path=str(tmp_path / "p.safetensors"),
+                   steps_per_epoch=10, window=2, record_every=1)
+    assert (frz.decide_every, frz.policy.patience, frz.policy.threshold) == (5, 3, 0.7)
+    frz = SmartFRZ(model, opt, example_input=torch.randn(2, 4), predictor_path=str(tmp_path / "p.safetensors"),
+                   steps_per_epoch=10, window=2, record_every=1, decide_every=10, patience=1, threshold=0.5)
+    assert (frz.decide_every, frz.policy.patience, frz.policy.threshold) == (10, 1, 0.5)  # explicit settings win
     assert all(torch.equal(a, b) for a, b in zip(pred.state_dict().values(), back.state_dict().values()))
 
 

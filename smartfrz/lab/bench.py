@@ -2,8 +2,8 @@
 
 ``python -m smartfrz.lab.bench --suite smoke|cpu|gpu [--data-dir DIR] [--jobs N] --out reports/bench/NAME.json``
 
-Per task and seed, the ``none`` run goes first and doubles as the oracle's reference (its probe
-CKA curves give the hindsight freeze steps). Ratios in the Markdown table are against ``none`` of
+Per task and seed, the ``none`` run goes first and doubles as the oracle's reference (its rewind
+harms give the hindsight freeze steps, ``ExperimentConfig.oracle_label``). Ratios in the Markdown table are against ``none`` of
 the same suite run, as medians over seeds.
 
 Runs go to ``--jobs`` worker processes (single-threaded on CPU unless ``--threads`` says otherwise),
@@ -35,6 +35,10 @@ SUITES: dict[str, dict] = {
         "seeds": (0, 1),
         "why": "Seconds on CPU; the tests run it.",
         "tasks": {"digits_cnn": dict(task="digits", model="digits_cnn", epochs=6, batch_size=64, lr=0.05)}},
+    "demo": {
+        "seeds": (0, 1, 2),
+        "why": "`make demo`'s setting (smartfrz.lab.quickstart: digits_cnn, 15 epochs, batch 32, the defaults), with every policy.",
+        "tasks": {"digits_cnn_demo": dict(task="digits", model="digits_cnn", epochs=15, batch_size=32)}},
     "cpu": {
         "seeds": (0, 1, 2),
         # Sizes fixed from step timings alone, before any metric of this suite was seen (one thread each,
@@ -83,12 +87,21 @@ _NOT_IN_KEY = ("data_dir", "out_dir", "progress", "wandb", "wandb_project", "wan
 LINEAR_DEFAULTS = {"freeze_start": 0.5, "freeze_level": 0.8}
 
 
+REFERENCE_FORMAT = 2  # what a `none` run records for the oracle: 2 = step-0 probe, CKA and rewind harms
+
+
 def run_key(cfg: ExperimentConfig, threads: int | None) -> str:
     """A name that changes whenever anything that can change the run's numbers changes."""
     import torch
 
     from .. import __version__
     d = {k: v for k, v in asdict(cfg).items() if k not in _NOT_IN_KEY}
+    # an oracle's numbers follow from its freeze steps (in the key); the label that made them is a name.
+    # (0.95 stands where the label option was a CKA threshold, so runs recorded then keep their keys.)
+    d.pop("oracle_label")
+    d["oracle_tau"] = 0.95
+    if cfg.record_cka:
+        d["reference"] = REFERENCE_FORMAT
     d["device"] = resolve_device(cfg.device)
     d.update(threads=threads, smartfrz=__version__, torch=torch.__version__)
     if cfg.policy == "smartfrz":
@@ -174,7 +187,7 @@ def run_tasks(tasks: dict[str, dict], seeds, policies=ALL_POLICIES, name: str = 
         if policy != "oracle":
             return cfg
         ref = results.get((task, seed, "none"))
-        return None if ref is None else replace(cfg, oracle_freeze_steps=oracle_steps(ref, cfg.oracle_tau))
+        return None if ref is None else replace(cfg, oracle_freeze_steps=oracle_steps(ref, cfg.oracle_label))
 
     def finish(job, res: dict, key: str | None) -> None:
         if key is not None:  # trained now: written at once, so a kill loses nothing finished
@@ -331,7 +344,7 @@ def markdown(bench: dict, command: str | None = None) -> str:
              f"{100 * by[(t, 'oracle')]['flops_saved']:.1f}% FLOPs saved"
              for t in dict.fromkeys(r["task"] for r in rows) if (t, "oracle") in by]
     if notes:
-        lines += ["", "The oracle (hindsight CKA labels from the `none` run of the same seed) against full training:",
+        lines += ["", "The oracle (hindsight labels from the `none` run of the same seed) against full training:",
                   *notes]
     cached = [r for r in bench["runs"] if r.get("cache")]
     if cached:

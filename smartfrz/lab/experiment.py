@@ -19,6 +19,7 @@ from .costs import (EnergyMeter, PeakMemory, Stopwatch, integrate_cached_train_f
                     prefix_forward_flops, prefix_step_flops)
 from ..engine import SmartFRZ
 from .train import batch_loss, example_input, fit, to_device
+from ..predictor_training.labels import DEFAULT_LABEL
 
 VISION_TASKS = ("digits", "cifar10", "cifar100", "imagefolder")
 CACHE_DTYPES = ("float16", "bfloat16", "float32")
@@ -52,8 +53,8 @@ class ExperimentConfig:
     cache: bool = False  # prefix cache: frozen units' outputs stored per example, their forward skipped
     cache_dtype: str = "float16"  # float16 | bfloat16 | float32 (exact)
     cache_max_bytes: int | None = None  # RAM for the store; beyond it, a memory-mapped spill file
-    record_cka: bool = False  # record probe CKA curves (a reference run for the oracle)
-    oracle_tau: float = 0.95
+    record_cka: bool = False  # record the oracle's reference: probe CKA curves and rewind harms per checkpoint
+    oracle_label: str = DEFAULT_LABEL  # the bench's oracle: label RULE:TAU (predictor_training.labels.freeze_labels)
     oracle_freeze_steps: dict | None = None
     wandb: bool = False
     wandb_project: str = "smartfrz"
@@ -283,6 +284,10 @@ def run(cfg: ExperimentConfig | dict) -> ExperimentResult:
     frz.decide = decide_watch.wrap(frz.decide)
     grams, cka_steps = [], []
     ckpt_every = max(1, steps_per_epoch // 4)
+    snapshots = None
+    if cfg.record_cka:
+        from ..predictor_training.labels import UnitSnapshots
+        snapshots = UnitSnapshots(frz.units)
 
     def scale_hook(batch):
         scales.append(_batch_size_of(batch)[1] / ref_tokens)
@@ -293,8 +298,11 @@ def run(cfg: ExperimentConfig | dict) -> ExperimentResult:
                 t = time.perf_counter()
                 from ..predictor_training.labels import probe_grams
                 grams.append(probe_grams(model, frz.units, probe, mask).float().cpu())
+                snapshots.take(step)
                 cka_steps.append(step)
                 probe_watch.seconds += time.perf_counter() - t
+
+    on_step(0)  # the reference starts where training starts (a fine-tuned model's pretrained state)
 
     loader = _Tap(train_loader, scale_hook)
     logger = None
@@ -321,9 +329,13 @@ def run(cfg: ExperimentConfig | dict) -> ExperimentResult:
     check = _check_flops(model, frz, prefix_flops, first)
     cka = None
     if cfg.record_cka and grams:
-        from ..predictor_training.labels import cka_curves
+        from ..predictor_training.labels import cka_curves, harm_probe, rewind_harm
         curves = cka_curves(torch.stack(grams))
-        cka = {"steps": cka_steps, "curves": curves.tolist(), "units": [u.name for u in frz.units]}
+        t = time.perf_counter()
+        harm = rewind_harm(model, snapshots, harm_probe(final_loader or eval_loader, device))
+        cka = {"steps": cka_steps, "curves": curves.tolist(), "units": [u.name for u in frz.units],
+               "rewind": [[None if math.isnan(v) else v for v in row] for row in harm.tolist()],
+               "rewind_s": time.perf_counter() - t}
     result = ExperimentResult(
         config=asdict(cfg), run=cfg.run_name, device=device_name(device),
         metric_name=res.final.get("metric_name", ""), metric=float(res.final.get("metric", float("nan"))),
@@ -375,11 +387,31 @@ class _Tap:
         return getattr(self.loader, name)
 
 
-def oracle_steps(reference: ExperimentResult | dict, tau: float = 0.95, rule: str = "cka") -> dict[str, int]:
-    """Hindsight freeze steps from a reference run recorded with ``record_cka=True`` (label ``rule``:
+def parse_label(label: str) -> tuple[str, float]:
+    """"RULE:TAU" -> (rule, tau), e.g. "rewind:0.05"."""
+    from ..predictor_training.labels import RULES
+    rule, _, tau = label.partition(":")
+    try:
+        value = float(tau)
+    except ValueError:
+        value = None
+    if rule not in RULES or value is None:
+        raise ValueError(f"a label is RULE:TAU with RULE one of {', '.join(RULES)} and TAU a number; got {label!r}")
+    return rule, value
+
+
+def oracle_steps(reference: ExperimentResult | dict, label: str = DEFAULT_LABEL) -> dict[str, int]:
+    """Hindsight freeze steps from a reference run recorded with ``record_cka=True`` (``label`` = RULE:TAU,
     see ``smartfrz.predictor_training.labels.freeze_labels``)."""
     from ..predictor_training.labels import freeze_steps
+    rule, tau = parse_label(label)
     cka = reference.cka if isinstance(reference, ExperimentResult) else reference["cka"]
     if not cka:
         raise ValueError("the reference run has no CKA curves: run it with record_cka=True")
-    return freeze_steps(torch.tensor(cka["curves"]), cka["steps"], cka["units"], tau, rule)
+    if rule == "rewind":
+        if "rewind" not in cka:
+            raise ValueError("the reference run has no rewind harms (recorded before they existed): run it again")
+        values = torch.tensor([[float("nan") if v is None else v for v in row] for row in cka["rewind"]])
+    else:
+        values = torch.tensor(cka["curves"])
+    return freeze_steps(values, cka["steps"], cka["units"], tau, rule)

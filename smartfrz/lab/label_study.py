@@ -4,7 +4,7 @@ own `none` runs (their probe CKA curves) and measures what each rule costs in ac
     python -m smartfrz.lab.label_study --bench reports/bench/cpu.json \\
         --rules cka:0.95 remaining:0.1 remaining:0.2 --jobs 2 --out reports/bench/labels.json
 
-A rule is ``NAME:TAU`` (``smartfrz.predictor_training.labels.freeze_labels``). Runs resume like the bench's.
+A rule is ``RULE:TAU`` (``smartfrz.predictor_training.labels.freeze_labels``). Runs resume like the bench's.
 """
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ def references(bench_path: Path) -> dict[tuple[str, int], dict]:
     out = {}
     for r in bench["runs"]:
         if r["policy"] == "none":
-            path = next(runs_dir.glob(f"{r['run']}-*.json"), None)
+            found = sorted(runs_dir.glob(f"{r['run']}-*.json"), key=lambda f: f.stat().st_mtime)
+            path = found[-1] if found else None  # the newest: the run this bench JSON was made from
             if path is None:
                 raise FileNotFoundError(f"{r['run']}: its run file is not in {runs_dir}; run the bench there first")
             out[(r["task"], r["seed"])] = json.loads(path.read_text())
@@ -38,13 +39,12 @@ def study(bench_path, rules, jobs: int = 1, threads: int = 1, out_dir=None, task
     out_dir, bench_runs = Path(out_dir), Path(bench_path).with_suffix(".runs")
     allowed = {f.name for f in fields(ExperimentConfig)}
     todo = []
-    for (task, seed), ref in refs.items():
-        base = ExperimentConfig(**{k: v for k, v in ref["config"].items() if k in allowed})
-        for rule in rules:
-            name, tau = rule.split(":")
-            steps = oracle_steps(ref, float(tau), name)
+    for rule in rules:  # rule by rule: the first rule's results come first
+        for (task, seed), ref in refs.items():
+            base = ExperimentConfig(**{k: v for k, v in ref["config"].items() if k in allowed})
+            steps = oracle_steps(ref, rule)
             cfg = replace(base, policy="oracle", record_cka=False, oracle_freeze_steps=steps, out_dir=None,
-                          progress=False)
+                          progress=False, oracle_label=rule)
             todo.append((task, seed, rule, cfg, ref))
     results = []
     pending = []
@@ -83,14 +83,16 @@ def table(rows: list[dict]) -> str:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bench", required=True, help="a bench JSON whose <name>.runs/ holds its none runs")
-    ap.add_argument("--rules", nargs="+", default=["cka:0.95", "remaining:0.1"])
+    ap.add_argument("--rules", nargs="+", default=["rewind:0.05", "rewind:0.02", "cka:0.95"])
     ap.add_argument("--tasks", nargs="*", default=None, help="only these bench tasks")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--out", required=True, help="JSON path; the Markdown table goes beside it")
     a = ap.parse_args(argv)
     out = Path(a.out)
     rows = study(a.bench, a.rules, a.jobs, out_dir=out.with_suffix(".runs"), tasks=a.tasks)
-    _write_json(out, {"bench": a.bench, "rules": a.rules, "rows": rows})
+    import sys
+    command = "python -m smartfrz.lab.label_study " + " ".join(sys.argv[1:] if argv is None else argv)
+    _write_json(out, {"bench": a.bench, "rules": a.rules, "command": command, "rows": rows})
     md = f"# Oracle label rules on `{a.bench}`\n\nMedians over seeds; Δ against that seed's `none` run.\n\n" + table(rows)
     out.with_suffix(".md").write_text(md)
     print(md)

@@ -141,6 +141,21 @@ class DigitsCNN(nn.Module):
         return self.head(torch.flatten(self.pool(self.blocks(self.stem(x))), 1))
 
 
+class DigitsMLP(nn.Module):
+    """Four-layer perceptron for the 64 pixels of sklearn's digits: the plainest family of all."""
+
+    def __init__(self, num_classes=10, widths=(256, 256, 128)):
+        super().__init__()
+        dims = (64,) + tuple(widths)
+        self.flatten = nn.Flatten()
+        self.blocks = nn.Sequential(*[nn.Sequential(nn.Linear(a, b), nn.BatchNorm1d(b), nn.ReLU(inplace=True))
+                                      for a, b in zip(dims[:-1], dims[1:])])
+        self.head = nn.Linear(dims[-1], num_classes)
+
+    def forward(self, x):
+        return self.head(self.blocks(self.flatten(x)))
+
+
 # ----------------------------------------------------------------------------- torchvision / timm
 
 def _torchvision(arch, num_classes, pretrained, weights=None, **kw):
@@ -301,6 +316,11 @@ def _digits_cnn(num_classes, pretrained, image_size, **kw):
     return DigitsCNN(num_classes, **kw)
 
 
+def _digits_mlp(num_classes, pretrained, image_size, **kw):
+    _no_weights("digits_mlp", pretrained)
+    return DigitsMLP(num_classes, **kw)
+
+
 _BUILDERS = {
     "resnet20": _resnet20,
     "resnet18_cifar": lambda nc, pre, size, **kw: _cifar_stem(_torchvision("resnet18", nc, pre, **kw)),
@@ -311,6 +331,7 @@ _BUILDERS = {
     "deit_tiny": _deit_tiny,
     "vit_tiny_cifar": _vit_tiny_cifar,
     "digits_cnn": _digits_cnn,
+    "digits_mlp": _digits_mlp,
     "minilm": _bert("minilm"),
     "bert-base-uncased": _bert("bert-base-uncased"),
 }

@@ -43,9 +43,9 @@ PRESETS: dict[str, dict[str, dict]] = {
         "smoke": dict(record_presets=["smoke"], runs_dir=None, predictor_out="artifacts/predictor_smoke.safetensors",
                       report_dir="reports/predictor_smoke", epochs=5, data_dir=None, device="cpu", threads=1,
                       progress=False),
-        "full": dict(record_presets=["gpu", "gpu_text"], runs_dir="artifacts/freeze_runs",
+        "full": dict(record_presets=["cpu"], runs_dir="artifacts/freeze_runs",
                      predictor_out="smartfrz/weights/smartfrz_predictor.safetensors", report_dir="reports/predictor",
-                     epochs=25, data_dir=None, device="auto", threads=None, progress=True),
+                     epochs=6, data_dir=None, device="auto", threads=None, progress=True),
     },
     "01_quickstart": {
         "smoke": dict(epochs=15, seeds=[0, 1, 2], policies=["none", "smartfrz"], frz={}, out_dir="reports/quickstart",

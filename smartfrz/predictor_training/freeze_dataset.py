@@ -1,9 +1,11 @@
-"""The predictor's training data: real training runs, recorded and labelled by CKA in hindsight.
+"""The predictor's training data: real training runs, recorded and labelled in hindsight.
 
 Each run trains a model with no freezing, records every unit's tailored weight window, and at
-regular checkpoints stores (a) the predictor features of each window and (b) each unit's probe
-Gram. At the end, CKA against the final Grams labels every (checkpoint, unit). One run is one
-safetensors file; ``python -m smartfrz.predictor_training.freeze_dataset --preset gpu --out DIR`` makes a set.
+regular checkpoints stores (a) the predictor features of each window, (b) each unit's probe Gram and
+(c) a copy of its weights. At the end, every (checkpoint, unit) gets its rewind harm (the share of
+probe predictions of the final model that change when units 0..k go back to that checkpoint) and
+its CKA against the end. One run is one safetensors file;
+``python -m smartfrz.predictor_training.freeze_dataset --preset cpu --out DIR`` makes a set.
 """
 from __future__ import annotations
 
@@ -15,14 +17,17 @@ from pathlib import Path
 
 import torch
 
-from .labels import cka_curves, probe_grams
+from .labels import UnitSnapshots, cka_curves, harm_probe, probe_grams, rewind_harm
 from ..predictor import window_features
 from ..recorder import WeightRecorder
 from ..lab.train import example_input, fit, to_device
 from ..units import find_units
 
-FAMILIES = {"resnet20": "cnn", "resnet18_cifar": "cnn", "vgg11_bn": "cnn", "mobilenet_v2": "cnn", "digits_cnn": "cnn",
-            "vit_tiny_cifar": "transformer", "deit_tiny": "transformer", "minilm": "transformer"}
+# architecture families: held out together in the predictor's cross-validation
+FAMILIES = {"digits_mlp": "mlp", "digits_cnn": "digits_cnn", "resnet20": "resnet", "resnet18_cifar": "resnet",
+            "vgg11_bn": "vgg", "mobilenet_v2": "mobilenet", "torchvision:shufflenet_v2_x0_5": "shufflenet",
+            "vit_tiny_cifar": "vit", "deit_tiny": "vit", "minilm": "bert", "bert-base-uncased": "bert"}
+SCHEDULES = ("onecycle", "cosine", "linear", "step", "constant", "restarts")
 
 
 @dataclass
@@ -36,7 +41,7 @@ class RunSpec:
     subset: int | None = None
     seed: int = 0
     optimizer: str = "sgd"  # sgd | adamw
-    schedule: str = "cosine"  # cosine | multistep | constant | linear
+    schedule: str = "onecycle"  # one of SCHEDULES
     pretrain_epochs: int = 0  # vision fine-tuning: pretrain on the other half of the classes first
     window: int = 30
     sample_size: int = 1024
@@ -47,11 +52,12 @@ class RunSpec:
 
     @property
     def name(self) -> str:
-        return f"{self.arch}-{self.task}-{self.regime}-s{self.seed}"
+        arch = self.arch.replace(":", "_")
+        return f"{arch}-{self.task}-{self.regime}-{self.optimizer}{self.lr:g}-{self.schedule}-s{self.seed}"
 
     @property
     def family(self) -> str:
-        return FAMILIES.get(self.arch, "transformer" if "bert" in self.arch or "vit" in self.arch else "cnn")
+        return FAMILIES.get(self.arch, self.arch.split(":")[-1].split("_")[0])
 
 
 def _optimizer(spec: RunSpec, params, steps: int):
@@ -61,17 +67,25 @@ def _optimizer(spec: RunSpec, params, steps: int):
         opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.extra.get("weight_decay", 0.05))
     else:
         raise ValueError(f"unknown optimizer {spec.optimizer!r}; allowed: sgd, adamw")
-    if spec.schedule == "cosine":
+    import math
+    warm = max(1, steps // 20)
+    if spec.schedule == "onecycle":
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=spec.lr, total_steps=steps, pct_start=max(0.05, 2.5 / steps),
                                                     anneal_strategy="cos", cycle_momentum=False)
-    elif spec.schedule == "linear":
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / steps))
-    elif spec.schedule == "multistep":
+    elif spec.schedule == "cosine":  # short warm-up, then cosine to zero
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / warm if s < warm else
+                                                  0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm))))
+    elif spec.schedule == "linear":  # the BERT fine-tuning recipe
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / warm if s < warm else
+                                                  max(0.0, (steps - s) / max(1, steps - warm)))
+    elif spec.schedule == "step":
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, [steps // 2, 3 * steps // 4], 0.1)
+    elif spec.schedule == "restarts":  # SGDR: three cosine cycles
+        sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=max(1, steps // 3))
     elif spec.schedule == "constant":
         sched = None
     else:
-        raise ValueError(f"unknown schedule {spec.schedule!r}; allowed: cosine, linear, multistep, constant")
+        raise ValueError(f"unknown schedule {spec.schedule!r}; allowed: {', '.join(SCHEDULES)}")
     return opt, sched
 
 
@@ -103,6 +117,14 @@ def build_task(spec: RunSpec, data_dir, device):
     if spec.task == "digits":
         train, test = D.load_digits("train", seed=spec.seed), D.load_digits("test", seed=spec.seed)
         model = build_model(spec.arch, num_classes=10)
+        if spec.regime == "finetune":  # pretrain on digits 0-4, fine-tune on 5-9
+            pre = _digit_classes(train, range(5))
+            model = build_model(spec.arch, num_classes=5)
+            opt, sched = _optimizer(spec, model.parameters(), spec.pretrain_epochs * (-(-len(pre) // spec.batch_size)))
+            fit(model.to(device), opt, D.make_loader(pre, spec.batch_size, shuffle=True, seed=spec.seed + 1),
+                spec.pretrain_epochs, device=device, scheduler=sched, progress=False)
+            _reset_head(model, 5)
+            train, test = _digit_classes(train, range(5, 10)), _digit_classes(test, range(5, 10))
         loader = D.make_loader(train, spec.batch_size, shuffle=True, seed=spec.seed)
         probe = test.tensors[0][: spec.probe_size].to(device)
         return model.to(device), loader, D.make_loader(test, 512), probe, None, accuracy_metric
@@ -118,6 +140,14 @@ def build_task(spec: RunSpec, data_dir, device):
     probe = to_device({k: v for k, v in probe.items() if k != "labels"}, device)
     metric = lambda logits, labels: D.glue_metrics(spec.task, logits.numpy(), labels.numpy())
     return model.to(device), loader, D.make_loader(dev, 128, collate_fn=collate), probe, mask, metric
+
+
+def _digit_classes(ds, classes):
+    from torch.utils.data import TensorDataset
+    x, y = ds.tensors
+    lo = min(classes)
+    keep = (y >= lo) & (y <= max(classes))
+    return TensorDataset(x[keep], y[keep] - lo)
 
 
 def _reset_head(model, num_classes: int) -> None:
@@ -143,6 +173,7 @@ def record_run(spec: RunSpec, data_dir=None, device="cpu", progress: bool = True
     record_every = spec.record_every or max(1, steps_per_epoch // spec.window)
     ckpt_every = max(1, steps_per_epoch // spec.checkpoints_per_epoch)
     rec = WeightRecorder(units, spec.window, spec.sample_size, spec.seed)
+    snapshots = UnitSnapshots(units)
     feats, grams, steps = [], [], []
     everyone = list(range(len(units)))
 
@@ -152,29 +183,32 @@ def record_run(spec: RunSpec, data_dir=None, device="cpu", progress: bool = True
         if (step % ckpt_every == 0 or step == total) and rec.ready(0):
             feats.append(window_features(rec.windows(everyone)).half().cpu())
             grams.append(probe_grams(model, units, probe, mask).float())
+            snapshots.take(step)
             steps.append(step)
 
     opt, sched = _optimizer(spec, model.parameters(), total)
     t0 = time.perf_counter()
     res = fit(model, opt, loader, spec.epochs, device=device, scheduler=sched, eval_loader=eval_loader,
-              metric_fn=metric_fn, eval_every_epochs=max(1, spec.epochs // 5), on_step=on_step,
+              metric_fn=metric_fn, eval_every_epochs=spec.epochs, on_step=on_step,
               progress=progress, desc=spec.name)
     if not steps:
         raise ValueError(f"run {spec.name} ended before any window filled: {total} steps, window {spec.window} "
                          f"x record_every {record_every}; use more epochs or a smaller window")
     cka = cka_curves(torch.stack(grams))
+    harm = rewind_harm(model, snapshots, harm_probe(eval_loader, device, spec.probe_size))
     meta = {"spec": asdict(spec), "name": spec.name, "family": spec.family, "units": [u.name for u in units],
             "flop_share": [u.flop_share for u in units], "steps_per_epoch": steps_per_epoch,
             "record_every": record_every, "total_steps": total, "wall_s": time.perf_counter() - t0,
             "final": {k: v for k, v in res.final.items() if isinstance(v, (int, float, str))},
             "evals": [{k: v for k, v in h.items() if isinstance(v, (int, float, str))} for h in res.history if h.get("eval")]}
-    return {"features": torch.stack(feats), "cka": cka.float(), "steps": torch.tensor(steps), "meta": meta}
+    return {"features": torch.stack(feats), "cka": cka.float(), "rewind": harm.float(), "steps": torch.tensor(steps),
+            "meta": meta}
 
 
 def save_run(run: dict, path: Path) -> None:
     from safetensors.torch import save_file
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: run[k].contiguous() for k in ("features", "cka", "steps")}, str(path),
+    save_file({k: run[k].contiguous() for k in ("features", "cka", "rewind", "steps")}, str(path),
               metadata={"meta": json.dumps(run["meta"])})
 
 
@@ -196,17 +230,73 @@ def load_runs(folder) -> list[dict]:
 
 # ----------------------------------------------------------------------------- presets
 
+def cpu_preset() -> list[RunSpec]:
+    """65 runs that break the shortcuts a predictor could learn instead of convergence: 9 architectures in
+    8 families, 6 schedules, SGD and AdamW over a decade of learning rates each, from scratch and
+    fine-tuned, digits / CIFAR-10 / MRPC / CoLA, several seeds. Sized from step timings to take about 80
+    minutes on one CPU core (CIFAR-100 is not in the team's offline data, so it is left to `gpu`)."""
+    sgd, adamw = "sgd", "adamw"
+    small = dict(window=20, sample_size=512, probe_size=256)
+    runs = []
+    # (optimizer, lr, schedule) grid for the digits models: every schedule, both optimizers, a decade of lr each
+    grid = [(sgd, 0.02, "constant"), (sgd, 0.2, "step"), (sgd, 0.05, "cosine"), (sgd, 0.1, "onecycle"),
+            (sgd, 0.05, "restarts"), (sgd, 0.02, "linear"), (adamw, 3e-4, "cosine"), (adamw, 3e-3, "constant"),
+            (adamw, 1e-3, "linear"), (adamw, 1e-3, "step"), (adamw, 3e-3, "onecycle"), (adamw, 3e-4, "restarts")]
+    for arch in ("digits_mlp", "digits_cnn"):
+        for i, (opt, lr, sched) in enumerate(grid):
+            runs.append(RunSpec(arch, "digits", epochs=12, lr=lr, optimizer=opt, schedule=sched, batch_size=32,
+                                seed=i % 3, **small))
+        for i, (opt, lr, sched) in enumerate([(sgd, 0.01, "cosine"), (adamw, 3e-4, "linear")]):  # digits 0-4, then 5-9
+            runs.append(RunSpec(arch, "digits", regime="finetune", pretrain_epochs=8, epochs=10, lr=lr, optimizer=opt,
+                                schedule=sched, batch_size=32, seed=i, **small))
+    cifar = dict(task="cifar10", subset=2000, batch_size=64, **small)
+    for i, (opt, lr, sched, regime) in enumerate([(sgd, 0.1, "onecycle", "scratch"), (sgd, 0.05, "step", "scratch"),
+                                                  (sgd, 0.02, "constant", "scratch"), (adamw, 2e-3, "cosine", "scratch"),
+                                                  (sgd, 0.2, "restarts", "scratch"), (adamw, 5e-4, "linear", "scratch"),
+                                                  (sgd, 0.02, "cosine", "finetune"), (adamw, 3e-4, "constant", "finetune"),
+                                                  (sgd, 0.05, "linear", "finetune"), (adamw, 1e-3, "onecycle", "scratch")]):
+        runs.append(RunSpec("resnet20", epochs=8, lr=lr, optimizer=opt, schedule=sched, regime=regime, seed=i % 3,
+                            pretrain_epochs=6 if regime == "finetune" else 0, **cifar))
+    for i, (opt, lr, sched, regime) in enumerate([(sgd, 0.1, "cosine", "scratch"), (adamw, 1e-3, "step", "scratch"),
+                                                  (sgd, 0.03, "linear", "scratch"), (adamw, 3e-3, "restarts", "scratch"),
+                                                  (sgd, 0.01, "constant", "finetune")]):
+        runs.append(RunSpec("torchvision:shufflenet_v2_x0_5", epochs=8, lr=lr, optimizer=opt, schedule=sched, regime=regime,
+                            seed=i % 2, pretrain_epochs=6 if regime == "finetune" else 0, **cifar))
+    few = dict(cifar, subset=1000)
+    for arch in ("vgg11_bn", "mobilenet_v2"):
+        for i, (opt, lr, sched, regime) in enumerate([(sgd, 0.05, "onecycle", "scratch"), (adamw, 1e-3, "constant", "scratch"),
+                                                      (sgd, 0.01, "step", "scratch"), (sgd, 0.01, "cosine", "finetune")]):
+            runs.append(RunSpec(arch, epochs=6, lr=lr, optimizer=opt, schedule=sched, regime=regime, seed=i % 2,
+                                pretrain_epochs=4 if regime == "finetune" else 0, **few))
+    runs += [RunSpec("resnet18_cifar", epochs=4, lr=0.05, schedule="cosine", **few),
+             RunSpec("resnet18_cifar", epochs=4, lr=1e-3, optimizer=adamw, schedule="linear", seed=1, **few)]
+    vit = dict(few, optimizer=adamw, extra={"weight_decay": 0.05})
+    runs += [RunSpec("vit_tiny_cifar", epochs=6, lr=1e-3, schedule="onecycle", **vit),
+             RunSpec("vit_tiny_cifar", epochs=6, lr=3e-4, schedule="constant", seed=1, **vit),
+             RunSpec("vit_tiny_cifar", epochs=6, lr=1e-4, schedule="linear", regime="finetune", pretrain_epochs=4, seed=2, **vit),
+             RunSpec("vit_tiny_cifar", epochs=6, lr=3e-3, schedule="restarts", seed=0, **{**vit, "optimizer": sgd, "extra": {}}),
+             RunSpec("deit_tiny", epochs=4, lr=5e-4, schedule="cosine", **vit),
+             RunSpec("deit_tiny", epochs=4, lr=1e-3, schedule="step", seed=1, **vit)]
+    glue = dict(regime="finetune", optimizer=adamw, batch_size=32, probe_size=256, window=20, sample_size=512,
+                extra={"weight_decay": 0.01})
+    runs += [RunSpec("minilm", "mrpc", epochs=3, lr=5e-5, schedule="linear", subset=600, **glue),
+             RunSpec("minilm", "mrpc", epochs=3, lr=2e-5, schedule="constant", subset=600, seed=1, **glue),
+             RunSpec("minilm", "cola", epochs=3, lr=1e-4, schedule="cosine", subset=1200, **glue),
+             RunSpec("minilm", "cola", epochs=3, lr=3e-5, schedule="step", subset=1200, seed=1, **glue),
+             RunSpec("minilm", "cola", epochs=3, lr=2e-4, schedule="linear", subset=1200, seed=2, **glue),
+             RunSpec("minilm", "mrpc", epochs=3, lr=1e-2, schedule="linear", subset=600, seed=2,
+                     **{**glue, "optimizer": sgd, "extra": {}})]
+    return runs
+
+
 def preset(name: str) -> list[RunSpec]:
-    """Run sets: `smoke` (CPU, a minute), `cpu` (MiniLM on MRPC/CoLA), `gpu` (CNNs and ViTs on CIFAR-10)."""
+    """Run sets: `smoke` (CPU, a minute), `cpu` (64 small runs, ~80 min on one core: `cpu_preset`),
+    `gpu` (larger CNNs and ViTs on CIFAR-10), `gpu_text` (MiniLM on MRPC/CoLA)."""
     if name == "smoke":
         return [RunSpec("digits_cnn", "digits", epochs=8, lr=0.05, batch_size=32, window=8, sample_size=256,
                         probe_size=128, seed=s) for s in (0, 1)]
     if name == "cpu":
-        glue = dict(regime="finetune", optimizer="adamw", schedule="linear", batch_size=32, probe_size=128,
-                    extra={"weight_decay": 0.01})
-        return [RunSpec("minilm", "mrpc", epochs=3, lr=5e-5, seed=0, record_every=2, **glue),
-                RunSpec("minilm", "cola", epochs=3, lr=5e-5, seed=0, record_every=4, **glue),
-                RunSpec("minilm", "mrpc", epochs=3, lr=3e-5, seed=1, record_every=2, **glue)]
+        return cpu_preset()
     if name == "gpu":
         cnn = dict(task="cifar10", subset=16000, batch_size=128, optimizer="sgd")
         vit = dict(task="cifar10", subset=16000, batch_size=128, optimizer="adamw", extra={"weight_decay": 0.05})
@@ -217,7 +307,7 @@ def preset(name: str) -> list[RunSpec]:
                 RunSpec("vgg11_bn", epochs=12, lr=0.01, regime="finetune", pretrain_epochs=12, seed=1, **cnn),
                 RunSpec("deit_tiny", epochs=15, lr=5e-4, **vit),
                 RunSpec("mobilenet_v2", epochs=20, lr=0.05, **cnn),
-                RunSpec("vgg11_bn", epochs=20, lr=0.05, schedule="multistep", **cnn),
+                RunSpec("vgg11_bn", epochs=20, lr=0.05, schedule="step", **cnn),
                 RunSpec("resnet20", epochs=15, lr=0.02, regime="finetune", pretrain_epochs=15, seed=1, **cnn)]
     if name == "gpu_text":  # the cpu preset's MiniLM fine-tuning, with more seeds and learning rates
         glue = dict(regime="finetune", optimizer="adamw", schedule="linear", batch_size=32, probe_size=128,
@@ -239,14 +329,23 @@ def main(argv=None) -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--only", default=None, help="substring of run names to keep")
     ap.add_argument("--budget-s", type=float, default=None, help="skip runs once this much time has passed")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    ap.add_argument("--shard", default=None, help="I/N: record only runs I, I+N, ... (N processes side by side)")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
     out = Path(args.out)
     t0 = time.perf_counter()
-    for spec in preset(args.preset):
+    shard, shards = map(int, args.shard.split("/")) if args.shard else (0, 1)
+    if not 0 <= shard < shards:
+        raise ValueError(f"--shard is I/N with 0 <= I < N; got {args.shard!r}")
+    for i, spec in enumerate(preset(args.preset)):
+        if i % shards != shard:
+            continue
         if args.only and args.only not in spec.name:
             continue
         path = out / f"{spec.name}.safetensors"

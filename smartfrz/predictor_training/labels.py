@@ -1,8 +1,15 @@
-"""Freeze labels from layer representational similarity (linear CKA, Kornblith et al. 2019).
+"""Freeze labels in hindsight, from a run trained without freezing.
 
-A unit's output on a fixed probe batch is compared, at each checkpoint of a run, with the same
-unit's output at the end of that run. Grams (n x n) are stored instead of activations, so a whole
-run's probes fit in memory whatever the layer width.
+Two measurements per (checkpoint, unit):
+
+- ``rewind`` (the default label): put units 0..k of the *final* model back to their weights at
+  checkpoint t and count the share of a fixed probe's predictions that change. If the network that
+  training produced does not care whether the prefix stopped at t, freezing it at t costs nothing the
+  rest of training must make up for (it is conservative: after a real freeze the later units adapt to
+  the frozen prefix). Re-initialisation robustness in the sense of Zhang, Bengio & Singer (2019).
+- ``cka`` / ``remaining``: linear CKA (Kornblith et al. 2019) of a unit's output on the probe against
+  the end of the run. Grams (n x n) are stored instead of activations. Kept for comparison: CKA says
+  little in fine-tuning, where a layer barely moves by CKA yet its small moves carry the accuracy.
 """
 from __future__ import annotations
 
@@ -77,7 +84,116 @@ def cka_curves(grams: torch.Tensor) -> torch.Tensor:
     return torch.tensor([[cka_from_grams(g[u], final[u]) for u in range(g.shape[0])] for g in grams])
 
 
-RULES = ("cka", "remaining")
+RULES = ("rewind", "cka", "remaining")
+DEFAULT_RULE, DEFAULT_TAU = "rewind", 0.05  # at most 5% of the probe's predictions change (reports/predictor/report.md)
+DEFAULT_LABEL = f"{DEFAULT_RULE}:{DEFAULT_TAU:g}"
+REWIND_CAP = 0.05  # rewind harms above this are not resolved (the scan stops there)
+
+
+def _unit_state(unit: Unit) -> list:
+    """Copies of a unit's parameters and buffers (BatchNorm statistics too), on the CPU."""
+    return [{k: v.detach().to("cpu", copy=True) for k, v in m.state_dict().items()} for _, m in unit.members] + \
+        [p.detach().to("cpu", copy=True) for _, p in unit.extra_params]
+
+
+def _load_unit_state(unit: Unit, state: list) -> None:
+    for (_, m), s in zip(unit.members, state):
+        m.load_state_dict(s)
+    for (_, p), v in zip(unit.extra_params, state[len(unit.members):]):
+        p.data.copy_(v)
+
+
+class UnitSnapshots:
+    """Every unit's weights at each checkpoint of a run, for ``rewind_harm`` at its end (RAM: one model
+    copy per checkpoint)."""
+
+    def __init__(self, units: Sequence[Unit]):
+        self.units, self.states, self.steps = list(units), [], []
+
+    def take(self, step: int) -> None:
+        self.states.append([_unit_state(u) for u in self.units])
+        self.steps.append(step)
+
+
+def _predictions(model: torch.nn.Module, probe) -> torch.Tensor:
+    batches = probe if isinstance(probe, list) else [probe]
+    outs = []
+    for b in batches:
+        out = call_model(model, b)
+        out = getattr(out, "logits", None) if hasattr(out, "logits") else out
+        outs.append(_first_tensor(out).float())
+    return torch.cat(outs)
+
+
+def _changed(ref: torch.Tensor, new: torch.Tensor) -> float:
+    """Share of changed predictions (classification); regression: mean |change| over the outputs' std."""
+    if ref.shape[-1] > 1:
+        return float((ref.argmax(-1) != new.argmax(-1)).float().mean())
+    return float((ref - new).abs().mean() / ref.std().clamp_min(1e-12))
+
+
+HARM_PROBE = 512  # examples whose predictions the rewind labels compare (1% = 5 examples)
+
+
+def harm_probe(eval_loader, device, n: int = HARM_PROBE) -> list:
+    """The first ``n`` evaluation examples, as the model is called (labels dropped). Padded text is
+    re-batched by length and cut to each batch's longest example: the same predictions, less padding
+    (padding is masked, so what fills it does not matter)."""
+    from ..lab.train import example_input, to_device
+    out, seen = [], 0
+    for batch in eval_loader:
+        x = example_input(to_device(batch, device), n - seen)
+        out.append(x)
+        seen += (next(iter(x.values())) if isinstance(x, dict) else x).shape[0]
+        if seen >= n:
+            break
+    if not out or not isinstance(out[0], dict) or "attention_mask" not in out[0]:
+        return out
+    rows = [{k: v[i] for k, v in b.items()} for b in out for i in range(len(b["attention_mask"]))]
+    rows.sort(key=lambda r: int(r["attention_mask"].sum()))
+    batches = []
+    for i in range(0, len(rows), 64):
+        chunk = rows[i:i + 64]
+        longest = max(int(r["attention_mask"].sum()) for r in chunk)
+        fit = lambda v: torch.nn.functional.pad(v[:longest], (0, max(0, longest - len(v)))) if v.dim() else v
+        batches.append({k: torch.stack([fit(r[k]) for r in chunk]) for k in chunk[0]})  # masked positions: 0
+    return batches
+
+
+@torch.no_grad()
+def rewind_harm(model: torch.nn.Module, snapshots: UnitSnapshots, probe, cap: float = REWIND_CAP) -> torch.Tensor:
+    """(checkpoints, units) share of the final model's probe predictions that change when units 0..k are
+    put back to checkpoint t. ``probe``: one batch or a list of batches, as the model is called.
+
+    Scans from the end backwards and stops where no label at threshold <= ``cap`` can be true any more:
+    a unit is labelled at t only if its prefix stays under the threshold at every later checkpoint and
+    every earlier unit's does too. Unresolved entries are NaN (read: above ``cap``)."""
+    units, states = snapshots.units, snapshots.states
+    final = [_unit_state(u) for u in units]
+    harm = torch.full((len(states), len(units)), float("nan"))
+    was = model.training
+    model.eval()
+    try:
+        ref = _predictions(model, probe)
+        reach = len(units)
+        for t in range(len(states) - 1, -1, -1):
+            ok = 0
+            for k in range(reach):
+                _load_unit_state(units[k], states[t][k])
+                harm[t, k] = _changed(ref, _predictions(model, probe))
+                if harm[t, k] > cap:
+                    break
+                ok = k + 1
+            for k in range(reach):
+                _load_unit_state(units[k], final[k])
+            reach = ok
+            if reach == 0:
+                break
+    finally:
+        for u, s in zip(units, final):
+            _load_unit_state(u, s)
+        model.train(was)
+    return harm
 
 
 def remaining_change(cka: torch.Tensor) -> torch.Tensor:
@@ -88,22 +204,26 @@ def remaining_change(cka: torch.Tensor) -> torch.Tensor:
     return ((1 - cka) / total).clamp(0, 1)
 
 
-def freeze_labels(cka: torch.Tensor, tau: float, rule: str = "cka") -> torch.Tensor:
-    """(checkpoints, units) CKA -> bool labels, true from t onwards and so for every earlier unit.
+def freeze_labels(values: torch.Tensor, tau: float, rule: str = DEFAULT_RULE) -> torch.Tensor:
+    """(checkpoints, units) measurements -> bool labels, true from t onwards and so for every earlier unit.
 
-    ``rule="cka"``: CKA(t, end) >= tau. ``rule="remaining"``: ``remaining_change`` <= tau (tau is then
-    the share of the change still allowed to come, e.g. 0.1)."""
+    ``rule="rewind"``: ``rewind_harm`` <= tau (NaN counts as above). ``rule="cka"``: CKA(t, end) >= tau.
+    ``rule="remaining"``: ``remaining_change`` of the CKA curves <= tau (the share of the change still
+    allowed to come, e.g. 0.1)."""
     if rule not in RULES:
         raise ValueError(f"unknown label rule {rule!r}; allowed: {', '.join(RULES)}")
-    ok = cka >= tau if rule == "cka" else remaining_change(cka) <= tau
+    if rule == "rewind":
+        ok = values <= tau  # NaN compares False
+    else:
+        ok = values >= tau if rule == "cka" else remaining_change(values) <= tau
     settled = torch.flip(torch.cummin(torch.flip(ok.int(), [0]), 0).values, [0]).bool()  # true from t to the end
     return torch.cummin(settled.int(), 1).values.bool()  # front-to-back: every earlier unit settled too
 
 
-def freeze_steps(cka: torch.Tensor, steps: Sequence[int], unit_names: Sequence[str], tau: float,
-                 rule: str = "cka") -> dict[str, int]:
+def freeze_steps(values: torch.Tensor, steps: Sequence[int], unit_names: Sequence[str], tau: float,
+                 rule: str = DEFAULT_RULE) -> dict[str, int]:
     """Hindsight freeze step per unit (the oracle's schedule); units that never settle are omitted."""
-    labels = freeze_labels(cka, tau, rule)
+    labels = freeze_labels(values, tau, rule)
     out = {}
     for u, name in enumerate(unit_names):
         hits = torch.nonzero(labels[:, u]).flatten()

@@ -1,9 +1,12 @@
-"""Trains the shipped predictor on recorded runs and evaluates it honestly, family out.
+"""Trains the shipped predictor on recorded runs and chooses it, and its decision rule, by end result.
 
-Samples are (run, checkpoint, unit) windows. The training target is "this unit's CKA stays >= tau
-from now on"; the evaluation target is the front-to-back label of ``smartfrz.predictor_training.labels``, scored on
-*eligible* samples (every earlier unit already freezable), which is exactly where the engine acts.
-Thresholds are chosen on out-of-fold predictions of the training family only.
+Samples are (run, checkpoint, unit) windows. The training target is "this unit's prefix stays under
+the label threshold from now on" (``labels.freeze_labels`` without the front-to-back condition).
+What is scored is what the engine would do: its front-to-back rule (threshold, patience, decisions
+per epoch) is replayed on held-out runs, and each run reports the share of the oracle's saving it
+reached and the units it froze before their label ("early"). The rule is chosen on out-of-fold
+predictions of the training runs only: the largest saving with at most ``MAX_EARLY`` early units.
+Held out: one architecture family at a time, and one learning-rate schedule at a time.
 
 ``python -m smartfrz.predictor_training.training --runs DIR --out smartfrz/weights/smartfrz_predictor.safetensors --report reports/predictor``
 """
@@ -19,39 +22,52 @@ import torch
 import torch.nn.functional as F
 
 from .freeze_dataset import load_runs
-from .labels import freeze_labels
+from .labels import DEFAULT_LABEL, freeze_labels, remaining_change
 from ..predictor import FreezePredictor
 
-TAU = 0.95  # CKA against the end of the run; see reports/predictor/cka_curves.png
-TARGET_PRECISION = 0.9  # the issue's bar on held-out families
-SELECT_PRECISION = 0.95  # thresholds aim higher on the training family: transfer costs precision
+LABEL = DEFAULT_LABEL
+MAX_EARLY = 0.05  # share of units a rule may freeze before their label (on out-of-fold replays)
+THRESHOLDS = tuple(np.round(np.linspace(0.30, 0.96, 23), 2))
+PATIENCES = (1, 2, 3)
+DECISIONS_PER_EPOCH = (1, 2, 4)  # 4 = every checkpoint of the recorded runs
 
 
-def settled(cka: torch.Tensor, tau: float) -> torch.Tensor:
-    ok = cka >= tau
+def _values(run: dict, rule: str) -> torch.Tensor:
+    if rule == "rewind":
+        if "rewind" not in run:
+            raise ValueError(f"run {run['meta']['name']} has no rewind harms (recorded before they existed); record it again")
+        return run["rewind"]
+    return run["cka"]
+
+
+def unit_settled(values: torch.Tensor, tau: float, rule: str) -> torch.Tensor:
+    """Each unit's own label: under the threshold from t to the end (no front-to-back condition)."""
+    ok = values <= tau if rule == "rewind" else (values >= tau if rule == "cka" else remaining_change(values) <= tau)
     return torch.flip(torch.cummin(torch.flip(ok.int(), [0]), 0).values, [0]).bool()
 
 
-def samples(runs: list[dict], tau: float) -> dict:
+def parse_label(label: str) -> tuple[str, float]:
+    rule, _, tau = label.partition(":")
+    return rule, float(tau)
+
+
+def samples(runs: list[dict], label: str = LABEL) -> dict:
     """Flat arrays over (run, checkpoint, unit)."""
-    cols = {k: [] for k in ("x", "y_train", "y_eval", "eligible", "run", "family", "unit", "step", "frac")}
+    rule, tau = parse_label(label)
+    cols = {k: [] for k in ("x", "y_train", "y_eval", "eligible", "run", "unit", "step")}
     for r_i, r in enumerate(runs):
-        cka, feats = r["cka"], r["features"].float()
-        own, label = settled(cka, tau), freeze_labels(cka, tau)
-        C, U = cka.shape
-        prev_ok = torch.cat([torch.ones(C, 1, dtype=torch.bool), label[:, :-1]], 1)
+        values, feats = _values(r, rule), r["features"].float()
+        own, lab = unit_settled(values, tau, rule), freeze_labels(values, tau, rule)
+        C, U = values.shape
+        prev_ok = torch.cat([torch.ones(C, 1, dtype=torch.bool), lab[:, :-1]], 1)
         cols["x"].append(feats.reshape(C * U, *feats.shape[2:]))
         cols["y_train"].append(own.reshape(-1))
-        cols["y_eval"].append(label.reshape(-1))
+        cols["y_eval"].append(lab.reshape(-1))
         cols["eligible"].append(prev_ok.reshape(-1))
         cols["run"].append(torch.full((C * U,), r_i))
-        cols["family"].append([r["meta"]["family"]] * (C * U))
         cols["unit"].append(torch.arange(U).repeat(C))
         cols["step"].append(r["steps"].repeat_interleave(U))
-        cols["frac"].append((r["steps"].float() / r["meta"]["total_steps"]).repeat_interleave(U))
-    out = {k: torch.cat(v) for k, v in cols.items() if k != "family"}
-    out["family"] = np.concatenate(cols["family"])
-    return out
+    return {k: torch.cat(v) for k, v in cols.items()}
 
 
 def fit_platt(logits: torch.Tensor, y: torch.Tensor, steps: int = 300) -> tuple[float, float]:
@@ -61,299 +77,91 @@ def fit_platt(logits: torch.Tensor, y: torch.Tensor, steps: int = 300) -> tuple[
 
     def closure():
         opt.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(a * logits + b, y.float())
+        loss = F.binary_cross_entropy_with_logits(a * logits + b, y.float())
         loss.backward()
         return loss
     opt.step(closure)
     return float(a.detach()), float(b.detach())
 
 
-def pick_threshold(p: np.ndarray, y: np.ndarray, target: float = SELECT_PRECISION) -> float:
-    """Lowest threshold whose precision on these predictions reaches the target."""
-    for t in np.linspace(0.05, 0.99, 95):
-        pred = p >= t
-        if pred.sum() >= 5 and (y[pred].mean() >= target):
-            return float(t)
-    return 0.99
+# ----------------------------------------------------------------------------- replaying the engine
+
+def _grid(d: dict, runs: list[dict], r: int, p: np.ndarray):
+    """Run r's (checkpoints, units) probability and label grids, its steps and per-unit FLOP shares."""
+    m = d["run"].numpy() == r
+    steps, units = d["step"].numpy()[m], d["unit"].numpy()[m]
+    order = np.unique(steps)
+    U = int(units.max()) + 1
+    P, Y = np.zeros((len(order), U)), np.zeros((len(order), U), dtype=bool)
+    at = np.searchsorted(order, steps)
+    P[at, units], Y[at, units] = p[m], d["y_eval"].numpy()[m]
+    return P, Y, order
 
 
-def _fit(d: dict, idx: torch.Tensor, seed: int, epochs: int) -> FreezePredictor:
-    return train_predictor(d["x"][idx], d["y_train"][idx], epochs=epochs, seed=seed)
+def replay(P, Y, steps, meta: dict, threshold: float, patience: int, per_epoch: int, min_active: int = 1) -> dict:
+    """The engine's front-to-back rule on one run's checkpoints; freeze steps and what they save.
+
+    Saving = sum over units of (share of the step's forward FLOPs) x (share of the run left when frozen):
+    what a frozen prefix takes off the backward pass, relative for comparisons with the oracle."""
+    spe, total = meta["steps_per_epoch"], meta["total_steps"]
+    ckpt = max(1, spe // meta["spec"]["checkpoints_per_epoch"])
+    every = max(1, meta["spec"]["checkpoints_per_epoch"] // per_epoch)
+    U = P.shape[1]
+    k, streak, pred = 0, np.zeros(U), {}
+    for t, s in enumerate(steps):
+        if (s // ckpt) % every:
+            continue
+        streak = np.where(P[t] >= threshold, streak + 1, 0)
+        while k < U - min_active and streak[k] >= patience:
+            pred[k] = int(s)
+            k += 1
+    share = np.asarray(meta["flop_share"], dtype=float)
+    label = {}
+    for u in range(U - min_active):
+        hit = np.nonzero(Y[:, u])[0]
+        if len(hit):
+            label[u] = int(steps[hit[0]])
+    saved = lambda fs: float(sum(share[u] * (total - s) / total for u, s in fs.items()))
+    early = [u for u, s in pred.items() if u not in label or s < label[u]]
+    return {"pred": pred, "label": label, "saved": saved(pred), "oracle_saved": saved(label), "early": len(early),
+            "units": U - min_active}
 
 
-def train_calibrated(d: dict, idx: torch.Tensor, seed: int = 0, epochs: int = 25, folds: int = 3) -> FreezePredictor:
-    """Out-of-fold (by run) logits -> Platt calibration and threshold; then a fit on all of ``idx``."""
-    runs = d["run"][idx].unique()
-    g = torch.Generator().manual_seed(seed)
-    runs = runs[torch.randperm(len(runs), generator=g)]
-    oof_logit = torch.zeros(len(idx))
-    for f in range(min(folds, len(runs))):
-        held = runs[f::min(folds, len(runs))]
-        mask = torch.isin(d["run"][idx], held)
-        m = _fit(d, idx[~mask], seed + f + 1, epochs)
-        with torch.no_grad():
-            oof_logit[mask] = m(d["x"][idx[mask]])
-    a, b = fit_platt(oof_logit, d["y_train"][idx])
-    elig = d["eligible"][idx]
-    p_oof = torch.sigmoid(a * oof_logit + b).numpy()
-    threshold = pick_threshold(p_oof[elig.numpy()], d["y_eval"][idx][elig].numpy())
-    model = _fit(d, idx, seed, epochs)
-    model.calibration.copy_(torch.tensor([a, b]))
-    model.threshold = threshold
-    return model
-
-
-def simulate(p: np.ndarray, d: dict, sel: np.ndarray, threshold: float, min_active: int = 1, patience: int = 1,
-             cadence: int = 1) -> list[dict]:
-    """Replays the engine's front-to-back rule (with ``patience``) at every ``cadence``-th checkpoint
-    of each run (4 checkpoints per epoch); freeze step per unit."""
+def replay_all(d, runs, idx_runs, p, threshold, patience, per_epoch) -> list[dict]:
     out = []
-    for r in np.unique(d["run"].numpy()[sel]):
-        m = sel & (d["run"].numpy() == r)
-        steps, units = d["step"].numpy()[m], d["unit"].numpy()[m]
-        U = units.max() + 1
-        order = np.unique(steps)
-        P = np.zeros((len(order), U))
-        Y = np.zeros((len(order), U), dtype=bool)
-        P[np.searchsorted(order, steps), units] = p[m]
-        Y[np.searchsorted(order, steps), units] = d["y_eval"].numpy()[m]
-        k, pred_step, streak = 0, {}, np.zeros(U)
-        for t in range(0, len(order), cadence):
-            streak = np.where(P[t] >= threshold, streak + 1, 0)
-            while k < U - min_active and streak[k] >= patience:
-                pred_step[k] = int(order[t])
-                k += 1
-        for u in range(U - min_active):
-            hit = np.nonzero(Y[:, u])[0]
-            out.append({"run": int(r), "unit": u, "pred_step": pred_step.get(u),
-                        "label_step": int(order[hit[0]]) if len(hit) else None, "last_step": int(order[-1])})
+    for r in idx_runs:
+        P, Y, steps = _grid(d, runs, r, p)
+        res = replay(P, Y, steps, runs[r]["meta"], threshold, patience, per_epoch)
+        out.append({"run": int(r), **res})
     return out
 
 
-def evaluate(model: FreezePredictor, d: dict, sel: torch.Tensor, runs_meta: list[dict]) -> dict:
-    with torch.no_grad():
-        p = torch.sigmoid(model(d["x"][sel])).numpy()
-    y, elig = d["y_eval"][sel].numpy(), d["eligible"][sel].numpy()
-    thr = model.threshold
-
-    def prf(pp, yy):
-        pred = pp >= thr
-        tp = int((pred & yy).sum())
-        prec = tp / max(int(pred.sum()), 1)
-        rec = tp / max(int(yy.sum()), 1)
-        return {"precision": prec, "recall": rec, "f1": 2 * prec * rec / max(prec + rec, 1e-12),
-                "n": int(len(yy)), "positives": int(yy.sum()), "predicted_positive": int(pred.sum())}
-
-    bins = np.linspace(0, 1, 11)
-    which = np.clip(np.digitize(p[elig], bins) - 1, 0, 9)
-    calib = [{"bin": f"{bins[i]:.1f}-{bins[i + 1]:.1f}", "n": int((which == i).sum()),
-              "mean_p": float(p[elig][which == i].mean()) if (which == i).any() else None,
-              "freq": float(y[elig][which == i].mean()) if (which == i).any() else None} for i in range(10)]
-    ece = sum(c["n"] * abs(c["mean_p"] - c["freq"]) for c in calib if c["n"]) / max(int(elig.sum()), 1)
-    full_p = np.zeros(len(d["y_eval"]))
-    full_p[sel.numpy()] = p
-    in_sel = np.isin(np.arange(len(full_p)), sel.numpy())
-    rules = []
-    for cadence, patience in ((1, 1), (1, 2), (4, 1), (4, 2)):
-        s_ = simulate(full_p, d, in_sel, thr, patience=patience, cadence=cadence)
-        both = [(s["pred_step"] - s["label_step"]) / s["last_step"] for s in s_ if s["pred_step"] is not None and s["label_step"] is not None]
-        rules.append({"decisions_per_epoch": 4 // cadence, "patience": patience,
-                      "early": int(sum(x < 0 for x in both)) + sum(1 for s in s_ if s["pred_step"] is not None and s["label_step"] is None),
-                      "late_or_on_time": int(sum(x >= 0 for x in both)),
-                      "median_lag_share": float(np.median(both)) if both else None,
-                      "worst_early_share": float(min(both)) if both else None})
-    sim = simulate(full_p, d, in_sel, thr, patience=2, cadence=1)
-    lags = [s["pred_step"] - s["label_step"] for s in sim if s["pred_step"] is not None and s["label_step"] is not None]
-    spe = {i: m["steps_per_epoch"] for i, m in enumerate(runs_meta)}
-    lag_epochs = [(s["pred_step"] - s["label_step"]) / spe[s["run"]] for s in sim
-                  if s["pred_step"] is not None and s["label_step"] is not None]
-    return {"threshold": thr, "eligible": prf(p[elig], y[elig]), "all": prf(p, y),
-            "brier": float(np.mean((p[elig] - y[elig]) ** 2)), "ece": float(ece), "calibration": calib,
-            "freeze_points": {"units": len(sim), "both_froze": len(lags),
-                              "early": int(sum(l < 0 for l in lags)), "late_or_on_time": int(sum(l >= 0 for l in lags)),
-                              "median_lag_steps": float(np.median(lags)) if lags else None,
-                              "median_lag_epochs": float(np.median(lag_epochs)) if lag_epochs else None,
-                              "mean_abs_lag_epochs": float(np.mean(np.abs(lag_epochs))) if lag_epochs else None,
-                              "never_frozen_but_labelled": sum(1 for s in sim if s["pred_step"] is None and s["label_step"] is not None),
-                              "frozen_but_never_labelled": sum(1 for s in sim if s["pred_step"] is not None and s["label_step"] is None)},
-            "decision_rules": rules, "simulation": sim}
+def summarize(rows: list[dict]) -> dict:
+    oracle = sum(r["oracle_saved"] for r in rows)
+    shares = [r["saved"] / r["oracle_saved"] for r in rows if r["oracle_saved"] > 0]
+    return {"runs": len(rows), "units": sum(r["units"] for r in rows), "early": sum(r["early"] for r in rows),
+            "early_share": sum(r["early"] for r in rows) / max(1, sum(r["units"] for r in rows)),
+            "saved_share_of_oracle": sum(r["saved"] for r in rows) / oracle if oracle > 0 else None,
+            "median_run_share_of_oracle": float(np.median(shares)) if shares else None,
+            "saved": float(np.mean([r["saved"] for r in rows])) if rows else 0.0,
+            "oracle_saved": float(np.mean([r["oracle_saved"] for r in rows])) if rows else 0.0}
 
 
-def run(runs_dir, out=None, report=None, tau: float = TAU, epochs: int = 25, seed: int = 0, progress: bool = True) -> dict:
-    runs = load_runs(runs_dir)
-    metas = [r["meta"] for r in runs]
-    d = samples(runs, tau)
-    fam = d["family"]
-    results = {"tau": tau, "runs": [{"name": m["name"], "family": m["family"], "units": len(m["units"]),
-                                     "checkpoints": int(len(r["steps"])), "final": m["final"]} for m, r in zip(metas, runs)],
-               "label_balance": {f: {"samples": int((fam == f).sum()), "freeze": int(d["y_eval"][torch.from_numpy(fam == f)].sum())}
-                                 for f in np.unique(fam)}, "held_out": {}}
-    families = [f for f in np.unique(fam)]
-    if len(families) >= 2:
-        for held in families:
-            tr = torch.from_numpy(np.nonzero(fam != held)[0])
-            te = torch.from_numpy(np.nonzero(fam == held)[0])
-            model = train_calibrated(d, tr, seed, epochs)
-            ev = evaluate(model, d, te, metas)
-            results["held_out"][held] = {"trained_on": [f for f in families if f != held], **ev}
-            if progress:
-                e = ev["eligible"]
-                print(f"held out {held}: precision {e['precision']:.3f} recall {e['recall']:.3f} f1 {e['f1']:.3f} "
-                      f"(threshold {ev['threshold']:.2f}, ECE {ev['ece']:.3f})", flush=True)
-    final = train_calibrated(d, torch.arange(len(d["y_train"])), seed, epochs)
-    results["shipped"] = {"threshold": final.threshold, "calibration": final.calibration.tolist(),
-                          "num_params": final.num_params, "hparams": final.hparams}
-    if out:
-        final.save(out, extra={"tau": tau, "trained_on": ",".join(m["name"] for m in metas),
-                               "window": runs[0]["features"].shape[2]})
-    if report:
-        write_report(results, runs, Path(report), d)
-    if out:
-        write_card(results, Path(out).parent / "README.md", window=int(runs[0]["features"].shape[2]),
-                   sample_size=int(runs[0]["meta"]["spec"]["sample_size"]))
-    return results
+def select_rule(d, runs, idx_runs, p) -> dict:
+    """The rule with the largest pooled saving whose early share stays <= MAX_EARLY (else the fewest early)."""
+    best = None
+    for per_epoch in DECISIONS_PER_EPOCH:
+        for patience in PATIENCES:
+            for thr in THRESHOLDS:
+                s = summarize(replay_all(d, runs, idx_runs, p, float(thr), patience, per_epoch))
+                key = (s["early_share"] <= MAX_EARLY, (s["saved_share_of_oracle"] or 0.0) if s["early_share"] <= MAX_EARLY
+                       else -s["early_share"], -per_epoch, patience)
+                if best is None or key > best[0]:
+                    best = (key, {"threshold": float(thr), "patience": patience, "decisions_per_epoch": per_epoch, **s})
+    return best[1]
 
 
-def write_card(res: dict, path: Path, window: int, sample_size: int) -> None:
-    """The short card that ships next to the weights."""
-    held = "\n".join(f"| {f} | {', '.join(v['trained_on'])} | {v['threshold']:.2f} | {v['eligible']['precision']:.3f} | "
-                     f"{v['eligible']['recall']:.3f} | {v['eligible']['f1']:.3f} | {v['ece']:.3f} |"
-                     for f, v in res["held_out"].items())
-    runs = "\n".join(f"  - {r['name']} ({r['family']}, {r['units']} units, {r['checkpoints']} checkpoints)" for r in res["runs"])
-    sh = res["shipped"]
-    path.write_text(f"""# smartfrz_predictor.safetensors
-
-The attention-based freeze predictor that `SmartFRZ(..., policy="smartfrz")` loads by default
-(architecture: `smartfrz/predictor.py`; {sh['num_params']} parameters; safetensors, no pickle).
-
-- Labels: linear CKA of each unit's output on a fixed probe batch against the end of the same run;
-  freezable when CKA >= tau = {res['tau']} from then on, and every earlier unit too.
-- Window: {window} snapshots of {sample_size} sampled weights (any window length works at inference).
-- Decision threshold (stored in the file): {sh['threshold']:.2f} on Platt-calibrated P(freeze)
-  (scale, bias = {sh['calibration'][0]:.3f}, {sh['calibration'][1]:.3f}), chosen for precision >= {SELECT_PRECISION}
-  on out-of-fold predictions.
-- Training data ({len(res['runs'])} runs):
-{runs}
-
-Held-out metrics (leave-one-family-out, eligible samples; full report: `reports/predictor/report.md`):
-
-| held out | trained on | threshold | precision | recall | F1 | ECE |
-|---|---|---|---|---|---|---|
-{held}
-
-Regenerate (all 15 runs were recorded on one H200; `--preset cpu` records fewer MiniLM runs on a CPU):
-
-```bash
-python -m smartfrz.predictor_training.freeze_dataset --preset gpu --data-dir DATA --out artifacts/freeze_runs
-python -m smartfrz.predictor_training.freeze_dataset --preset gpu_text --data-dir DATA --out artifacts/freeze_runs
-python -m smartfrz.predictor_training.training --runs artifacts/freeze_runs \\
-    --out smartfrz/weights/smartfrz_predictor.safetensors --report reports/predictor
-```
-""")
-
-
-def write_report(res: dict, runs: list[dict], folder: Path, d: dict) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import pandas as pd
-    import seaborn as sns
-
-    folder.mkdir(parents=True, exist_ok=True)
-    slim = json.loads(json.dumps(res))
-    for v in slim["held_out"].values():
-        v.pop("simulation", None)
-    (folder / "metrics.json").write_text(json.dumps(slim, indent=2))
-    manifest = {"tau": res["tau"], "runs": [{**r, "spec": run["meta"]["spec"], "steps_per_epoch": run["meta"]["steps_per_epoch"],
-                                             "record_every": run["meta"]["record_every"], "units_names": run["meta"]["units"]}
-                                            for r, run in zip(res["runs"], runs)],
-                "samples": int(len(d["y_eval"])), "label_balance": res["label_balance"]}
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    # CKA curves that justify tau
-    rows = [{"run": r["meta"]["name"], "progress": float(s) / r["meta"]["total_steps"], "unit": u, "cka": float(c)}
-            for r in runs for t, s in enumerate(r["steps"]) for u, c in enumerate(r["cka"][t])]
-    df = pd.DataFrame(rows)
-    g = sns.relplot(df, x="progress", y="cka", hue="unit", col="run", col_wrap=4, kind="line", palette="viridis",
-                    height=2.4, aspect=1.2, legend="brief")
-    for ax in g.axes.flat:
-        ax.axhline(res["tau"], color="red", ls="--", lw=1)
-        ax.set_ylim(0.4, 1.01)
-    g.set_titles("{col_name}", size=7)
-    g.savefig(folder / "cka_curves.png", dpi=110)
-    plt.close("all")
-    # calibration + freeze points on held-out families
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for fam, v in res["held_out"].items():
-        c = [b for b in v["calibration"] if b["n"]]
-        axes[0].plot([b["mean_p"] for b in c], [b["freq"] for b in c], "o-", label=f"held-out {fam}")
-        sim = [s for s in v["simulation"] if s["label_step"] is not None]
-        axes[1].scatter([s["label_step"] / s["last_step"] for s in sim],
-                        [(s["pred_step"] if s["pred_step"] is not None else s["last_step"]) / s["last_step"] for s in sim],
-                        label=f"held-out {fam}", alpha=0.7)
-    axes[0].plot([0, 1], [0, 1], "k:", lw=1)
-    axes[0].set(xlabel="predicted P(freeze)", ylabel="observed freeze rate", title="calibration (eligible samples)")
-    axes[1].plot([0, 1], [0, 1], "k:", lw=1)
-    axes[1].set(xlabel="CKA label freeze point (share of run)", ylabel="predicted freeze point",
-                title="freeze points (above the line = late)")
-    for ax in axes:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(folder / "heldout.png", dpi=110)
-    plt.close(fig)
-    lines = ["# SmartFRZ predictor: held-out evaluation", "",
-             f"Generated by `python -m smartfrz.predictor_training.training` (tau = {res['tau']}, target precision "
-             f"{TARGET_PRECISION}). Labels: linear CKA of each unit's output on a fixed probe batch against the end "
-             "of the same run; a unit is freezable when CKA >= tau from then on and every earlier unit is too.", "",
-             "## Runs", "", "| run | family | units | checkpoints | final metric |", "|---|---|---|---|---|"]
-    for r in res["runs"]:
-        lines.append(f"| {r['name']} | {r['family']} | {r['units']} | {r['checkpoints']} | "
-                     f"{r['final'].get('metric_name', '')} {r['final'].get('metric', float('nan')):.2f} |")
-    lines += ["", "Label balance: " + ", ".join(f"{f}: {v['freeze']}/{v['samples']} freezable" for f, v in res["label_balance"].items()), "",
-              "## Leave-one-family-out (eligible samples: every earlier unit freezable)", "",
-              "| held out | trained on | threshold | precision | recall | F1 | ECE | Brier | median lag (epochs) | early / late-or-on-time | missed |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for fam, v in res["held_out"].items():
-        e, fp = v["eligible"], v["freeze_points"]
-        lag = fp["median_lag_epochs"]
-        lines.append(f"| {fam} | {', '.join(v['trained_on'])} | {v['threshold']:.2f} | {e['precision']:.3f} | {e['recall']:.3f} | "
-                     f"{e['f1']:.3f} | {v['ece']:.3f} | {v['brier']:.3f} | {'n/a' if lag is None else f'{lag:+.2f}'} | "
-                     f"{fp['early']} / {fp['late_or_on_time']} | {fp['never_frozen_but_labelled']} |")
-    lines += ["", "All samples (including units whose predecessors are not yet freezable):", ""]
-    for fam, v in res["held_out"].items():
-        a = v["all"]
-        lines.append(f"- held-out {fam}: precision {a['precision']:.3f}, recall {a['recall']:.3f}, F1 {a['f1']:.3f} (n={a['n']})")
-    lines += ["", f"Targets: precision >= {TARGET_PRECISION} for 'freeze' at recall >= 0.6 on held-out families.", "",
-              "Lag: replaying the engine's front-to-back rule (patience 2) at every checkpoint (4 per epoch) of each held-out run; "
-              "positive = the predictor froze later than the CKA label (costs time), negative = earlier (risks accuracy).", "",
-              "## Decision rule: cadence and patience (replayed on held-out runs)", "",
-              "Shares of the run; early counts include units frozen that the labels never mark freezable.", "",
-              "| held out | decisions / epoch | patience | early | late or on time | median lag | worst early |",
-              "|---|---|---|---|---|---|---|"]
-    for fam, v in res["held_out"].items():
-        for r in v["decision_rules"]:
-            med = "n/a" if r["median_lag_share"] is None else f"{r['median_lag_share']:+.3f}"
-            worst = "n/a" if r["worst_early_share"] is None else f"{r['worst_early_share']:+.3f}"
-            lines.append(f"| {fam} | {r['decisions_per_epoch']} | {r['patience']} | {r['early']} | {r['late_or_on_time']} | {med} | {worst} |")
-    lines += ["", "The engine's defaults are one decision per epoch and patience 2.", "",
-              f"Shipped predictor: trained on all runs, threshold {res['shipped']['threshold']:.2f}, "
-              f"{res['shipped']['num_params']} parameters.", "",
-              "![CKA curves](cka_curves.png)", "", "![held-out calibration and freeze points](heldout.png)", ""]
-    (folder / "report.md").write_text("\n".join(lines))
-
-
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", required=True)
-    ap.add_argument("--out", default=None)
-    ap.add_argument("--report", default=None)
-    ap.add_argument("--tau", type=float, default=TAU)
-    ap.add_argument("--epochs", type=int, default=25)
-    ap.add_argument("--seed", type=int, default=0)
-    a = ap.parse_args(argv)
-    res = run(a.runs, a.out, a.report, a.tau, a.epochs, a.seed)
-    print(json.dumps(res["shipped"]))
-
-
+# ----------------------------------------------------------------------------- fitting
 
 def train_predictor(feats: torch.Tensor, labels: torch.Tensor, epochs: int = 30, lr: float = 2e-3,
                     batch_size: int = 256, seed: int = 0, pos_weight: float | None = None,
@@ -385,6 +193,278 @@ def train_predictor(feats: torch.Tensor, labels: torch.Tensor, epochs: int = 30,
             opt.step()
             sched.step()
     return model.eval()
+
+
+def _logits(model, x) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([model(x[i:i + 4096]) for i in range(0, len(x), 4096)])
+
+
+def train_selected(d: dict, runs: list[dict], run_ids: np.ndarray, seed: int = 0, epochs: int = 6,
+                   folds: int = 2) -> tuple[FreezePredictor, dict]:
+    """Out-of-fold (by run) logits -> Platt calibration and the decision rule; then a fit on all of ``run_ids``."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(run_ids)
+    in_sel = np.isin(d["run"].numpy(), run_ids)
+    oof = torch.zeros(len(d["run"]))
+    for f in range(min(folds, len(order))):
+        held = order[f::min(folds, len(order))]
+        held_m = np.isin(d["run"].numpy(), held)
+        tr = torch.from_numpy(np.nonzero(in_sel & ~held_m)[0])
+        m = train_predictor(d["x"][tr], d["y_train"][tr], epochs=epochs, seed=seed + f + 1)
+        te = torch.from_numpy(np.nonzero(held_m)[0])
+        oof[te] = _logits(m, d["x"][te])
+    sel = torch.from_numpy(np.nonzero(in_sel)[0])
+    a, b = fit_platt(oof[sel], d["y_train"][sel])
+    p_oof = torch.sigmoid(a * oof + b).numpy()
+    rule = select_rule(d, runs, run_ids, p_oof)
+    model = train_predictor(d["x"][sel], d["y_train"][sel], epochs=epochs, seed=seed)
+    model.calibration.copy_(torch.tensor([a, b]))
+    model.threshold = rule["threshold"]
+    model.patience, model.decisions_per_epoch = rule["patience"], rule["decisions_per_epoch"]
+    return model, rule
+
+
+def classification(p, d, sel, threshold) -> dict:
+    y, elig = d["y_eval"].numpy()[sel], d["eligible"].numpy()[sel]
+    pred = p[sel] >= threshold
+    tp = int((pred & y & elig).sum())
+    prec = tp / max(int((pred & elig).sum()), 1)
+    rec = tp / max(int((y & elig).sum()), 1)
+    return {"precision": prec, "recall": rec, "n": int(elig.sum())}
+
+
+def heldout(d, runs, model, rule, run_ids) -> dict:
+    sel = np.isin(d["run"].numpy(), run_ids)
+    p = np.zeros(len(d["run"]))
+    p[sel] = torch.sigmoid(_logits(model, d["x"][torch.from_numpy(np.nonzero(sel)[0])])).numpy()
+    rows = replay_all(d, runs, run_ids, p, rule["threshold"], rule["patience"], rule["decisions_per_epoch"])
+    return {"rule": {k: rule[k] for k in ("threshold", "patience", "decisions_per_epoch")},
+            **summarize(rows), **classification(p, d, sel, rule["threshold"]),
+            "per_run": [{**r, "pred": {str(k): v for k, v in r["pred"].items()},
+                         "label": {str(k): v for k, v in r["label"].items()}} for r in rows]}
+
+
+def run(runs_dir, out=None, report=None, label: str = LABEL, epochs: int = 6, seed: int = 0, progress: bool = True,
+        label_study: list | None = None, held_out: bool = True, previous=None) -> dict:
+    runs = load_runs(runs_dir)
+    metas = [r["meta"] for r in runs]
+    d = samples(runs, label)
+    run_family = np.array([m["family"] for m in metas])
+    run_schedule = np.array([m["spec"]["schedule"] for m in metas])
+    all_ids = np.arange(len(runs))
+    results = {"label": label, "max_early": MAX_EARLY,
+               "runs": [{"name": m["name"], "family": m["family"], "schedule": m["spec"]["schedule"],
+                         "optimizer": m["spec"]["optimizer"], "lr": m["spec"]["lr"], "regime": m["spec"]["regime"],
+                         "units": len(m["units"]), "checkpoints": int(len(r["steps"])), "final": m["final"]}
+                        for m, r in zip(metas, runs)],
+               "positives": int(d["y_eval"].sum()), "samples": int(len(d["y_eval"])), "held_out": {}}
+    for kind, groups in (("family", run_family), ("schedule", run_schedule)):
+        if not held_out or len(np.unique(groups)) < 2:
+            continue
+        results["held_out"][kind] = {}
+        for g in np.unique(groups):
+            model, rule = train_selected(d, runs, all_ids[groups != g], seed, epochs)
+            ev = heldout(d, runs, model, rule, all_ids[groups == g])
+            results["held_out"][kind][str(g)] = ev
+            if progress:
+                print(f"held out {kind} {g}: {ev['saved_share_of_oracle'] or 0:.2f} of the oracle's saving, "
+                      f"{ev['early']}/{ev['units']} units early (rule {ev['rule']})", flush=True)
+    if held_out and previous is not None:  # the predictor shipped before, as it shipped (it saw none of these runs)
+        old = FreezePredictor.load(previous)
+        old_rule = {"threshold": float(old.threshold), "patience": getattr(old, "patience", 2),
+                    "decisions_per_epoch": getattr(old, "decisions_per_epoch", 1)}
+        results["previous"] = {k: v for k, v in heldout(d, runs, old, old_rule, all_ids).items() if k != "per_run"}
+        results["previous"]["sha256"] = _sha(previous)
+    final, rule = train_selected(d, runs, all_ids, seed, epochs)
+    results["shipped"] = {"rule": {k: rule[k] for k in ("threshold", "patience", "decisions_per_epoch")},
+                          "out_of_fold": {k: v for k, v in rule.items() if k not in ("threshold", "patience", "decisions_per_epoch")},
+                          "calibration": final.calibration.tolist(), "num_params": final.num_params, "hparams": final.hparams}
+    if out:
+        final.save(out, extra={"label": label, "trained_on": f"{len(runs)} runs of {runs_dir}",
+                               "window": runs[0]["features"].shape[2]})
+    if report:
+        write_report(results, runs, Path(report), label_study)
+    if out:
+        write_card(results, Path(out).parent / "README.md", window=int(runs[0]["features"].shape[2]),
+                   sample_size=int(runs[0]["meta"]["spec"]["sample_size"]))
+    return results
+
+
+def _sha(path) -> str:
+    import hashlib
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+
+
+# ----------------------------------------------------------------------------- reports
+
+def _pct(x):
+    return "n/a" if x is None else f"{100 * x:.0f}%"
+
+
+def _heldout_table(block: dict, kind: str) -> list[str]:
+    lines = [f"| held-out {kind} | runs | oracle saving (mean) | smartfrz saving (mean) | share of oracle (pooled / median run) "
+             "| early units | precision / recall | rule (threshold, patience, decisions/epoch) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for g, v in block.items():
+        r = v["rule"]
+        lines.append(f"| {g} | {v['runs']} | {_pct(v['oracle_saved'])} | {_pct(v['saved'])} | "
+                     f"{_pct(v['saved_share_of_oracle'])} / {_pct(v['median_run_share_of_oracle'])} | "
+                     f"{v['early']}/{v['units']} | {v['precision']:.2f} / {v['recall']:.2f} | "
+                     f"{r['threshold']:.2f}, {r['patience']}, {r['decisions_per_epoch']} |")
+    rows = list(block.values())
+    if rows:
+        early, units = sum(v["early"] for v in rows), sum(v["units"] for v in rows)
+        saved = sum(v["saved"] * v["runs"] for v in rows)
+        oracle = sum(v["oracle_saved"] * v["runs"] for v in rows)
+        lines.append(f"| **all folds** | {sum(v['runs'] for v in rows)} | {_pct(oracle / max(1, sum(v['runs'] for v in rows)))} | "
+                     f"{_pct(saved / max(1, sum(v['runs'] for v in rows)))} | {_pct(saved / oracle if oracle else None)} | "
+                     f"{early}/{units} | | |")
+    return lines
+
+
+def write_report(res: dict, runs: list[dict], folder: Path, label_study: list | None = None) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    slim = json.loads(json.dumps(res))
+    (folder / "metrics.json").write_text(json.dumps(slim, indent=1))
+    manifest = {"label": res["label"], "runs": [{**r, "spec": run["meta"]["spec"], "units_names": run["meta"]["units"]}
+                                                for r, run in zip(res["runs"], runs)]}
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    # held-out freeze points against the labels
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    for ax, (kind, block) in zip(axes, res["held_out"].items()):
+        for g, v in block.items():
+            xs, ys = [], []
+            for r in v["per_run"]:
+                total = runs[r["run"]]["meta"]["total_steps"]
+                for u, s in r["label"].items():
+                    xs.append(s / total)
+                    ys.append(r["pred"].get(u, total) / total)
+            ax.scatter(xs, ys, s=12, alpha=0.7, label=g)
+        ax.plot([0, 1], [0, 1], "k:", lw=1)
+        ax.set(xlabel="label freeze point (share of run)", ylabel="replayed smartfrz freeze point",
+               title=f"held-out {kind} (above the line = late)")
+        ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(folder / "heldout.png", dpi=110)
+    plt.close(fig)
+
+    rule, tau = parse_label(res["label"])
+    lines = ["# SmartFRZ predictor: labels, held-out evaluation, decision rule", "",
+             f"Generated by `python -m smartfrz.predictor_training.training` from {len(runs)} recorded runs "
+             f"(`python -m smartfrz.predictor_training.freeze_dataset --preset cpu`).", "",
+             "## Labels", "",
+             f"Label `{res['label']}`: a unit is freezable at checkpoint t when putting units 0..k of the run's *final* "
+             f"model back to their weights at t changes at most {100 * tau:g}% of the predictions on a fixed probe of "
+             "held-out examples, at t and at every later checkpoint (and every earlier unit is freezable too). This asks "
+             "directly whether the network training produced still needs what the prefix learned after t; the old "
+             "label (linear CKA of the unit's output >= 0.95) asked whether the representation looked alike, which a "
+             "fine-tuned layer does from step 0 while its small moves still carry the accuracy.", ""]
+    if label_study:
+        from ..lab.label_study import table
+        lines += ["### Is the oracle built from the labels accuracy-safe? (bench runs)", "",
+                  "The oracle replayed under each label on a bench's own `none` runs (same seed, data order and model), "
+                  "medians over seeds, made by:", ""]
+        rows = []
+        for path in label_study:
+            study = json.loads(Path(path).read_text())
+            lines.append(f"- `{study.get('command', 'python -m smartfrz.lab.label_study --bench ' + study['bench'])}`")
+            rows += study["rows"]
+        lines += ["", table(sorted(rows, key=lambda r: (r["task"], r["rule"]))), ""]
+    lines += ["## Runs", "", f"{len(runs)} runs, {res['samples']} (checkpoint, unit) samples, {res['positives']} labelled freezable.", "",
+              "| run | family | schedule | optimizer | lr | regime | units | checkpoints | final metric |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for r in res["runs"]:
+        lines.append(f"| {r['name']} | {r['family']} | {r['schedule']} | {r['optimizer']} | {r['lr']:g} | {r['regime']} | "
+                     f"{r['units']} | {r['checkpoints']} | {r['final'].get('metric_name', '')} {r['final'].get('metric', float('nan')):.3g} |")
+    lines += ["", "## Held out: the engine's rule replayed on runs the predictor never saw", "",
+              "Savings are the FLOP-share-weighted share of the run left when each unit froze (the backward work a "
+              "frozen prefix removes, comparable across runs); the oracle freezes each unit at its label. Early = "
+              "frozen before its label (or never labelled). The rule of each fold is chosen on out-of-fold predictions "
+              f"of its training runs: the largest saving with at most {100 * MAX_EARLY:g}% early units.", ""]
+    for kind, block in res["held_out"].items():
+        lines += [f"### Leave one {kind} out", ""] + _heldout_table(block, kind) + [""]
+    if "previous" in res:
+        v = res["previous"]
+        lines += ["### The previously shipped predictor on the same runs", "",
+                  f"Predictor `{v['sha256']}` (CKA >= 0.95 labels, 15 GPU runs; none of these runs seen), its own rule "
+                  f"(threshold {v['rule']['threshold']:.2f}, patience {v['rule']['patience']}, "
+                  f"{v['rule']['decisions_per_epoch']} decision(s)/epoch), scored against the new labels: "
+                  f"{_pct(v['saved_share_of_oracle'])} of the oracle's saving (median run {_pct(v['median_run_share_of_oracle'])}), "
+                  f"{v['early']}/{v['units']} units early.", ""]
+    sh = res["shipped"]
+    oof = sh["out_of_fold"]
+    lines += ["## Shipped", "",
+              f"Trained on all {len(runs)} runs. Rule chosen on their out-of-fold predictions: threshold "
+              f"{sh['rule']['threshold']:.2f}, patience {sh['rule']['patience']}, {sh['rule']['decisions_per_epoch']} "
+              f"decision(s) per epoch (stored in the weights file; the engine uses them unless told otherwise). "
+              f"Out of fold it reached {_pct(oof['saved_share_of_oracle'])} of the oracle's saving with "
+              f"{oof['early']}/{oof['units']} units early. {sh['num_params']} parameters.", "",
+              "Not varied: the window span (the runs record 20 snapshots spread over one epoch, as the engine does by "
+              "default).", "", "![held-out freeze points](heldout.png)", ""]
+    (folder / "report.md").write_text("\n".join(lines))
+
+
+def write_card(res: dict, path: Path, window: int, sample_size: int) -> None:
+    """The short card that ships next to the weights."""
+    sh = res["shipped"]
+    folds = []
+    for kind, block in res["held_out"].items():
+        rows = list(block.values())
+        saved, oracle = sum(v["saved"] * v["runs"] for v in rows), sum(v["oracle_saved"] * v["runs"] for v in rows)
+        folds.append(f"| leave one {kind} out | {len(rows)} | {_pct(saved / oracle if oracle else None)} | "
+                     f"{sum(v['early'] for v in rows)}/{sum(v['units'] for v in rows)} |")
+    path.write_text(f"""# smartfrz_predictor.safetensors
+
+The attention-based freeze predictor that `SmartFRZ(..., policy="smartfrz")` loads by default
+(architecture: `smartfrz/predictor.py`; {sh['num_params']} parameters; safetensors, no pickle).
+
+- Labels `{res['label']}`: units 0..k are freezable at a checkpoint when putting them back to that
+  checkpoint's weights in the run's final model changes at most that share of a probe's predictions,
+  then and at every later checkpoint (`smartfrz/predictor_training/labels.py`).
+- Window: {window} snapshots of {sample_size} sampled weights (any window length works at inference).
+- Decision rule (stored in the file, chosen by replayed end result on out-of-fold runs): threshold
+  {sh['rule']['threshold']:.2f} on Platt-calibrated P(freeze), patience {sh['rule']['patience']},
+  {sh['rule']['decisions_per_epoch']} decision(s) per epoch.
+- Training data: {len(res['runs'])} CPU runs, 8 families, 6 schedules, SGD and AdamW, scratch and fine-tuned
+  (`reports/predictor/manifest.json`).
+
+Held out (replaying the engine's rule; full report: `reports/predictor/report.md`):
+
+| folds | groups | share of the oracle's saving (pooled) | units frozen early |
+|---|---|---|---|
+{chr(10).join(folds)}
+
+Regenerate (about 80 minutes of one CPU core, then a few minutes of training):
+
+```bash
+python -m smartfrz.predictor_training.freeze_dataset --preset cpu --data-dir DATA --out artifacts/freeze_runs --threads 1
+python -m smartfrz.predictor_training.training --runs artifacts/freeze_runs \\
+    --out smartfrz/weights/smartfrz_predictor.safetensors --report reports/predictor
+```
+""")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", required=True)
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--report", default=None)
+    ap.add_argument("--label", default=LABEL, help="RULE:TAU, e.g. rewind:0.01 or cka:0.95")
+    ap.add_argument("--label-study", nargs="*", default=None, help="label_study JSONs whose tables go into the report")
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--previous", default=None, help="a predictor file to score beside the new one (the one shipped before)")
+    ap.add_argument("--no-held-out", action="store_true", help="only the shipped fit (the report needs the folds)")
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args(argv)
+    res = run(a.runs, a.out, a.report, a.label, a.epochs, a.seed, label_study=a.label_study, held_out=not a.no_held_out,
+              previous=a.previous)
+    print(json.dumps(res["shipped"]))
+
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,31 @@
+"""Choosing the predictor by end result: the replay of the engine's rule that scores it."""
+import numpy as np
+
+from smartfrz.predictor_training.training import replay
+
+
+META = {"steps_per_epoch": 8, "total_steps": 40, "flop_share": [0.5, 0.3, 0.2], "spec": {"checkpoints_per_epoch": 4}}
+STEPS = np.arange(2, 42, 2)  # a checkpoint every 2 steps (4 per epoch) from step 2 to 40
+
+
+def test_replay_freezes_front_to_back_with_patience_and_cadence():
+    P = np.zeros((len(STEPS), 3))
+    P[5:, 0] = 0.9  # unit 0 scores high from step 12, unit 1 from step 20; the last unit is never frozen
+    P[9:, 1] = 0.9
+    P[3, 1] = 0.9  # an isolated spike before unit 0 is ready: never a freeze
+    Y = np.zeros_like(P, dtype=bool)
+    Y[6:, 0] = Y[12:, 1] = True  # labels: unit 0 from step 14, unit 1 from step 26
+    r = replay(P, Y, STEPS, META, threshold=0.5, patience=2, per_epoch=4)
+    assert r["pred"] == {0: 14, 1: 22} and r["label"] == {0: 14, 1: 26}
+    assert r["early"] == 1 and r["units"] == 2  # unit 1 froze before its label
+    assert np.isclose(r["saved"], 0.5 * 26 / 40 + 0.3 * 18 / 40)
+    assert np.isclose(r["oracle_saved"], 0.5 * 26 / 40 + 0.3 * 14 / 40)
+    slow = replay(P, Y, STEPS, META, threshold=0.5, patience=2, per_epoch=1)  # decisions at steps 8, 16, 24, ...
+    assert slow["pred"] == {0: 24, 1: 32} and slow["early"] == 0
+
+
+def test_replay_counts_a_freeze_of_a_never_labelled_unit_as_early():
+    P = np.ones((len(STEPS), 3))
+    Y = np.zeros_like(P, dtype=bool)
+    r = replay(P, Y, STEPS, META, threshold=0.5, patience=1, per_epoch=4)
+    assert r["early"] == 2 and r["oracle_saved"] == 0.0 and r["saved"] > 0
