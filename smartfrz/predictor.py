@@ -141,7 +141,8 @@ class FreezePredictor(nn.Module):
         if hp.get("num_features") != INPUT_FEATURES:
             raise ValueError(f"predictor file {path} expects num_features={hp.get('num_features')} inputs per snapshot; "
                              f"this smartfrz version feeds {INPUT_FEATURES} (feature_version {FEATURE_VERSION})")
-        model = cls(**hp, threshold=float(meta.get("threshold", 0.5)))
+        with torch.random.fork_rng(devices=[]):  # initialising before loading must not shift the run's random stream
+            model = cls(**hp, threshold=float(meta.get("threshold", 0.5)))
         expected = model.state_dict()
         missing = sorted(set(expected) - set(tensors))
         unexpected = sorted(set(tensors) - set(expected))

@@ -121,3 +121,11 @@ def _timed_fn(fn):
     t = time.perf_counter()
     fn()
     return time.perf_counter() - t
+
+
+def test_loading_the_predictor_leaves_the_random_stream_alone():
+    """A smartfrz run must see the same dropout masks and data order as a run without it."""
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    FreezePredictor.load()
+    assert torch.equal(torch.get_rng_state(), before)
