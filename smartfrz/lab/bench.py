@@ -1,6 +1,6 @@
 """Side-by-side benchmark: every policy on the same model, data order and seed, costs measured.
 
-``python -m smartfrz.lab.bench --suite smoke|cpu|gpu [--data-dir DIR] [--jobs N] --out reports/bench/NAME.json``
+``python -m smartfrz.lab.bench --suite smoke|demo|cpu|gpu [--data-dir DIR] [--jobs N] --out reports/bench/NAME.json``
 
 Per task and seed, the ``none`` run goes first and doubles as the oracle's reference (its rewind
 harms give the hindsight freeze steps, ``ExperimentConfig.oracle_label``). Ratios in the Markdown table are against ``none`` of
