@@ -387,23 +387,10 @@ class _Tap:
         return getattr(self.loader, name)
 
 
-def parse_label(label: str) -> tuple[str, float]:
-    """"RULE:TAU" -> (rule, tau), e.g. "rewind:0.05"."""
-    from ..predictor_training.labels import RULES
-    rule, _, tau = label.partition(":")
-    try:
-        value = float(tau)
-    except ValueError:
-        value = None
-    if rule not in RULES or value is None:
-        raise ValueError(f"a label is RULE:TAU with RULE one of {', '.join(RULES)} and TAU a number; got {label!r}")
-    return rule, value
-
-
 def oracle_steps(reference: ExperimentResult | dict, label: str = DEFAULT_LABEL) -> dict[str, int]:
     """Hindsight freeze steps from a reference run recorded with ``record_cka=True`` (``label`` = RULE:TAU,
     see ``smartfrz.predictor_training.labels.freeze_labels``)."""
-    from ..predictor_training.labels import freeze_steps
+    from ..predictor_training.labels import freeze_steps, parse_label
     rule, tau = parse_label(label)
     cka = reference.cka if isinstance(reference, ExperimentResult) else reference["cka"]
     if not cka:

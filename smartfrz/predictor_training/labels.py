@@ -120,8 +120,7 @@ def _predictions(model: torch.nn.Module, probe) -> torch.Tensor:
     outs = []
     for b in batches:
         out = call_model(model, b)
-        out = getattr(out, "logits", None) if hasattr(out, "logits") else out
-        outs.append(_first_tensor(out).float())
+        outs.append(_first_tensor(getattr(out, "logits", out)).float())
     return torch.cat(outs)
 
 
@@ -204,8 +203,20 @@ def remaining_change(cka: torch.Tensor) -> torch.Tensor:
     return ((1 - cka) / total).clamp(0, 1)
 
 
-def freeze_labels(values: torch.Tensor, tau: float, rule: str = DEFAULT_RULE) -> torch.Tensor:
-    """(checkpoints, units) measurements -> bool labels, true from t onwards and so for every earlier unit.
+def parse_label(label: str) -> tuple[str, float]:
+    """"RULE:TAU" -> (rule, tau), e.g. "rewind:0.05"."""
+    rule, _, tau = label.partition(":")
+    try:
+        value = float(tau)
+    except ValueError:
+        value = None
+    if rule not in RULES or value is None:
+        raise ValueError(f"a label is RULE:TAU with RULE one of {', '.join(RULES)} and TAU a number; got {label!r}")
+    return rule, value
+
+
+def unit_settled(values: torch.Tensor, tau: float, rule: str = DEFAULT_RULE) -> torch.Tensor:
+    """Each unit's own label, without the front-to-back condition: under the threshold from t to the end.
 
     ``rule="rewind"``: ``rewind_harm`` <= tau (NaN counts as above). ``rule="cka"``: CKA(t, end) >= tau.
     ``rule="remaining"``: ``remaining_change`` of the CKA curves <= tau (the share of the change still
@@ -216,8 +227,12 @@ def freeze_labels(values: torch.Tensor, tau: float, rule: str = DEFAULT_RULE) ->
         ok = values <= tau  # NaN compares False
     else:
         ok = values >= tau if rule == "cka" else remaining_change(values) <= tau
-    settled = torch.flip(torch.cummin(torch.flip(ok.int(), [0]), 0).values, [0]).bool()  # true from t to the end
-    return torch.cummin(settled.int(), 1).values.bool()  # front-to-back: every earlier unit settled too
+    return torch.flip(torch.cummin(torch.flip(ok.int(), [0]), 0).values, [0]).bool()
+
+
+def freeze_labels(values: torch.Tensor, tau: float, rule: str = DEFAULT_RULE) -> torch.Tensor:
+    """(checkpoints, units) measurements -> bool labels: ``unit_settled``, and every earlier unit too."""
+    return torch.cummin(unit_settled(values, tau, rule).int(), 1).values.bool()
 
 
 def freeze_steps(values: torch.Tensor, steps: Sequence[int], unit_names: Sequence[str], tau: float,

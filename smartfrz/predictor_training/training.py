@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .freeze_dataset import load_runs
-from .labels import DEFAULT_LABEL, freeze_labels, remaining_change
+from .labels import DEFAULT_LABEL, freeze_labels, parse_label, unit_settled
 from ..predictor import FreezePredictor
 
 LABEL = DEFAULT_LABEL
@@ -38,17 +38,6 @@ def _values(run: dict, rule: str) -> torch.Tensor:
             raise ValueError(f"run {run['meta']['name']} has no rewind harms (recorded before they existed); record it again")
         return run["rewind"]
     return run["cka"]
-
-
-def unit_settled(values: torch.Tensor, tau: float, rule: str) -> torch.Tensor:
-    """Each unit's own label: under the threshold from t to the end (no front-to-back condition)."""
-    ok = values <= tau if rule == "rewind" else (values >= tau if rule == "cka" else remaining_change(values) <= tau)
-    return torch.flip(torch.cummin(torch.flip(ok.int(), [0]), 0).values, [0]).bool()
-
-
-def parse_label(label: str) -> tuple[str, float]:
-    rule, _, tau = label.partition(":")
-    return rule, float(tau)
 
 
 def samples(runs: list[dict], label: str = LABEL) -> dict:
@@ -86,8 +75,8 @@ def fit_platt(logits: torch.Tensor, y: torch.Tensor, steps: int = 300) -> tuple[
 
 # ----------------------------------------------------------------------------- replaying the engine
 
-def _grid(d: dict, runs: list[dict], r: int, p: np.ndarray):
-    """Run r's (checkpoints, units) probability and label grids, its steps and per-unit FLOP shares."""
+def _grid(d: dict, r: int, p: np.ndarray):
+    """Run r's (checkpoints, units) probability and label grids, and its checkpoint steps."""
     m = d["run"].numpy() == r
     steps, units = d["step"].numpy()[m], d["unit"].numpy()[m]
     order = np.unique(steps)
@@ -127,13 +116,10 @@ def replay(P, Y, steps, meta: dict, threshold: float, patience: int, per_epoch: 
             "units": U - min_active}
 
 
-def replay_all(d, runs, idx_runs, p, threshold, patience, per_epoch) -> list[dict]:
-    out = []
-    for r in idx_runs:
-        P, Y, steps = _grid(d, runs, r, p)
-        res = replay(P, Y, steps, runs[r]["meta"], threshold, patience, per_epoch)
-        out.append({"run": int(r), **res})
-    return out
+def replay_all(grids: dict, runs, threshold, patience, per_epoch) -> list[dict]:
+    """``replay`` on each run of ``grids`` (run -> ``_grid``)."""
+    return [{"run": int(r), **replay(P, Y, steps, runs[r]["meta"], threshold, patience, per_epoch)}
+            for r, (P, Y, steps) in grids.items()]
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -149,11 +135,11 @@ def summarize(rows: list[dict]) -> dict:
 
 def select_rule(d, runs, idx_runs, p) -> dict:
     """The rule with the largest pooled saving whose early share stays <= MAX_EARLY (else the fewest early)."""
-    best = None
+    best, grids = None, {r: _grid(d, r, p) for r in idx_runs}
     for per_epoch in DECISIONS_PER_EPOCH:
         for patience in PATIENCES:
             for thr in THRESHOLDS:
-                s = summarize(replay_all(d, runs, idx_runs, p, float(thr), patience, per_epoch))
+                s = summarize(replay_all(grids, runs, float(thr), patience, per_epoch))
                 key = (s["early_share"] <= MAX_EARLY, (s["saved_share_of_oracle"] or 0.0) if s["early_share"] <= MAX_EARLY
                        else -s["early_share"], -per_epoch, patience)
                 if best is None or key > best[0]:
@@ -238,7 +224,8 @@ def heldout(d, runs, model, rule, run_ids) -> dict:
     sel = np.isin(d["run"].numpy(), run_ids)
     p = np.zeros(len(d["run"]))
     p[sel] = torch.sigmoid(_logits(model, d["x"][torch.from_numpy(np.nonzero(sel)[0])])).numpy()
-    rows = replay_all(d, runs, run_ids, p, rule["threshold"], rule["patience"], rule["decisions_per_epoch"])
+    grids = {r: _grid(d, r, p) for r in run_ids}
+    rows = replay_all(grids, runs, rule["threshold"], rule["patience"], rule["decisions_per_epoch"])
     return {"rule": {k: rule[k] for k in ("threshold", "patience", "decisions_per_epoch")},
             **summarize(rows), **classification(p, d, sel, rule["threshold"]),
             "per_run": [{**r, "pred": {str(k): v for k, v in r["pred"].items()},
