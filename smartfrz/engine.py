@@ -23,6 +23,15 @@ def _eval_hook(module: nn.Module, args):
         module.train(False)
 
 
+def decision_cadence(policy, steps_per_epoch: int | None, total_steps: int | None) -> int | None:
+    """Steps between decisions: the policy's decisions per epoch, and (smartfrz) at least its decisions
+    per run when the run's length is known, so a 3-epoch fine-tune gets as many looks as a long run.
+    None: decide at ``epoch_end()``."""
+    every = [steps_per_epoch // getattr(policy, "decisions_per_epoch", 1)] if steps_per_epoch else []
+    if getattr(policy, "decisions_per_run", 0) and total_steps:
+        every.append(total_steps // policy.decisions_per_run)
+    return max(1, min(every)) if every else None
+
 class SmartFRZ:
     """``frz = SmartFRZ(model, optimizer, example_input=x)``; call ``frz.step()`` after ``optimizer.step()``."""
 
@@ -49,9 +58,7 @@ class SmartFRZ:
         self._owners = self._param_owners()
         self.record_every = cfg.record_every or (max(1, cfg.steps_per_epoch // cfg.window) if cfg.steps_per_epoch else 10)
         self.policy = make_policy(policy, cfg)
-        per_epoch = getattr(self.policy, "decisions_per_epoch", 1)  # smartfrz: chosen with the predictor
-        self.decide_every = cfg.decide_every or (max(1, cfg.steps_per_epoch // per_epoch) if cfg.steps_per_epoch
-                                                 else None)  # None: decide at epoch_end()
+        self.decide_every = cfg.decide_every or decision_cadence(self.policy, cfg.steps_per_epoch, cfg.total_steps)
         if (problem := self._window_problem(cfg.total_steps)) is not None:
             raise ValueError(problem)
         self.recorder = WeightRecorder(self.units, cfg.window, cfg.sample_size, cfg.seed) if self.policy.needs_windows else None

@@ -63,6 +63,7 @@ class SmartFRZPolicy(Policy):
         self.threshold = threshold if threshold is not None else float(self.predictor.threshold)
         self.patience = patience if patience is not None else int(getattr(self.predictor, "patience", 2))
         self.decisions_per_epoch = int(getattr(self.predictor, "decisions_per_epoch", 1))
+        self.decisions_per_run = int(getattr(self.predictor, "decisions_per_run", 0))
         self.streak: dict[int, int] = {}
 
     def bind(self, engine):

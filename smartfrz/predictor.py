@@ -85,7 +85,7 @@ class FreezePredictor(nn.Module):
         super().__init__()
         self.hparams = dict(d_model=d_model, heads=heads, layers=layers, hidden=hidden, num_features=num_features)
         self.threshold = threshold  # the decision rule chosen with the weights, stored with them
-        self.patience, self.decisions_per_epoch = 2, 1
+        self.patience, self.decisions_per_epoch, self.decisions_per_run = 2, 1, 0  # 0: no per-run floor
         self.embed = nn.Linear(num_features, d_model)
         enc = nn.TransformerEncoderLayer(d_model, heads, hidden, dropout=0.0, batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(enc, layers, enable_nested_tensor=False)
@@ -112,6 +112,7 @@ class FreezePredictor(nn.Module):
 
         meta = {"hparams": json.dumps(self.hparams), "threshold": repr(float(self.threshold)),
                 "patience": str(int(self.patience)), "decisions_per_epoch": str(int(self.decisions_per_epoch)),
+                "decisions_per_run": str(int(self.decisions_per_run)),
                 "feature_version": FEATURE_VERSION, **{k: str(v) for k, v in (extra or {}).items()}}
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(str(path) + ".tmp")
@@ -155,6 +156,7 @@ class FreezePredictor(nn.Module):
                                  f"expected {tuple(v.shape)}")
         model.load_state_dict(tensors)
         model.patience, model.decisions_per_epoch = int(meta.get("patience", 2)), int(meta.get("decisions_per_epoch", 1))
+        model.decisions_per_run = int(meta.get("decisions_per_run", 0))
         model.metadata = meta
         return model.to(device).eval()
 

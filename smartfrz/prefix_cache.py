@@ -2,14 +2,15 @@
 changes, so later epochs feed the first active unit from a per-example store and run no frozen forward.
 
 Opt-in and separate from the engine: ``fit(..., frz=frz, cache=True)`` or a ``PrefixCache`` object.
-Batches must carry dataset indices (``(x, y, index)`` or a dict with ``"index"``). At each change of
-the frozen prefix the store advances from its boundary in one ordered pass over the training data,
-running only the newly frozen units on the stored values. A step then runs the model with the frozen
-members stubbed out (they return zeros of their recorded shape) and the first active unit's input
-swapped for the stored one. Before the first use, one batch is run both ways: if the outputs differ
-(a unit's output feeds more than the next unit, a padded position matters, ...) the cache is refused
-with a warning naming the reason and training goes on without it. So are random augmentation, loaders
-without indices, and prefixes with trainable (tied) parameters.
+Batches must carry dataset indices (``(x, y, index)`` or a dict with ``"index"``). When the frozen
+prefix grows, the training steps of the following epoch keep the new boundary's input as their forward
+computes it (starting from the previous boundary's store, so only the newly frozen units run): filling
+costs no extra pass. A served step runs the model with the frozen members stubbed out (they return
+zeros of their recorded shape) and the first active unit's input swapped for the stored one. Before
+each new boundary, one batch is run both ways: if the outputs differ (a unit's output feeds more than
+the next unit, a padded position matters, ...) the cache is refused with a warning naming the reason
+and training goes on without it. So are random augmentation, loaders without indices, and prefixes
+with trainable (tied) parameters.
 """
 from __future__ import annotations
 
@@ -126,30 +127,41 @@ class _Store:
 
 class PrefixCache:
     """Stores the first active unit's input per example; ``dtype`` is the storage precision (fp16 by
-    default: half the memory, a small rounding of the boundary activations; fp32 is exact)."""
+    default: half the memory, a small rounding of the boundary activations; fp32 is exact).
+
+    Filling is lazy: after the prefix grows, each training step whose examples are not stored yet runs
+    as usual (from the previous boundary's store where it has them) and keeps the new boundary's input,
+    which that forward computes anyway. So a freeze costs one verification batch, not a pass over the
+    data; ``fill()`` does the pass up front for those who want every later step served."""
 
     def __init__(self, dtype: torch.dtype = torch.float16, max_bytes: int | None = None, spill_dir: str | None = None,
                  atol: float = 1e-4, rtol: float = 1e-3):
         self.dtype, self.atol, self.rtol = dtype, atol, rtol
+        self.max_bytes, self.spill_dir = max_bytes, spill_dir
         self.store = _Store(max_bytes, spill_dir)
-        self.level = 0  # units whose work the stored values already contain
+        self.level = 0  # units whose work the values in ``store`` contain (the engine's frozen prefix)
+        self._older: list[tuple[int, _Store]] = []  # earlier boundaries' stores, deepest first, until ``store`` is full
         self.enabled, self.refused = True, None
-        self.fill_examples = self.fill_work = 0
-        self.served: list[bool] = []  # per training step: fed from the store
-        self.advances: list[dict] = []  # {"from", "to", "examples", "work"}: what filling cost
+        self.fill_examples = self.fill_work = self.captured = 0
+        self.served: list[int] = []  # per training step: the boundary it was fed at (0: ran from the input)
+        self.advances: list[dict] = []  # {"from", "to", "work"}: forward work outside training steps, per freeze
         self._specs: dict[nn.Module, tuple] = {}
-        self._trimmed = False
+        self._trimmed = self._channels_last = False
+        self.expected = None  # examples one epoch brings (this rank's shard): when ``store`` holds them, it is full
 
     # ------------------------------------------------------------------ setup
     def attach(self, model: nn.Module, frz, train_loader, loss_fn: Callable, to_device: Callable, device) -> bool:
         self.model, self.frz, self.loss_fn, self.to_device, self.device = model, frz, loss_fn, to_device, device
         self.fill_loader = self._ordered(train_loader)
+        if self.enabled:
+            self.expected = len(self.fill_loader.y) if hasattr(self.fill_loader, "y") else len(self.fill_loader.dataset)
         return self.enabled
 
     def refuse(self, why: str) -> None:
         if self.enabled:
             warnings.warn(f"prefix cache off: {why}; training goes on without it", stacklevel=3)
         self.enabled, self.refused = False, why
+        self._drop_older()
         self.store.clear()
         self.level = 0
 
@@ -173,13 +185,15 @@ class PrefixCache:
                                                generator=torch.Generator())  # draws no global random numbers
         return self.refuse(f"cannot iterate {type(loader).__name__} in a fixed order (use a DataLoader)")
 
-    # ------------------------------------------------------------------ filling
+    # ------------------------------------------------------------------ following the engine
     def sync(self) -> None:
-        """Brings the store to the engine's frozen prefix (call after each ``frz.step()``)."""
+        """Moves the boundary to the engine's frozen prefix (call after each ``frz.step()``). Costs one
+        verification batch; the new boundary's values are then kept as training steps compute them."""
         k = self.frz.num_frozen
         if not self.enabled or k == self.level:
             return
         if k < self.level:  # unfrozen: what is stored is past the boundary now
+            self._drop_older()
             self.store.clear()
             self.level = 0
             if k == 0:
@@ -187,16 +201,39 @@ class PrefixCache:
         prefix = [p for u in self.frz.units[:k] for p in u.parameters()]
         if any(p.requires_grad for p in prefix):
             return self.refuse("a frozen unit shares trainable (tied) parameters, so its output keeps changing")
-        if not self._verify(k):
+        if not (work := self._verify(k)):
             return
-        self._advance(k)
+        if len(self.store):  # serves the transition: steps run from here and keep the new boundary's values
+            self._older = [(self.level, self.store), *self._older][:2]
+        else:
+            self.store.clear()
+        held = sum(s.ram_bytes for _, s in self._older)
+        self.store = _Store(None if self.max_bytes is None else max(0, self.max_bytes - held), self.spill_dir)
+        self.advances.append({"from": self.level, "to": k, "work": work, "verify": True})
+        self.fill_work += work
+        self.level = k
+
+    def _drop_older(self) -> None:
+        for _, s in self._older:
+            s.clear()
+        self._older = []
+        self.store.max_bytes = self.max_bytes  # the whole RAM budget is the current store's again
+
+    def _stored_in(self, ids: list[int]):
+        """(boundary, store) of the deepest store holding every example of ``ids``, else (0, None)."""
+        for level, store in ((self.level, self.store), *self._older):
+            if all(i in store for i in ids):
+                return level, store
+        return 0, None
 
     @torch.no_grad()
-    def _advance(self, k: int) -> None:
+    def fill(self) -> None:
+        """Stores the boundary input of every example not stored yet, in one ordered pass that runs
+        only the units past the deepest stored boundary (eager; training fills lazily without it)."""
+        if not self.enabled or not self.level:
+            return
         was = self.model.training
         self.model.eval()
-        n = work = 0
-        old, self._next = self.store, _Store(self.store.max_bytes, self.store.spill_dir)  # read old, write new
         try:
             for batch in self.fill_loader:
                 batch = self.to_device(batch, self.device)
@@ -204,38 +241,41 @@ class PrefixCache:
                 if idx is None:
                     return self.refuse("the loader yields no example indices (batches (x, y, index) or a dict "
                                        f"with {INDEX_KEY!r})")
-                out = self._run_to(k, batch)
-                self._put(idx, out, batch)
-                n += len(idx)
-                work += batch_work(batch)
+                ids = idx.tolist()
+                if all(i in self.store for i in ids):
+                    continue
+                base, store = self._stored_in(ids)
+                out = self._run_to(self.level, batch, base, None if store is None else self._gather(store, ids, batch))
+                self._put(ids, out, batch)
+                self.fill_examples += len(ids)
+                self.fill_work += batch_work(batch)
+                self.advances.append({"from": base, "to": self.level, "work": batch_work(batch)})
         finally:
             self.model.train(was)
-        old.clear()
-        self.store = self._next
-        self.advances.append({"from": self.level, "to": k, "examples": n, "work": work})
-        self.fill_examples += n
-        self.fill_work += work
-        self.level = k
+        self._drop_older()
 
-    def _run_to(self, k: int, batch) -> torch.Tensor:
-        """The input of unit k for this batch, running only units level..k-1 on the stored values."""
+    def _run_to(self, k: int, batch, base: int = 0, stored: torch.Tensor | None = None) -> torch.Tensor:
+        """The input of unit k for this batch, running only units base..k-1 (on ``stored`` when base > 0)."""
         with contextlib.ExitStack() as stack:
             stack.enter_context(self._record(k))
-            if self.level:
-                stack.enter_context(self._replay(batch, self.level))
+            if base:
+                stack.enter_context(self._replay(batch, base, stored))
             x = forward_until(self.frz.units[k].members[0][1], lambda: self.loss_fn(self.model, batch))
         if x is None:
             raise RuntimeError(f"unit {self.frz.units[k].name} did not run in the forward pass")
         return x
 
-    def _put(self, idx: torch.Tensor, x: torch.Tensor, batch) -> None:
+    def _put(self, ids: list[int], x: torch.Tensor, batch) -> None:
         lengths = _valid_lengths(batch)
         seq = lengths is not None and x.dim() >= 2 and x.shape[1] == batch["attention_mask"].shape[1]
         self._trimmed = seq  # rows stored without their padding
-        x = x.to(self.dtype)
+        self._channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        x = x.detach().to(self.dtype)
         lengths = lengths.tolist() if seq else None
-        for row, i in enumerate(idx.tolist()):
-            self._next.put(i, x[row, :lengths[row]] if seq else x[row])
+        for row, i in enumerate(ids):
+            self.store.put(i, x[row, :lengths[row]] if seq else x[row])
+        if self.expected is not None and len(self.store) >= self.expected:
+            self._drop_older()  # the boundary is complete: earlier ones serve nothing any more
 
     @contextlib.contextmanager
     def _record(self, k: int):
@@ -256,23 +296,24 @@ class PrefixCache:
 
     # ------------------------------------------------------------------ replay
     def lookup(self, batch) -> torch.Tensor | None:
-        """The stored boundary values of a batch, padded like it, or None when some are missing."""
+        """The stored boundary values of a batch at the current boundary, padded like it, or None."""
         idx = batch_indices(batch)
         if idx is None or not self.level:
             return None
-        idx = idx.tolist()  # one host transfer per batch, not one per example
-        if not all(i in self.store for i in idx):
-            return None
-        rows = [self.store.get(i) for i in idx]
+        ids = idx.tolist()  # one host transfer per batch, not one per example
+        return self._gather(self.store, ids, batch) if all(i in self.store for i in ids) else None
+
+    def _gather(self, store: _Store, ids: list[int], batch) -> torch.Tensor:
+        rows = [store.get(i) for i in ids]
         lengths = _valid_lengths(batch)
         if lengths is not None and self._trimmed:
             width = batch["attention_mask"].shape[1]
             out = rows[0].new_zeros((len(rows), width, *rows[0].shape[1:]))
             for r, t in enumerate(rows):
                 out[r, :t.shape[0]] = t
-        else:
-            out = torch.stack(rows)
-        return out
+            return out
+        out = torch.stack(rows)  # served in the layout the live forward had: same kernels, same rounding
+        return out.contiguous(memory_format=torch.channels_last) if self._channels_last else out
 
     @contextlib.contextmanager
     def _replay(self, batch, k: int, stored: torch.Tensor | None = None):
@@ -309,26 +350,56 @@ class PrefixCache:
                     m.forward = fwd
 
     def context(self, batch):
-        """A context for a training step's forward that serves it from the store, or None when some
-        example of the batch is not stored (the step then runs uncached)."""
-        stored = self.lookup(batch) if self.enabled and self.level else None
-        self.served.append(stored is not None)
-        if stored is None:
+        """A context for a training step's forward: served from the current boundary's store; or run
+        from an earlier boundary's store (or the input) while keeping the current boundary's input."""
+        idx = batch_indices(batch) if self.enabled and self.level else None
+        if idx is None:
+            self.served.append(0)
             return None
-        return self._replay(batch, self.level, stored)
+        ids = idx.tolist()
+        base, store = self._stored_in(ids)
+        self.served.append(base)
+        stored = None if store is None else self._gather(store, ids, batch)
+        if base == self.level:
+            return self._replay(batch, base, stored)
+        return self._capturing(batch, ids, base, stored)
+
+    @contextlib.contextmanager
+    def _capturing(self, batch, ids: list[int], base: int, stored: torch.Tensor | None):
+        """The step runs units base..; the input the boundary unit receives goes into the store."""
+        got = {}
+
+        def keep(mod, args, kwargs):
+            got["x"] = _boundary(args, kwargs)
+
+        handle = self.frz.units[self.level].members[0][1].register_forward_pre_hook(keep, with_kwargs=True)
+        try:
+            with self._replay(batch, base, stored) if base else contextlib.nullcontext():
+                yield
+        finally:
+            handle.remove()
+        x = got.get("x")
+        if x is None:
+            return
+        if x.requires_grad:
+            return self.refuse(f"the input of unit {self.frz.units[self.level].name} depends on trainable "
+                               "parameters outside the frozen units, so it keeps changing")
+        self._put(ids, x, batch)
+        self.captured += len(ids)
 
     @torch.no_grad()
-    def _verify(self, k: int) -> bool:
+    def _verify(self, k: int) -> int:
         """One batch through the model both ways, in eval mode: the outputs must agree. And nothing random
-        (dropout in train mode) may run before unit k outside the frozen units."""
+        (dropout in train mode) may run before unit k outside the frozen units. Returns the batch's work
+        (rows or padded tokens; 0 when refused): about two forward passes of it."""
         batch = self.to_device(next(iter(self.fill_loader)), self.device)
         if batch_indices(batch) is None:
             self.refuse(f"the loader yields no example indices (batches (x, y, index) or a dict with {INDEX_KEY!r})")
-            return False
+            return 0
         if (noisy := self._random_before(k, batch)) is not None:
             self.refuse(f"{noisy} draws random numbers in training mode before unit {self.frz.units[k].name}, "
                         "outside the frozen units, so the prefix's output is not fixed")
-            return False
+            return 0
         was = self.model.training
         self.model.eval()
         try:
@@ -338,15 +409,15 @@ class PrefixCache:
                 got = self.loss_fn(self.model, batch)
         except Exception as e:  # noqa: BLE001 - any failure of the stubbed forward means: not cacheable
             self.refuse(f"the model cannot run from the stored prefix output ({type(e).__name__}: {e})")
-            return False
+            return 0
         finally:
             self.model.train(was)
         if not torch.allclose(got.float(), want.float(), atol=self.atol, rtol=self.rtol):
             self.refuse(f"the prefix is not a chain: feeding unit {self.frz.units[k].name} the stored output of the "
                         f"frozen units changes the loss ({float(want):.6g} -> {float(got):.6g}); some frozen unit's "
                         "output reaches the rest of the model by another path")
-            return False
-        return True
+            return 0
+        return batch_work(batch)
 
     def _random_before(self, k: int, batch) -> str | None:
         """The name of an active dropout module that runs before unit k's input, if any."""
@@ -370,14 +441,15 @@ class PrefixCache:
 
     @property
     def hits(self) -> int:
-        """Training steps served from the store."""
-        return sum(self.served)
+        """Training steps fed from a store (the current boundary's or, right after a freeze, an earlier one)."""
+        return sum(1 for b in self.served if b)
 
     def stats(self) -> dict:
+        stores = [self.store, *(s for _, s in self._older)]
         return {"enabled": self.enabled, "refused": self.refused, "level": self.level, "entries": len(self.store),
-                "ram_bytes": self.store.ram_bytes, "disk_bytes": self.store.disk_bytes, "hits": self.hits,
-                "fill_examples": self.fill_examples, "fill_work": self.fill_work, "advances": self.advances,
-                "dtype": str(self.dtype).removeprefix("torch.")}
+                "ram_bytes": sum(s.ram_bytes for s in stores), "disk_bytes": sum(s.disk_bytes for s in stores),
+                "hits": self.hits, "captured": self.captured, "fill_examples": self.fill_examples,
+                "fill_work": self.fill_work, "advances": self.advances, "dtype": str(self.dtype).removeprefix("torch.")}
 
 
 def _boundary(args, kwargs) -> torch.Tensor:

@@ -56,15 +56,21 @@ def test_save_load_round_trip(tmp_path):
     """The decision rule chosen with the weights travels with them, and the engine follows it."""
     from smartfrz import SmartFRZ
     pred = FreezePredictor(d_model=16, heads=2, layers=1, hidden=32, threshold=0.7)
-    pred.patience, pred.decisions_per_epoch = 3, 2
+    pred.patience, pred.decisions_per_epoch, pred.decisions_per_run = 3, 2, 12
     pred.save(tmp_path / "p.safetensors")
     back = FreezePredictor.load(tmp_path / "p.safetensors")
-    assert (back.threshold, back.patience, back.decisions_per_epoch) == (0.7, 3, 2)
+    assert (back.threshold, back.patience, back.decisions_per_epoch, back.decisions_per_run) == (0.7, 3, 2, 12)
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     frz = SmartFRZ(model, opt, example_input=torch.randn(2, 4), predictor_path=str(tmp_path / "p.safetensors"),
                    steps_per_epoch=10, window=2, record_every=1)
-    assert (frz.decide_every, frz.policy.patience, frz.policy.threshold) == (5, 3, 0.7)
+    assert (frz.decide_every, frz.policy.patience, frz.policy.threshold) == (5, 3, 0.7)  # length unknown: per epoch
+    short = SmartFRZ(model, opt, example_input=torch.randn(2, 4), predictor_path=str(tmp_path / "p.safetensors"),
+                     steps_per_epoch=10, total_steps=30, window=2, record_every=1)
+    assert short.decide_every == 2  # a 3-epoch run still gets 12+ looks: every 30 // 12 steps
+    long = SmartFRZ(model, opt, example_input=torch.randn(2, 4), predictor_path=str(tmp_path / "p.safetensors"),
+                    steps_per_epoch=10, total_steps=1000, window=2, record_every=1)
+    assert long.decide_every == 5  # a long run keeps its 2 decisions per epoch
     frz = SmartFRZ(model, opt, example_input=torch.randn(2, 4), predictor_path=str(tmp_path / "p.safetensors"),
                    steps_per_epoch=10, window=2, record_every=1, decide_every=10, patience=1, threshold=0.5)
     assert (frz.decide_every, frz.policy.patience, frz.policy.threshold) == (10, 1, 0.5)  # explicit settings win

@@ -29,3 +29,13 @@ def test_replay_counts_a_freeze_of_a_never_labelled_unit_as_early():
     Y = np.zeros_like(P, dtype=bool)
     r = replay(P, Y, STEPS, META, threshold=0.5, patience=1, per_epoch=4)
     assert r["early"] == 2 and r["oracle_saved"] == 0.0 and r["saved"] > 0
+
+
+def test_replay_per_run_floor_gives_a_short_run_more_decisions():
+    P = np.zeros((len(STEPS), 3))
+    P[5:, 0] = 0.9  # unit 0 scores high from step 12
+    Y = np.zeros_like(P, dtype=bool)
+    Y[5:, 0] = True
+    once = replay(P, Y, STEPS, META, threshold=0.5, patience=2, per_epoch=1)  # decisions at steps 8, 16, 24
+    floor = replay(P, Y, STEPS, META, threshold=0.5, patience=2, per_epoch=1, per_run=10)  # every 40 // 10 = 4 steps
+    assert once["pred"] == {0: 24} and floor["pred"] == {0: 16}

@@ -24,9 +24,8 @@ class SmartFRZCallback(TrainerCallback):
         batch = next(iter(train_dataloader))
         example = {k: v[:2].to(model.device) for k, v in batch.items() if k != "labels" and hasattr(v, "to")}
         steps_per_epoch = max(1, state.max_steps // max(1, int(args.num_train_epochs))) if state.max_steps else None
-        opts = {"steps_per_epoch": steps_per_epoch, "seed": args.seed, **self.options}
-        if self.policy == "linear":
-            opts.setdefault("total_steps", state.max_steps)
+        opts = {"steps_per_epoch": steps_per_epoch, "total_steps": state.max_steps or None, "seed": args.seed,
+                **self.options}
         self.frz = SmartFRZ(model, optimizer, example_input=example, policy=self.policy, **opts)
         if self._pending_state is not None:
             self.frz.load_state_dict(self._pending_state)

@@ -97,15 +97,30 @@ def prefix_forward_flops(model: nn.Module, units: Sequence[Unit], batch: Any, lo
 
 
 def integrate_cached_train_flops(timeline: Sequence[dict], total_steps: int, prefix_flops: Sequence[int],
-                                 forward_flops: Sequence[int], served: Sequence[bool], scale: Sequence[float],
-                                 advances: Sequence[dict], ref_work: int) -> tuple[float, float]:
-    """(training FLOPs, of which filling the cache) with the prefix cache: a served step skips the
-    prefix's forward; each advance from boundary j to k runs units j..k-1 over the stored examples."""
+                                 forward_flops: Sequence[int], served: Sequence[int], scale: Sequence[float],
+                                 advances: Sequence[dict], ref_work: int, full_forward: float) -> tuple[float, float]:
+    """(training FLOPs, of which the cache's own work) with the prefix cache. A step fed at boundary b
+    skips the forward before unit b. Each new boundary costs its verification batch (about two full
+    forwards); an eager ``fill()`` batch from boundary j to k runs units j..k-1."""
     ks = frozen_count_per_step(timeline, total_steps)
-    served = list(served) + [False] * (len(ks) - len(served))
-    steps = sum((prefix_flops[k] - (forward_flops[k] if hit else 0)) * s for k, hit, s in zip(ks, served, scale))
-    fill = sum((forward_flops[a["to"]] - forward_flops[a["from"]]) * a["work"] / ref_work for a in advances)
-    return float(steps + fill), float(fill)
+    served = list(served) + [0] * (len(ks) - len(served))
+    steps = sum((prefix_flops[k] - forward_flops[b]) * s for k, b, s in zip(ks, served, scale))
+    own = sum((2 * full_forward if a.get("verify") else forward_flops[a["to"]] - forward_flops[a["from"]])
+              * a["work"] / ref_work for a in advances)
+    return float(steps + own), float(own)
+
+
+@torch.no_grad()
+def forward_flops(model: nn.Module, batch: Any, loss_fn: Callable) -> int:
+    """FLOPs of one forward pass (with the loss), in eval mode."""
+    was = model.training
+    model.eval()
+    try:
+        with FlopCounterMode(display=False) as counter:
+            loss_fn(model, batch)
+    finally:
+        model.train(was)
+    return int(counter.get_total_flops())
 
 
 class PeakMemory:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from .costs import (EnergyMeter, PeakMemory, Stopwatch, integrate_cached_train_flops, integrate_train_flops,
-                    prefix_forward_flops, prefix_step_flops)
+from .costs import (EnergyMeter, PeakMemory, Stopwatch, forward_flops, integrate_cached_train_flops,
+                    integrate_train_flops, prefix_forward_flops, prefix_step_flops)
 from ..engine import SmartFRZ
 from .train import batch_loss, example_input, fit, to_device
 from ..predictor_training.labels import DEFAULT_LABEL
@@ -259,9 +259,8 @@ def run(cfg: ExperimentConfig | dict) -> ExperimentResult:
     if hasattr(train_loader, "epoch"):
         train_loader.epoch = 0  # peeking must not shift the shuffle order
     opt, sched = make_optimizer(cfg, model, total)
-    options = {"steps_per_epoch": steps_per_epoch, "seed": cfg.seed, **cfg.frz}
-    if cfg.policy == "linear":
-        options.setdefault("total_steps", total)
+    # the run's length: the linear schedule's end, and the smartfrz cadence's floor of decisions per run
+    options = {"steps_per_epoch": steps_per_epoch, "total_steps": total, "seed": cfg.seed, **cfg.frz}
     if cfg.policy == "oracle":
         if not cfg.oracle_freeze_steps:
             raise ValueError("policy 'oracle' needs oracle_freeze_steps from a reference run "
@@ -273,7 +272,8 @@ def run(cfg: ExperimentConfig | dict) -> ExperimentResult:
     if cfg.cache:
         from ..prefix_cache import PrefixCache
         cache = PrefixCache(getattr(torch, cfg.cache_dtype), cfg.cache_max_bytes)
-        forward_flops = prefix_forward_flops(model, frz.units, first, batch_loss, frz.max_frozen)
+        boundary_flops = prefix_forward_flops(model, frz.units, first, batch_loss, frz.max_frozen)
+        full_forward = forward_flops(model, first, batch_loss)
     ref_rows, ref_tokens = _batch_size_of(first)
 
     # per-step FLOP scaling for batches unlike the measured one (last partial batch, dynamic padding)
@@ -322,9 +322,9 @@ def run(cfg: ExperimentConfig | dict) -> ExperimentResult:
                   progress=cfg.progress, desc=cfg.run_name, cache=cache or False)
     train_flops = integrate_train_flops(frz.timeline, res.steps, prefix_flops, scales)
     if cache is not None:
-        train_flops, fill_flops = integrate_cached_train_flops(frz.timeline, res.steps, prefix_flops, forward_flops,
-                                                               cache.served, scales, cache.advances, ref_tokens)
-        res.cache.update(fill_flops=fill_flops, forward_flops=forward_flops)
+        train_flops, fill_flops = integrate_cached_train_flops(frz.timeline, res.steps, prefix_flops, boundary_flops,
+                                                               cache.served, scales, cache.advances, ref_tokens, full_forward)
+        res.cache.update(fill_flops=fill_flops, forward_flops=boundary_flops, full_forward_flops=full_forward)
     full_flops = float(sum(prefix_flops[0] * s for s in scales))
     check = _check_flops(model, frz, prefix_flops, first)
     cka = None

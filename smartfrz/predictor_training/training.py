@@ -28,8 +28,10 @@ from ..predictor import FreezePredictor
 LABEL = DEFAULT_LABEL
 MAX_EARLY = 0.05  # share of units a rule may freeze before their label (on out-of-fold replays)
 THRESHOLDS = tuple(np.round(np.linspace(0.30, 0.96, 23), 2))
-PATIENCES = (1, 2, 3)
+PATIENCES = (1, 2, 3, 4)
 DECISIONS_PER_EPOCH = (1, 2, 4)  # 4 = every checkpoint of the recorded runs
+DECISIONS_PER_RUN = (0, 8, 12, 16)  # at least this many decisions in a run of known length (0: no floor)
+RULE_KEYS = ("threshold", "patience", "decisions_per_epoch", "decisions_per_run")
 
 
 def _values(run: dict, rule: str) -> torch.Tensor:
@@ -87,19 +89,21 @@ def _grid(d: dict, r: int, p: np.ndarray):
     return P, Y, order
 
 
-def replay(P, Y, steps, meta: dict, threshold: float, patience: int, per_epoch: int, min_active: int = 1) -> dict:
+def replay(P, Y, steps, meta: dict, threshold: float, patience: int, per_epoch: int, per_run: int = 0,
+           min_active: int = 1) -> dict:
     """The engine's front-to-back rule on one run's checkpoints; freeze steps and what they save.
+    A decision falls at each multiple of the engine's cadence; it reads the first checkpoint at or after it.
 
     Saving = sum over units of (share of the step's forward FLOPs) x (share of the run left when frozen):
     what a frozen prefix takes off the backward pass, relative for comparisons with the oracle."""
     spe, total = meta["steps_per_epoch"], meta["total_steps"]
-    ckpt = max(1, spe // meta["spec"]["checkpoints_per_epoch"])
-    every = max(1, meta["spec"]["checkpoints_per_epoch"] // per_epoch)
+    every = max(1, min(spe // per_epoch, total // per_run if per_run else spe))
     U = P.shape[1]
-    k, streak, pred = 0, np.zeros(U), {}
+    k, streak, pred, last = 0, np.zeros(U), {}, 0
     for t, s in enumerate(steps):
-        if (s // ckpt) % every:
+        if s // every == last // every:
             continue
+        last = s
         streak = np.where(P[t] >= threshold, streak + 1, 0)
         while k < U - min_active and streak[k] >= patience:
             pred[k] = int(s)
@@ -116,34 +120,39 @@ def replay(P, Y, steps, meta: dict, threshold: float, patience: int, per_epoch: 
             "units": U - min_active}
 
 
-def replay_all(grids: dict, runs, threshold, patience, per_epoch) -> list[dict]:
+def replay_all(grids: dict, runs, threshold, patience, per_epoch, per_run=0) -> list[dict]:
     """``replay`` on each run of ``grids`` (run -> ``_grid``)."""
-    return [{"run": int(r), **replay(P, Y, steps, runs[r]["meta"], threshold, patience, per_epoch)}
+    return [{"run": int(r), **replay(P, Y, steps, runs[r]["meta"], threshold, patience, per_epoch, per_run)}
             for r, (P, Y, steps) in grids.items()]
 
 
 def summarize(rows: list[dict]) -> dict:
     oracle = sum(r["oracle_saved"] for r in rows)
-    shares = [r["saved"] / r["oracle_saved"] for r in rows if r["oracle_saved"] > 0]
+    shares = [min(1.0, r["saved"] / r["oracle_saved"]) for r in rows if r["oracle_saved"] > 0]
     return {"runs": len(rows), "units": sum(r["units"] for r in rows), "early": sum(r["early"] for r in rows),
             "early_share": sum(r["early"] for r in rows) / max(1, sum(r["units"] for r in rows)),
             "saved_share_of_oracle": sum(r["saved"] for r in rows) / oracle if oracle > 0 else None,
             "median_run_share_of_oracle": float(np.median(shares)) if shares else None,
+            "mean_run_share_of_oracle": float(np.mean(shares)) if shares else None,
             "saved": float(np.mean([r["saved"] for r in rows])) if rows else 0.0,
             "oracle_saved": float(np.mean([r["oracle_saved"] for r in rows])) if rows else 0.0}
 
 
 def select_rule(d, runs, idx_runs, p) -> dict:
-    """The rule with the largest pooled saving whose early share stays <= MAX_EARLY (else the fewest early)."""
+    """The rule with the largest mean per-run share of the oracle's saving whose early share stays <= MAX_EARLY
+    (else the fewest early). Per run, not pooled: pooled FLOPs let a few long runs choose the cadence for all."""
     best, grids = None, {r: _grid(d, r, p) for r in idx_runs}
-    for per_epoch in DECISIONS_PER_EPOCH:
-        for patience in PATIENCES:
-            for thr in THRESHOLDS:
-                s = summarize(replay_all(grids, runs, float(thr), patience, per_epoch))
-                key = (s["early_share"] <= MAX_EARLY, (s["saved_share_of_oracle"] or 0.0) if s["early_share"] <= MAX_EARLY
-                       else -s["early_share"], -per_epoch, patience)
-                if best is None or key > best[0]:
-                    best = (key, {"threshold": float(thr), "patience": patience, "decisions_per_epoch": per_epoch, **s})
+    for per_run in DECISIONS_PER_RUN:
+        for per_epoch in DECISIONS_PER_EPOCH:
+            for patience in PATIENCES:
+                for thr in THRESHOLDS:
+                    s = summarize(replay_all(grids, runs, float(thr), patience, per_epoch, per_run))
+                    ok = s["early_share"] <= MAX_EARLY
+                    key = (ok, (s["mean_run_share_of_oracle"] or 0.0) if ok else -s["early_share"], -per_epoch,
+                           -per_run, patience)
+                    if best is None or key > best[0]:
+                        best = (key, {"threshold": float(thr), "patience": patience, "decisions_per_epoch": per_epoch,
+                                      "decisions_per_run": per_run, **s})
     return best[1]
 
 
@@ -208,6 +217,7 @@ def train_selected(d: dict, runs: list[dict], run_ids: np.ndarray, seed: int = 0
     model.calibration.copy_(torch.tensor([a, b]))
     model.threshold = rule["threshold"]
     model.patience, model.decisions_per_epoch = rule["patience"], rule["decisions_per_epoch"]
+    model.decisions_per_run = rule["decisions_per_run"]
     return model, rule
 
 
@@ -225,8 +235,9 @@ def heldout(d, runs, model, rule, run_ids) -> dict:
     p = np.zeros(len(d["run"]))
     p[sel] = torch.sigmoid(_logits(model, d["x"][torch.from_numpy(np.nonzero(sel)[0])])).numpy()
     grids = {r: _grid(d, r, p) for r in run_ids}
-    rows = replay_all(grids, runs, rule["threshold"], rule["patience"], rule["decisions_per_epoch"])
-    return {"rule": {k: rule[k] for k in ("threshold", "patience", "decisions_per_epoch")},
+    rows = replay_all(grids, runs, rule["threshold"], rule["patience"], rule["decisions_per_epoch"],
+                      rule.get("decisions_per_run", 0))
+    return {"rule": {k: rule.get(k, 0) for k in RULE_KEYS},
             **summarize(rows), **classification(p, d, sel, rule["threshold"]),
             "per_run": [{**r, "pred": {str(k): v for k, v in r["pred"].items()},
                          "label": {str(k): v for k, v in r["label"].items()}} for r in rows]}
@@ -259,13 +270,13 @@ def run(runs_dir, out=None, report=None, label: str = LABEL, epochs: int = 6, se
                       f"{ev['early']}/{ev['units']} units early (rule {ev['rule']})", flush=True)
     if held_out and previous is not None:  # the predictor shipped before, as it shipped (it saw none of these runs)
         old = FreezePredictor.load(previous)
-        old_rule = {"threshold": float(old.threshold), "patience": getattr(old, "patience", 2),
-                    "decisions_per_epoch": getattr(old, "decisions_per_epoch", 1)}
+        old_rule = {"threshold": float(old.threshold), "patience": old.patience,
+                    "decisions_per_epoch": old.decisions_per_epoch, "decisions_per_run": old.decisions_per_run}
         results["previous"] = {k: v for k, v in heldout(d, runs, old, old_rule, all_ids).items() if k != "per_run"}
         results["previous"]["sha256"] = _sha(previous)
     final, rule = train_selected(d, runs, all_ids, seed, epochs)
-    results["shipped"] = {"rule": {k: rule[k] for k in ("threshold", "patience", "decisions_per_epoch")},
-                          "out_of_fold": {k: v for k, v in rule.items() if k not in ("threshold", "patience", "decisions_per_epoch")},
+    results["shipped"] = {"rule": {k: rule[k] for k in RULE_KEYS},
+                          "out_of_fold": {k: v for k, v in rule.items() if k not in RULE_KEYS},
                           "calibration": final.calibration.tolist(), "num_params": final.num_params, "hparams": final.hparams}
     if out:
         final.save(out, extra={"label": label, "trained_on": f"{len(runs)} runs of {runs_dir}",
@@ -290,24 +301,27 @@ def _pct(x):
 
 
 def _heldout_table(block: dict, kind: str) -> list[str]:
-    lines = [f"| held-out {kind} | runs | oracle saving (mean) | smartfrz saving (mean) | share of oracle (pooled / median run) "
-             "| early units | precision / recall | rule (threshold, patience, decisions/epoch) |",
+    lines = [f"| held-out {kind} | runs | oracle saving (mean) | smartfrz saving (mean) | share of oracle (pooled / mean run) "
+             "| early units | precision / recall | rule (threshold, patience, decisions/epoch, min decisions/run) |",
              "|---|---|---|---|---|---|---|---|"]
     for g, v in block.items():
         r = v["rule"]
         lines.append(f"| {g} | {v['runs']} | {_pct(v['oracle_saved'])} | {_pct(v['saved'])} | "
-                     f"{_pct(v['saved_share_of_oracle'])} / {_pct(v['median_run_share_of_oracle'])} | "
+                     f"{_pct(v['saved_share_of_oracle'])} / {_pct(v['mean_run_share_of_oracle'])} | "
                      f"{v['early']}/{v['units']} | {v['precision']:.2f} / {v['recall']:.2f} | "
-                     f"{r['threshold']:.2f}, {r['patience']}, {r['decisions_per_epoch']} |")
+                     f"{r['threshold']:.2f}, {r['patience']}, {r['decisions_per_epoch']}, {r['decisions_per_run']} |")
     rows = list(block.values())
     if rows:
-        early, units = sum(v["early"] for v in rows), sum(v["units"] for v in rows)
-        saved = sum(v["saved"] * v["runs"] for v in rows)
-        oracle = sum(v["oracle_saved"] * v["runs"] for v in rows)
-        lines.append(f"| **all folds** | {sum(v['runs'] for v in rows)} | {_pct(oracle / max(1, sum(v['runs'] for v in rows)))} | "
-                     f"{_pct(saved / max(1, sum(v['runs'] for v in rows)))} | {_pct(saved / oracle if oracle else None)} | "
-                     f"{early}/{units} | | |")
+        t = fold_totals(block)
+        lines.append(f"| **all folds** | {t['runs']} | {_pct(t['oracle_saved'])} | {_pct(t['saved'])} | "
+                     f"{_pct(t['saved_share_of_oracle'])} / {_pct(t['mean_run_share_of_oracle'])} | "
+                     f"{t['early']}/{t['units']} | | |")
     return lines
+
+
+def fold_totals(block: dict) -> dict:
+    """All held-out runs of a leave-one-group-out block, summarized as one."""
+    return summarize([r for v in block.values() for r in v["per_run"]])
 
 
 def write_report(res: dict, runs: list[dict], folder: Path, label_study: list | None = None) -> None:
@@ -372,7 +386,10 @@ def write_report(res: dict, runs: list[dict], folder: Path, label_study: list | 
               "Savings are the FLOP-share-weighted share of the run left when each unit froze (the backward work a "
               "frozen prefix removes, comparable across runs); the oracle freezes each unit at its label. Early = "
               "frozen before its label (or never labelled). The rule of each fold is chosen on out-of-fold predictions "
-              f"of its training runs: the largest saving with at most {100 * MAX_EARLY:g}% early units.", ""]
+              f"of its training runs: the largest mean per-run share of the oracle's saving (each run counts once, "
+              f"whatever its length) with at most {100 * MAX_EARLY:g}% early units. Cadence: decisions per epoch, and "
+              "at least a number of decisions per run (the engine knows the run's length from `total_steps`), so a "
+              "3-epoch fine-tune gets as many looks as a 12-epoch run.", ""]
     for kind, block in res["held_out"].items():
         lines += [f"### Leave one {kind} out", ""] + _heldout_table(block, kind) + [""]
     if "previous" in res:
@@ -381,15 +398,17 @@ def write_report(res: dict, runs: list[dict], folder: Path, label_study: list | 
                   f"Predictor `{v['sha256']}` (CKA >= 0.95 labels, 15 GPU runs; none of these runs seen), its own rule "
                   f"(threshold {v['rule']['threshold']:.2f}, patience {v['rule']['patience']}, "
                   f"{v['rule']['decisions_per_epoch']} decision(s)/epoch), scored against the new labels: "
-                  f"{_pct(v['saved_share_of_oracle'])} of the oracle's saving (median run {_pct(v['median_run_share_of_oracle'])}), "
+                  f"{_pct(v['saved_share_of_oracle'])} of the oracle's saving (mean run {_pct(v['mean_run_share_of_oracle'])}), "
                   f"{v['early']}/{v['units']} units early.", ""]
     sh = res["shipped"]
     oof = sh["out_of_fold"]
     lines += ["## Shipped", "",
               f"Trained on all {len(runs)} runs. Rule chosen on their out-of-fold predictions: threshold "
               f"{sh['rule']['threshold']:.2f}, patience {sh['rule']['patience']}, {sh['rule']['decisions_per_epoch']} "
-              f"decision(s) per epoch (stored in the weights file; the engine uses them unless told otherwise). "
-              f"Out of fold it reached {_pct(oof['saved_share_of_oracle'])} of the oracle's saving with "
+              f"decision(s) per epoch and at least {sh['rule']['decisions_per_run']} per run when its length is known "
+              f"(stored in the weights file; the engine uses them unless told otherwise). "
+              f"Out of fold it reached {_pct(oof['saved_share_of_oracle'])} of the oracle's saving pooled, "
+              f"{_pct(oof['mean_run_share_of_oracle'])} in the mean run, with "
               f"{oof['early']}/{oof['units']} units early. {sh['num_params']} parameters.", "",
               "Not varied: the window span (the runs record 20 snapshots spread over one epoch, as the engine does by "
               "default).", "", "![held-out freeze points](heldout.png)", ""]
@@ -401,10 +420,9 @@ def write_card(res: dict, path: Path, window: int, sample_size: int) -> None:
     sh = res["shipped"]
     folds = []
     for kind, block in res["held_out"].items():
-        rows = list(block.values())
-        saved, oracle = sum(v["saved"] * v["runs"] for v in rows), sum(v["oracle_saved"] * v["runs"] for v in rows)
-        folds.append(f"| leave one {kind} out | {len(rows)} | {_pct(saved / oracle if oracle else None)} | "
-                     f"{sum(v['early'] for v in rows)}/{sum(v['units'] for v in rows)} |")
+        t = fold_totals(block)
+        folds.append(f"| leave one {kind} out | {len(block)} | {_pct(t['saved_share_of_oracle'])} | "
+                     f"{_pct(t['mean_run_share_of_oracle'])} | {t['early']}/{t['units']} |")
     path.write_text(f"""# smartfrz_predictor.safetensors
 
 The attention-based freeze predictor that `SmartFRZ(..., policy="smartfrz")` loads by default
@@ -416,14 +434,15 @@ The attention-based freeze predictor that `SmartFRZ(..., policy="smartfrz")` loa
 - Window: {window} snapshots of {sample_size} sampled weights (any window length works at inference).
 - Decision rule (stored in the file, chosen by replayed end result on out-of-fold runs): threshold
   {sh['rule']['threshold']:.2f} on Platt-calibrated P(freeze), patience {sh['rule']['patience']},
-  {sh['rule']['decisions_per_epoch']} decision(s) per epoch.
+  {sh['rule']['decisions_per_epoch']} decision(s) per epoch, and at least {sh['rule']['decisions_per_run']} per run
+  when the engine knows the run's length (`total_steps`; the lab and the HF callback pass it).
 - Training data: {len(res['runs'])} CPU runs, 8 families, 6 schedules, SGD and AdamW, scratch and fine-tuned
   (`reports/predictor/manifest.json`).
 
 Held out (replaying the engine's rule; full report: `reports/predictor/report.md`):
 
-| folds | groups | share of the oracle's saving (pooled) | units frozen early |
-|---|---|---|---|
+| folds | groups | share of the oracle's saving (pooled) | (mean run) | units frozen early |
+|---|---|---|---|---|
 {chr(10).join(folds)}
 
 Regenerate (about 80 minutes of one CPU core, then a few minutes of training):
