@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 INDEX_KEY = "index"
+VERIFY_ROWS = 8  # examples run both ways at each new boundary
 
 
 class _StopForward(Exception):
@@ -391,8 +392,9 @@ class PrefixCache:
     def _verify(self, k: int) -> int:
         """One batch through the model both ways, in eval mode: the outputs must agree. And nothing random
         (dropout in train mode) may run before unit k outside the frozen units. Returns the batch's work
-        (rows or padded tokens; 0 when refused): about two forward passes of it."""
-        batch = self.to_device(next(iter(self.fill_loader)), self.device)
+        (rows or padded tokens; 0 when refused): about three forward passes of it. A few rows suffice: what
+        is checked is the model's structure, and the check is paid at every freeze."""
+        batch = _first_rows(self.to_device(next(iter(self.fill_loader)), self.device), VERIFY_ROWS)
         if batch_indices(batch) is None:
             self.refuse(f"the loader yields no example indices (batches (x, y, index) or a dict with {INDEX_KEY!r})")
             return 0
@@ -466,6 +468,17 @@ def _swap_boundary(args, kwargs, value):
         return (value, *args[1:]), kwargs
     key = next(k for k, v in kwargs.items() if torch.is_tensor(v))
     return args, {**kwargs, key: value}
+
+
+def _first_rows(batch: Any, n: int) -> Any:
+    """The first n examples of a batch (every tensor that is batch-first)."""
+    rows = len(batch_indices(batch)) if batch_indices(batch) is not None else None
+    if rows is None or rows <= n:
+        return batch
+    cut = lambda v: v[:n] if torch.is_tensor(v) and v.dim() and v.shape[0] == rows else v
+    if hasattr(batch, "keys"):
+        return {k: cut(v) for k, v in batch.items()}
+    return type(batch)(cut(v) for v in batch)
 
 
 def _batch_dims(batch) -> tuple[int, int | None]:

@@ -100,12 +100,13 @@ def integrate_cached_train_flops(timeline: Sequence[dict], total_steps: int, pre
                                  forward_flops: Sequence[int], served: Sequence[int], scale: Sequence[float],
                                  advances: Sequence[dict], ref_work: int, full_forward: float) -> tuple[float, float]:
     """(training FLOPs, of which the cache's own work) with the prefix cache. A step fed at boundary b
-    skips the forward before unit b. Each new boundary costs its verification batch (about two full
-    forwards); an eager ``fill()`` batch from boundary j to k runs units j..k-1."""
+    skips the forward before unit b. Each new boundary costs its verification rows (two full forwards
+    and two to the boundary); an eager ``fill()`` batch from boundary j to k runs units j..k-1."""
     ks = frozen_count_per_step(timeline, total_steps)
     served = list(served) + [0] * (len(ks) - len(served))
     steps = sum((prefix_flops[k] - forward_flops[b]) * s for k, b, s in zip(ks, served, scale))
-    own = sum((2 * full_forward if a.get("verify") else forward_flops[a["to"]] - forward_flops[a["from"]])
+    own = sum((2 * full_forward + 2 * forward_flops[a["to"]] if a.get("verify")
+               else forward_flops[a["to"]] - forward_flops[a["from"]])
               * a["work"] / ref_work for a in advances)
     return float(steps + own), float(own)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +29,25 @@ from ..predictor import FreezePredictor
 LABEL = DEFAULT_LABEL
 MAX_EARLY = 0.05  # share of units a rule may freeze before their label (on out-of-fold replays)
 THRESHOLDS = tuple(np.round(np.linspace(0.30, 0.96, 23), 2))
-PATIENCES = (1, 2, 3, 4)
 DECISIONS_PER_EPOCH = (1, 2, 4)  # 4 = every checkpoint of the recorded runs
-DECISIONS_PER_RUN = (0, 8, 12, 16)  # at least this many decisions in a run of known length (0: no floor)
 RULE_KEYS = ("threshold", "patience", "decisions_per_epoch", "decisions_per_run")
+OBJECTIVES = ("pooled", "mean_run")
+
+
+@dataclass(frozen=True)
+class RuleSearch:
+    """How the decision rule is chosen. ``pooled``: the share of the oracle's FLOP saving summed over runs
+    (long runs weigh most); ``mean_run``: the mean of each run's share (each run counts once).
+    ``per_run_floors``: minimum decisions per run tried (0: the per-epoch cadence alone)."""
+    objective: str = "pooled"
+    patiences: tuple[int, ...] = (1, 2, 3)
+    per_run_floors: tuple[int, ...] = (0,)
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}; got {self.objective!r}")
+        if not self.patiences or min(self.patiences) < 1 or not self.per_run_floors or min(self.per_run_floors) < 0:
+            raise ValueError(f"patiences must be >= 1 and per_run_floors >= 0 (non-empty); got {self}")
 
 
 def _values(run: dict, rule: str) -> torch.Tensor:
@@ -138,17 +154,18 @@ def summarize(rows: list[dict]) -> dict:
             "oracle_saved": float(np.mean([r["oracle_saved"] for r in rows])) if rows else 0.0}
 
 
-def select_rule(d, runs, idx_runs, p) -> dict:
-    """The rule with the largest mean per-run share of the oracle's saving whose early share stays <= MAX_EARLY
-    (else the fewest early). Per run, not pooled: pooled FLOPs let a few long runs choose the cadence for all."""
+def select_rule(d, runs, idx_runs, p, search: RuleSearch = RuleSearch()) -> dict:
+    """The rule with the largest saving (``search.objective``) whose early share stays <= MAX_EARLY (else
+    the fewest early)."""
+    score = "saved_share_of_oracle" if search.objective == "pooled" else "mean_run_share_of_oracle"
     best, grids = None, {r: _grid(d, r, p) for r in idx_runs}
-    for per_run in DECISIONS_PER_RUN:
+    for per_run in search.per_run_floors:
         for per_epoch in DECISIONS_PER_EPOCH:
-            for patience in PATIENCES:
+            for patience in search.patiences:
                 for thr in THRESHOLDS:
                     s = summarize(replay_all(grids, runs, float(thr), patience, per_epoch, per_run))
                     ok = s["early_share"] <= MAX_EARLY
-                    key = (ok, (s["mean_run_share_of_oracle"] or 0.0) if ok else -s["early_share"], -per_epoch,
+                    key = (ok, (s[score] or 0.0) if ok else -s["early_share"], -per_epoch,
                            -per_run, patience)
                     if best is None or key > best[0]:
                         best = (key, {"threshold": float(thr), "patience": patience, "decisions_per_epoch": per_epoch,
@@ -196,7 +213,7 @@ def _logits(model, x) -> torch.Tensor:
 
 
 def train_selected(d: dict, runs: list[dict], run_ids: np.ndarray, seed: int = 0, epochs: int = 6,
-                   folds: int = 2) -> tuple[FreezePredictor, dict]:
+                   folds: int = 2, search: RuleSearch = RuleSearch()) -> tuple[FreezePredictor, dict]:
     """Out-of-fold (by run) logits -> Platt calibration and the decision rule; then a fit on all of ``run_ids``."""
     rng = np.random.default_rng(seed)
     order = rng.permutation(run_ids)
@@ -212,7 +229,7 @@ def train_selected(d: dict, runs: list[dict], run_ids: np.ndarray, seed: int = 0
     sel = torch.from_numpy(np.nonzero(in_sel)[0])
     a, b = fit_platt(oof[sel], d["y_train"][sel])
     p_oof = torch.sigmoid(a * oof + b).numpy()
-    rule = select_rule(d, runs, run_ids, p_oof)
+    rule = select_rule(d, runs, run_ids, p_oof, search)
     model = train_predictor(d["x"][sel], d["y_train"][sel], epochs=epochs, seed=seed)
     model.calibration.copy_(torch.tensor([a, b]))
     model.threshold = rule["threshold"]
@@ -244,14 +261,15 @@ def heldout(d, runs, model, rule, run_ids) -> dict:
 
 
 def run(runs_dir, out=None, report=None, label: str = LABEL, epochs: int = 6, seed: int = 0, progress: bool = True,
-        label_study: list | None = None, held_out: bool = True, previous=None) -> dict:
+        label_study: list | None = None, held_out: bool = True, previous=None,
+        search: RuleSearch = RuleSearch()) -> dict:
     runs = load_runs(runs_dir)
     metas = [r["meta"] for r in runs]
     d = samples(runs, label)
     run_family = np.array([m["family"] for m in metas])
     run_schedule = np.array([m["spec"]["schedule"] for m in metas])
     all_ids = np.arange(len(runs))
-    results = {"label": label, "max_early": MAX_EARLY,
+    results = {"label": label, "max_early": MAX_EARLY, "search": asdict(search),
                "runs": [{"name": m["name"], "family": m["family"], "schedule": m["spec"]["schedule"],
                          "optimizer": m["spec"]["optimizer"], "lr": m["spec"]["lr"], "regime": m["spec"]["regime"],
                          "units": len(m["units"]), "checkpoints": int(len(r["steps"])), "final": m["final"]}
@@ -262,7 +280,7 @@ def run(runs_dir, out=None, report=None, label: str = LABEL, epochs: int = 6, se
             continue
         results["held_out"][kind] = {}
         for g in np.unique(groups):
-            model, rule = train_selected(d, runs, all_ids[groups != g], seed, epochs)
+            model, rule = train_selected(d, runs, all_ids[groups != g], seed, epochs, search=search)
             ev = heldout(d, runs, model, rule, all_ids[groups == g])
             results["held_out"][kind][str(g)] = ev
             if progress:
@@ -274,7 +292,7 @@ def run(runs_dir, out=None, report=None, label: str = LABEL, epochs: int = 6, se
                     "decisions_per_epoch": old.decisions_per_epoch, "decisions_per_run": old.decisions_per_run}
         results["previous"] = {k: v for k, v in heldout(d, runs, old, old_rule, all_ids).items() if k != "per_run"}
         results["previous"]["sha256"] = _sha(previous)
-    final, rule = train_selected(d, runs, all_ids, seed, epochs)
+    final, rule = train_selected(d, runs, all_ids, seed, epochs, search=search)
     results["shipped"] = {"rule": {k: rule[k] for k in RULE_KEYS},
                           "out_of_fold": {k: v for k, v in rule.items() if k not in RULE_KEYS},
                           "calibration": final.calibration.tolist(), "num_params": final.num_params, "hparams": final.hparams}
@@ -322,6 +340,11 @@ def _heldout_table(block: dict, kind: str) -> list[str]:
 def fold_totals(block: dict) -> dict:
     """All held-out runs of a leave-one-group-out block, summarized as one."""
     return summarize([r for v in block.values() for r in v["per_run"]])
+
+
+def _objective_words(res: dict) -> str:
+    return ("pooled over runs" if res["search"]["objective"] == "pooled"
+            else "the mean of each run's share: every run counts once, whatever its length")
 
 
 def write_report(res: dict, runs: list[dict], folder: Path, label_study: list | None = None) -> None:
@@ -386,10 +409,10 @@ def write_report(res: dict, runs: list[dict], folder: Path, label_study: list | 
               "Savings are the FLOP-share-weighted share of the run left when each unit froze (the backward work a "
               "frozen prefix removes, comparable across runs); the oracle freezes each unit at its label. Early = "
               "frozen before its label (or never labelled). The rule of each fold is chosen on out-of-fold predictions "
-              f"of its training runs: the largest mean per-run share of the oracle's saving (each run counts once, "
-              f"whatever its length) with at most {100 * MAX_EARLY:g}% early units. Cadence: decisions per epoch, and "
-              "at least a number of decisions per run (the engine knows the run's length from `total_steps`), so a "
-              "3-epoch fine-tune gets as many looks as a 12-epoch run.", ""]
+              f"of its training runs: the largest share of the oracle's saving ({_objective_words(res)}) with at most "
+              f"{100 * MAX_EARLY:g}% early units, over patience {list(res['search']['patiences'])}, decisions per "
+              f"epoch {list(DECISIONS_PER_EPOCH)} and minimum decisions per run {list(res['search']['per_run_floors'])} "
+              "(0: none; the engine applies the floor when it knows the run's length from `total_steps`).", ""]
     for kind, block in res["held_out"].items():
         lines += [f"### Leave one {kind} out", ""] + _heldout_table(block, kind) + [""]
     if "previous" in res:
@@ -466,8 +489,15 @@ def main(argv=None):
     ap.add_argument("--previous", default=None, help="a predictor file to score beside the new one (the one shipped before)")
     ap.add_argument("--no-held-out", action="store_true", help="only the shipped fit (the report needs the folds)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--objective", default="pooled", choices=OBJECTIVES,
+                    help="what the rule maximizes: the pooled share of the oracle's saving, or each run's share, averaged")
+    ap.add_argument("--patiences", nargs="+", type=int, default=[1, 2, 3])
+    ap.add_argument("--per-run-floors", nargs="+", type=int, default=[0],
+                    help="minimum decisions per run to try (0: per-epoch cadence only), e.g. 0 8 12 16")
     a = ap.parse_args(argv)
+    search = RuleSearch(a.objective, tuple(a.patiences), tuple(a.per_run_floors))
     res = run(a.runs, a.out, a.report, a.label, a.epochs, a.seed, label_study=a.label_study, held_out=not a.no_held_out,
+              search=search,
               previous=a.previous)
     print(json.dumps(res["shipped"]))
 
