@@ -88,6 +88,7 @@ LINEAR_DEFAULTS = {"freeze_start": 0.5, "freeze_level": 0.8}
 
 
 REFERENCE_FORMAT = 2  # what a `none` run records for the oracle: 2 = step-0 probe, CKA and rewind harms
+PREFIX_CACHE_FORMAT = 2  # how +cache runs fill and verify: 2 = lazily in training steps, 8 verification rows
 
 
 def run_key(cfg: ExperimentConfig, threads: int | None) -> str:
@@ -102,6 +103,8 @@ def run_key(cfg: ExperimentConfig, threads: int | None) -> str:
     d["oracle_tau"] = 0.95
     if cfg.record_cka:
         d["reference"] = REFERENCE_FORMAT
+    if cfg.cache:
+        d["prefix_cache"] = PREFIX_CACHE_FORMAT
     d["device"] = resolve_device(cfg.device)
     d.update(threads=threads, smartfrz=__version__, torch=torch.__version__)
     if cfg.policy == "smartfrz":
