@@ -357,7 +357,7 @@ def markdown(bench: dict, command: str | None = None) -> str:
             c = {k: _median([r["cache"][k] for r in rs]) for k in ("ram_bytes", "disk_bytes", "fill_flops")}
             fill = _median([r["cache"]["fill_flops"] / r["train_flops"] for r in rs])
             lines.append(f"- {task} {label}: store {(c['ram_bytes'] + c['disk_bytes']) / 2**20:.1f} MiB "
-                         f"({rs[0]['cache']['dtype']}), its own work (a verification batch per freeze; filling rides on the "
+                         f"({rs[0]['cache']['dtype']}), its own work (8 verification rows per freeze; filling rides on the "
                          f"training forward) is {100 * fill:.2f}% of the run's FLOPs; "
                          f"{_median([r['cache']['hits'] / max(1, r['steps']) for r in rs]):.0%} of steps fed from a store")
     base = [r["finished_s"] for r in bench["runs"] if r.get("finished_s") is not None and not r.get("cache")]
