@@ -271,7 +271,7 @@ class PrefixCache:
         seq = lengths is not None and x.dim() >= 2 and x.shape[1] == batch["attention_mask"].shape[1]
         self._trimmed = seq  # rows stored without their padding
         self._channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-        x = x.detach().to(self.dtype)
+        x = x.detach().to(self.dtype).cpu()  # one device-to-host copy per batch, not one per row
         lengths = lengths.tolist() if seq else None
         for row, i in enumerate(ids):
             self.store.put(i, x[row, :lengths[row]] if seq else x[row])
