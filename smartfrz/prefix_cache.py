@@ -1,16 +1,13 @@
-"""Frozen-prefix activation cache: once the front units are frozen, their output for an example never
-changes, so later epochs feed the first active unit from a per-example store and run no frozen forward.
+"""Frozen-prefix activation cache: a frozen prefix's output for an example never changes, so later
+epochs feed the first active unit from a per-example store and run no frozen forward.
 
-Opt-in and separate from the engine: ``fit(..., frz=frz, cache=True)`` or a ``PrefixCache`` object.
-Batches must carry dataset indices (``(x, y, index)`` or a dict with ``"index"``). When the frozen
-prefix grows, the training steps of the following epoch keep the new boundary's input as their forward
-computes it (starting from the previous boundary's store, so only the newly frozen units run): filling
-costs no extra pass. A served step runs the model with the frozen members stubbed out (they return
-zeros of their recorded shape) and the first active unit's input swapped for the stored one. Before
-each new boundary, one batch is run both ways: if the outputs differ (a unit's output feeds more than
-the next unit, a padded position matters, ...) the cache is refused with a warning naming the reason
-and training goes on without it. So are random augmentation, loaders without indices, and prefixes
-with trainable (tied) parameters.
+Opt-in and separate from the engine: ``fit(..., frz=frz, cache=True)`` or a ``PrefixCache``. Batches
+carry dataset indices (``(x, y, index)`` or a dict with ``"index"``). After the prefix grows, training
+steps keep the new boundary's input as their forward computes it, starting from the previous boundary's
+store (only the newly frozen units run): no fill pass. A served step stubs the frozen members out (zeros
+of their recorded shape) and swaps the stored input in. Each new boundary is first checked on a few rows
+run both ways; a mismatch (not a chain, a padded position that matters, ...), random augmentation, a
+loader without indices or tied trainable weights refuse the cache with a warning naming the reason.
 """
 from __future__ import annotations
 
@@ -130,10 +127,8 @@ class PrefixCache:
     """Stores the first active unit's input per example; ``dtype`` is the storage precision (fp16 by
     default: half the memory, a small rounding of the boundary activations; fp32 is exact).
 
-    Filling is lazy: after the prefix grows, each training step whose examples are not stored yet runs
-    as usual (from the previous boundary's store where it has them) and keeps the new boundary's input,
-    which that forward computes anyway. So a freeze costs one verification batch, not a pass over the
-    data; ``fill()`` does the pass up front for those who want every later step served."""
+    Filling is lazy (see the module's doc): a freeze costs a few verification rows, not a pass over the
+    data; ``fill()`` makes that pass up front for those who want every later step served."""
 
     def __init__(self, dtype: torch.dtype = torch.float16, max_bytes: int | None = None, spill_dir: str | None = None,
                  atol: float = 1e-4, rtol: float = 1e-3):
@@ -199,15 +194,12 @@ class PrefixCache:
             self.level = 0
             if k == 0:
                 return
-        prefix = [p for u in self.frz.units[:k] for p in u.parameters()]
-        if any(p.requires_grad for p in prefix):
+        if any(p.requires_grad for u in self.frz.units[:k] for p in u.parameters()):
             return self.refuse("a frozen unit shares trainable (tied) parameters, so its output keeps changing")
         if not (work := self._verify(k)):
             return
         if len(self.store):  # serves the transition: steps run from here and keep the new boundary's values
             self._older = [(self.level, self.store), *self._older][:2]
-        else:
-            self.store.clear()
         held = sum(s.ram_bytes for _, s in self._older)
         self.store = _Store(None if self.max_bytes is None else max(0, self.max_bytes - held), self.spill_dir)
         self.advances.append({"from": self.level, "to": k, "work": work, "verify": True})
@@ -238,11 +230,7 @@ class PrefixCache:
         try:
             for batch in self.fill_loader:
                 batch = self.to_device(batch, self.device)
-                idx = batch_indices(batch)
-                if idx is None:
-                    return self.refuse("the loader yields no example indices (batches (x, y, index) or a dict "
-                                       f"with {INDEX_KEY!r})")
-                ids = idx.tolist()
+                ids = batch_indices(batch).tolist()  # the verification found indices
                 if all(i in self.store for i in ids):
                     continue
                 base, store = self._stored_in(ids)
@@ -296,14 +284,6 @@ class PrefixCache:
                 h.remove()
 
     # ------------------------------------------------------------------ replay
-    def lookup(self, batch) -> torch.Tensor | None:
-        """The stored boundary values of a batch at the current boundary, padded like it, or None."""
-        idx = batch_indices(batch)
-        if idx is None or not self.level:
-            return None
-        ids = idx.tolist()  # one host transfer per batch, not one per example
-        return self._gather(self.store, ids, batch) if all(i in self.store for i in ids) else None
-
     def _gather(self, store: _Store, ids: list[int], batch) -> torch.Tensor:
         rows = [store.get(i) for i in ids]
         lengths = _valid_lengths(batch)
@@ -317,11 +297,8 @@ class PrefixCache:
         return out.contiguous(memory_format=torch.channels_last) if self._channels_last else out
 
     @contextlib.contextmanager
-    def _replay(self, batch, k: int, stored: torch.Tensor | None = None):
-        """Frozen members of units < k return zeros of their recorded shape; unit k gets the stored input."""
-        stored = self.lookup(batch) if stored is None else stored
-        if stored is None:
-            raise KeyError("batch not in the prefix cache")
+    def _replay(self, batch, k: int, stored: torch.Tensor):
+        """Frozen members of units < k return zeros of their recorded shape; unit k gets ``stored``."""
         dims = _batch_dims(batch)
         param = next(self.model.parameters())
         stored = stored.to(device=param.device)
@@ -379,8 +356,7 @@ class PrefixCache:
                 yield
         finally:
             handle.remove()
-        x = got.get("x")
-        if x is None:
+        if (x := got.get("x")) is None:
             return
         if x.requires_grad:
             return self.refuse(f"the input of unit {self.frz.units[self.level].name} depends on trainable "
@@ -472,13 +448,11 @@ def _swap_boundary(args, kwargs, value):
 
 def _first_rows(batch: Any, n: int) -> Any:
     """The first n examples of a batch (every tensor that is batch-first)."""
-    rows = len(batch_indices(batch)) if batch_indices(batch) is not None else None
-    if rows is None or rows <= n:
+    idx = batch_indices(batch)
+    if idx is None or len(idx) <= n:
         return batch
-    cut = lambda v: v[:n] if torch.is_tensor(v) and v.dim() and v.shape[0] == rows else v
-    if hasattr(batch, "keys"):
-        return {k: cut(v) for k, v in batch.items()}
-    return type(batch)(cut(v) for v in batch)
+    cut = lambda v: v[:n] if torch.is_tensor(v) and v.dim() and v.shape[0] == len(idx) else v
+    return {k: cut(v) for k, v in batch.items()} if hasattr(batch, "keys") else type(batch)(cut(v) for v in batch)
 
 
 def _batch_dims(batch) -> tuple[int, int | None]:
