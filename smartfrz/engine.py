@@ -23,14 +23,14 @@ def _eval_hook(module: nn.Module, args):
         module.train(False)
 
 
-def decision_cadence(policy, steps_per_epoch: int | None, total_steps: int | None) -> int | None:
-    """Steps between decisions: the policy's decisions per epoch, and (smartfrz) at least its decisions
-    per run when the run's length is known, so a 3-epoch fine-tune gets as many looks as a long run.
-    None: decide at ``epoch_end()``."""
-    every = [steps_per_epoch // getattr(policy, "decisions_per_epoch", 1)] if steps_per_epoch else []
-    if getattr(policy, "decisions_per_run", 0) and total_steps:
+def decision_cadence(policy: Policy, steps_per_epoch: int | None, total_steps: int | None) -> int | None:
+    """Steps between decisions: the policy's per epoch, and at least its per run when the run's length is
+    known (a 3-epoch fine-tune gets enough looks). None: decide at ``epoch_end()``."""
+    every = [steps_per_epoch // policy.decisions_per_epoch] if steps_per_epoch else []
+    if policy.decisions_per_run and total_steps:
         every.append(total_steps // policy.decisions_per_run)
     return max(1, min(every)) if every else None
+
 
 class SmartFRZ:
     """``frz = SmartFRZ(model, optimizer, example_input=x)``; call ``frz.step()`` after ``optimizer.step()``."""

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 class Policy:
     name = "base"
     needs_windows = False  # whether the engine must record weight windows
+    decisions_per_epoch, decisions_per_run = 1, 0  # the cadence the engine asks at (0: no per-run floor)
 
     def bind(self, engine: "SmartFRZ") -> None:
         self.engine = engine

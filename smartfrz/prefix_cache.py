@@ -221,8 +221,7 @@ class PrefixCache:
 
     @torch.no_grad()
     def fill(self) -> None:
-        """Stores the boundary input of every example not stored yet, in one ordered pass that runs
-        only the units past the deepest stored boundary (eager; training fills lazily without it)."""
+        """Stores every missing example in one ordered pass from the deepest stored boundary (eager)."""
         if not self.enabled or not self.level:
             return
         was = self.model.training

@@ -253,8 +253,8 @@ def heldout(d, runs, model, rule, run_ids) -> dict:
     p[sel] = torch.sigmoid(_logits(model, d["x"][torch.from_numpy(np.nonzero(sel)[0])])).numpy()
     grids = {r: _grid(d, r, p) for r in run_ids}
     rows = replay_all(grids, runs, rule["threshold"], rule["patience"], rule["decisions_per_epoch"],
-                      rule.get("decisions_per_run", 0))
-    return {"rule": {k: rule.get(k, 0) for k in RULE_KEYS},
+                      rule["decisions_per_run"])
+    return {"rule": {k: rule[k] for k in RULE_KEYS},
             **summarize(rows), **classification(p, d, sel, rule["threshold"]),
             "per_run": [{**r, "pred": {str(k): v for k, v in r["pred"].items()},
                          "label": {str(k): v for k, v in r["label"].items()}} for r in rows]}
