@@ -84,10 +84,6 @@ class SmartFRZ:
     def frozen_units(self) -> list[str]:
         return [u.name for u in self.units[: self.num_frozen]]
 
-    @property
-    def active_units(self) -> list[int]:
-        return list(range(self.num_frozen, len(self.units)))
-
     def step(self) -> None:
         """Call once per optimizer step, after ``optimizer.step()``."""
         self.step_count += 1

@@ -2,20 +2,13 @@
 
 Architecture (documented because the shipped weights depend on it):
 
-1. ``window_features`` turns a (W, S) window of tailored weights into W tokens of F features. The
-   sampled coordinates are in random order and layers differ in scale, so every feature is invariant
-   to coordinate permutation and to weight scale: log relative distance to the newest snapshot,
-   log relative step size, cosine of each step with the net displacement and with the previous
-   step, the share of coordinates moving along the net displacement, and the token's relative age.
-   Two window-level features (log path efficiency, log net relative displacement) are appended to
-   every token. Nothing depends on W, so any window length works.
-2. A linear embedding to ``d_model``, then ``layers`` pre-norm self-attention encoder layers over
-   the W tokens (history attends to history).
-3. The newest snapshot's token queries the whole window with one multi-head attention (the
-   "newest attends over the history" step); the result goes through an MLP to one logit, then a
-   Platt scaling (a, b) fitted on held-out runs so that P(freeze) is calibrated.
-
-With the defaults (d_model=64, 4 heads, 2 layers) it has about 80k parameters.
+1. ``window_features``: W tokens of features of a (W, S) window of tailored weights, invariant to coordinate
+   order and weight scale (distance to the newest snapshot, step size, step cosines with the net displacement
+   and the previous step, agreement share, age; path efficiency and net displacement). Any W works.
+2. A linear embedding, ``layers`` pre-norm self-attention encoder layers over the W tokens, then the newest
+   token queries the window with one multi-head attention; an MLP gives one logit.
+3. ``members`` such networks (seeds differ) are averaged and a Platt scaling fitted on held-out runs
+   calibrates P(freeze). One member with the defaults (d_model=64, 4 heads, 2 layers) has 93k parameters.
 """
 from __future__ import annotations
 
@@ -62,44 +55,55 @@ def window_features(windows: torch.Tensor) -> torch.Tensor:
 
 
 def model_inputs(feats: torch.Tensor) -> torch.Tensor:
-    """The learning-rate-free view of the window features the network reads.
-
-    Absolute step sizes depend on the optimizer and learning rate (SGD at 0.1 vs AdamW at 5e-5),
-    which do not transfer across model families; ratios within the window do. Kept: cosine with
-    the net displacement and with the previous step, agreement share, age, path efficiency, step
-    relative to the mean step along the net displacement; added: the step size relative to the
-    window's mean log step, and the distance to the newest snapshot relative to the net
-    displacement. In an exploratory leave-one-family-out comparison, dropping the three absolute
-    features improved transfer to held-out CNNs.
-    """
+    """The learning-rate-free view the network reads: absolute step sizes depend on the optimizer and learning
+    rate and did not transfer across families (exploratory leave-one-family-out); ratios within the window do."""
     rel_step = feats[..., 1:2] - feats[..., 1:2].mean(1, keepdim=True)
     rel_dist = feats[..., 0:1] - feats[..., 7:8]
     return torch.cat([feats[..., [2, 3, 4, 5, 6, 8]], rel_step, rel_dist], -1)
 
 
-class FreezePredictor(nn.Module):
-    """Newest-snapshot attention over a unit's window -> freeze logit. Reads ``window_features``."""
+class _Member(nn.Module):
+    """One network: newest-snapshot attention over a unit's window -> freeze logit."""
 
-    def __init__(self, d_model: int = 64, heads: int = 4, layers: int = 2, hidden: int = 128,
-                 num_features: int = INPUT_FEATURES, threshold: float = 0.5):
+    def __init__(self, d_model: int, heads: int, layers: int, hidden: int, num_features: int):
         super().__init__()
-        self.hparams = dict(d_model=d_model, heads=heads, layers=layers, hidden=hidden, num_features=num_features)
-        self.threshold = threshold  # the decision rule chosen with the weights, stored with them
-        self.patience, self.decisions_per_epoch, self.decisions_per_run = 2, 1, 0  # 0: no per-run floor
         self.embed = nn.Linear(num_features, d_model)
         enc = nn.TransformerEncoderLayer(d_model, heads, hidden, dropout=0.0, batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(enc, layers, enable_nested_tensor=False)
         self.query_norm = nn.LayerNorm(d_model)
         self.attend = nn.MultiheadAttention(d_model, heads, batch_first=True)
         self.head = nn.Sequential(nn.LayerNorm(d_model), nn.Linear(d_model, hidden), nn.GELU(), nn.Linear(hidden, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.encoder(self.embed(x))
+        q = self.query_norm(h[:, -1:])
+        return self.head(q + self.attend(q, h, h, need_weights=False)[0]).view(-1)
+
+
+class FreezePredictor(nn.Module):
+    """The mean logit of ``members`` networks trained with different seeds: single networks' held-out
+    decisions moved by tens of points between retrainings on the same runs (reports/predictor)."""
+
+    def __init__(self, d_model: int = 64, heads: int = 4, layers: int = 2, hidden: int = 128,
+                 num_features: int = INPUT_FEATURES, threshold: float = 0.5, members: int = 1):
+        super().__init__()
+        self.hparams = dict(d_model=d_model, heads=heads, layers=layers, hidden=hidden, num_features=num_features,
+                            members=members)
+        self.threshold = threshold  # the decision rule chosen with the weights, stored with them
+        self.patience, self.decisions_per_epoch, self.decisions_per_run = 2, 1, 0  # 0: no per-run floor
+        self.members = nn.ModuleList(_Member(d_model, heads, layers, hidden, num_features) for _ in range(members))
         self.register_buffer("calibration", torch.tensor([1.0, 0.0]))  # Platt scale and bias, fitted after training
+
+    @classmethod
+    def ensemble(cls, nets: list["FreezePredictor"]) -> "FreezePredictor":
+        model = cls(**{**nets[0].hparams, "members": sum(len(n.members) for n in nets)})
+        model.members = nn.ModuleList(m for n in nets for m in n.members)
+        return model
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         """(n, W, NUM_FEATURES) window features -> (n,) calibrated logits."""
-        h = self.encoder(self.embed(model_inputs(feats)))
-        q = self.query_norm(h[:, -1:])
-        a, _ = self.attend(q, h, h, need_weights=False)
-        return self.head(q + a).view(-1) * self.calibration[0] + self.calibration[1]
+        x = model_inputs(feats)
+        return torch.stack([m(x) for m in self.members]).mean(0) * self.calibration[0] + self.calibration[1]
 
     @torch.no_grad()
     def predict_proba(self, windows: torch.Tensor) -> torch.Tensor:
@@ -139,14 +143,15 @@ class FreezePredictor(nn.Module):
             raise ValueError(f"predictor file {path} was not written by this smartfrz version "
                              f"(feature_version={meta.get('feature_version')!r}, expected {FEATURE_VERSION!r})")
         hp = json.loads(meta["hparams"])
+        if "members" not in hp:  # written before ensembles: one network, its keys without the member prefix
+            tensors = {k if k == "calibration" else f"members.0.{k}": v for k, v in tensors.items()}
         if hp.get("num_features") != INPUT_FEATURES:
             raise ValueError(f"predictor file {path} expects num_features={hp.get('num_features')} inputs per snapshot; "
                              f"this smartfrz version feeds {INPUT_FEATURES} (feature_version {FEATURE_VERSION})")
         with torch.random.fork_rng(devices=[]):  # initialising before loading must not shift the run's random stream
             model = cls(**hp, threshold=float(meta.get("threshold", 0.5)))
         expected = model.state_dict()
-        missing = sorted(set(expected) - set(tensors))
-        unexpected = sorted(set(tensors) - set(expected))
+        missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
         if missing or unexpected:
             raise ValueError(f"predictor file {path} does not match the predictor architecture: "
                              f"missing {missing[:5]}, unexpected {unexpected[:5]}")

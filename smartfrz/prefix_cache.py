@@ -458,8 +458,7 @@ def _batch_dims(batch) -> tuple[int, int | None]:
     if isinstance(batch, dict):
         ids = batch.get("input_ids", batch.get("attention_mask"))
         return ids.shape[0], ids.shape[1] if ids is not None and ids.dim() > 1 else None
-    x = batch[0]
-    return x.shape[0], None
+    return batch[0].shape[0], None
 
 
 def _resize(shape: tuple, dims) -> tuple:

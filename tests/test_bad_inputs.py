@@ -72,12 +72,12 @@ def test_wrong_shape_predictor_file(model, tmp_path):
     from smartfrz.predictor import FreezePredictor
     p = FreezePredictor(d_model=16, heads=2, layers=1, hidden=32)
     t = {k: v.contiguous() for k, v in p.state_dict().items()}
-    t["head.3.weight"] = torch.zeros(2, 32)
+    t["members.0.head.3.weight"] = torch.zeros(2, 32)
     save_file(t, str(tmp_path / "w.safetensors"), metadata={
-        "hparams": '{"d_model": 16, "heads": 2, "layers": 1, "hidden": 32, "num_features": 8}',
+        "hparams": '{"d_model": 16, "heads": 2, "layers": 1, "hidden": 32, "num_features": 8, "members": 1}',
         "feature_version": "1", "threshold": "0.5"})
     snap = snapshot(model)
-    with pytest.raises(ValueError, match=r"'head.3.weight' has shape \(2, 32\), expected \(1, 32\)"):
+    with pytest.raises(ValueError, match=r"'members.0.head.3.weight' has shape \(2, 32\), expected \(1, 32\)"):
         SmartFRZ(model, None, example_input=torch.randn(2, 3, 32, 32), predictor_path=tmp_path / "w.safetensors")
     assert untouched(model, snap)
 

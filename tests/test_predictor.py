@@ -16,6 +16,17 @@ def test_features_are_scale_and_permutation_invariant():
     assert torch.allclose(f, window_features(w[..., perm]), atol=1e-4)
 
 
+def test_ensemble_averages_its_members_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    nets = [FreezePredictor(d_model=16, heads=2, layers=1, hidden=32).eval() for _ in range(2)]
+    ens = FreezePredictor.ensemble(nets).eval()
+    x = window_features(synthetic_windows(4, seed=5)[0])
+    assert ens.hparams["members"] == 2 and torch.allclose(ens(x), (nets[0](x) + nets[1](x)) / 2, atol=1e-6)
+    ens.save(tmp_path / "e.safetensors")
+    back = FreezePredictor.load(tmp_path / "e.safetensors")
+    assert back.hparams["members"] == 2 and torch.allclose(back(x), ens(x), atol=1e-6)
+
+
 def test_tiny_predictor_learns_to_separate(tiny_predictor):
     pred = FreezePredictor.load(tiny_predictor)
     w, y = synthetic_windows(200, seed=7)  # held-out toy windows
@@ -86,12 +97,13 @@ def test_missing_corrupt_and_wrong_shape_files(tmp_path):
         FreezePredictor.load(bad)
     from safetensors.torch import save_file
     good = FreezePredictor(d_model=16, heads=2, layers=1, hidden=32)
-    tensors = {k: v.contiguous() for k, v in good.state_dict().items()}
+    # a file from before ensembles: no member prefix on the keys, no "members" in its hparams
+    tensors = {k.removeprefix("members.0."): v.contiguous() for k, v in good.state_dict().items()}
     tensors["embed.weight"] = torch.zeros(16, 5)
     meta = {"hparams": '{"d_model": 16, "heads": 2, "layers": 1, "hidden": 32, "num_features": 8}',
             "feature_version": "1", "threshold": "0.5"}
     save_file(tensors, str(tmp_path / "shape.safetensors"), metadata=meta)
-    with pytest.raises(ValueError, match=r"'embed.weight' has shape \(16, 5\), expected \(16, 8\)"):
+    with pytest.raises(ValueError, match=r"'members.0.embed.weight' has shape \(16, 5\), expected \(16, 8\)"):
         FreezePredictor.load(tmp_path / "shape.safetensors")
     truncated = tmp_path / "trunc.safetensors"
     good.save(truncated)

@@ -28,6 +28,7 @@ from ..predictor import FreezePredictor
 
 LABEL = DEFAULT_LABEL
 MAX_EARLY = 0.05  # share of units a rule may freeze before their label (on out-of-fold replays)
+MEMBERS = 3  # networks averaged in the shipped predictor (reports/predictor/candidates: single ones vary)
 THRESHOLDS = tuple(np.round(np.linspace(0.30, 0.96, 23), 2))
 DECISIONS_PER_EPOCH = (1, 2, 4)  # 4 = every checkpoint of the recorded runs
 RULE_KEYS = ("threshold", "patience", "decisions_per_epoch", "decisions_per_run")
@@ -213,8 +214,12 @@ def _logits(model, x) -> torch.Tensor:
 
 
 def train_selected(d: dict, runs: list[dict], run_ids: np.ndarray, seed: int = 0, epochs: int = 6,
-                   folds: int = 2, search: RuleSearch = RuleSearch()) -> tuple[FreezePredictor, dict]:
-    """Out-of-fold (by run) logits -> Platt calibration and the decision rule; then a fit on all of ``run_ids``."""
+                   folds: int = 2, search: RuleSearch = RuleSearch(), members: int = MEMBERS) -> tuple[FreezePredictor, dict]:
+    """Out-of-fold (by run) logits -> Platt calibration and the decision rule; then a fit on all of ``run_ids``.
+    Each fit is ``members`` networks with different seeds, logits averaged."""
+    def fit(idx, s):
+        return FreezePredictor.ensemble([train_predictor(d["x"][idx], d["y_train"][idx], epochs=epochs, seed=s + 100 * j)
+                                          for j in range(members)])
     rng = np.random.default_rng(seed)
     order = rng.permutation(run_ids)
     in_sel = np.isin(d["run"].numpy(), run_ids)
@@ -223,14 +228,14 @@ def train_selected(d: dict, runs: list[dict], run_ids: np.ndarray, seed: int = 0
         held = order[f::min(folds, len(order))]
         held_m = np.isin(d["run"].numpy(), held)
         tr = torch.from_numpy(np.nonzero(in_sel & ~held_m)[0])
-        m = train_predictor(d["x"][tr], d["y_train"][tr], epochs=epochs, seed=seed + f + 1)
+        m = fit(tr, seed + f + 1)
         te = torch.from_numpy(np.nonzero(held_m)[0])
         oof[te] = _logits(m, d["x"][te])
     sel = torch.from_numpy(np.nonzero(in_sel)[0])
     a, b = fit_platt(oof[sel], d["y_train"][sel])
     p_oof = torch.sigmoid(a * oof + b).numpy()
     rule = select_rule(d, runs, run_ids, p_oof, search)
-    model = train_predictor(d["x"][sel], d["y_train"][sel], epochs=epochs, seed=seed)
+    model = fit(sel, seed)
     model.calibration.copy_(torch.tensor([a, b]))
     model.threshold = rule["threshold"]
     model.patience, model.decisions_per_epoch = rule["patience"], rule["decisions_per_epoch"]
@@ -262,7 +267,7 @@ def heldout(d, runs, model, rule, run_ids) -> dict:
 
 def run(runs_dir, out=None, report=None, label: str = LABEL, epochs: int = 6, seed: int = 0, progress: bool = True,
         label_study: list | None = None, held_out: bool = True, previous=None,
-        search: RuleSearch = RuleSearch()) -> dict:
+        search: RuleSearch = RuleSearch(), members: int = MEMBERS) -> dict:
     runs = load_runs(runs_dir)
     metas = [r["meta"] for r in runs]
     d = samples(runs, label)
@@ -280,7 +285,7 @@ def run(runs_dir, out=None, report=None, label: str = LABEL, epochs: int = 6, se
             continue
         results["held_out"][kind] = {}
         for g in np.unique(groups):
-            model, rule = train_selected(d, runs, all_ids[groups != g], seed, epochs, search=search)
+            model, rule = train_selected(d, runs, all_ids[groups != g], seed, epochs, search=search, members=members)
             ev = heldout(d, runs, model, rule, all_ids[groups == g])
             results["held_out"][kind][str(g)] = ev
             if progress:
@@ -292,7 +297,7 @@ def run(runs_dir, out=None, report=None, label: str = LABEL, epochs: int = 6, se
                     "decisions_per_epoch": old.decisions_per_epoch, "decisions_per_run": old.decisions_per_run}
         results["previous"] = {k: v for k, v in heldout(d, runs, old, old_rule, all_ids).items() if k != "per_run"}
         results["previous"]["sha256"] = _sha(previous)
-    final, rule = train_selected(d, runs, all_ids, seed, epochs, search=search)
+    final, rule = train_selected(d, runs, all_ids, seed, epochs, search=search, members=members)
     results["shipped"] = {"rule": {k: rule[k] for k in RULE_KEYS},
                           "out_of_fold": {k: v for k, v in rule.items() if k not in RULE_KEYS},
                           "calibration": final.calibration.tolist(), "num_params": final.num_params, "hparams": final.hparams}
@@ -432,7 +437,8 @@ def write_report(res: dict, runs: list[dict], folder: Path, label_study: list | 
               f"(stored in the weights file; the engine uses them unless told otherwise). "
               f"Out of fold it reached {_pct(oof['saved_share_of_oracle'])} of the oracle's saving pooled, "
               f"{_pct(oof['mean_run_share_of_oracle'])} in the mean run, with "
-              f"{oof['early']}/{oof['units']} units early. {sh['num_params']} parameters.", "",
+              f"{oof['early']}/{oof['units']} units early. {sh['hparams'].get('members', 1)} network(s) with different "
+              f"seeds, logits averaged; {sh['num_params']} parameters.", "",
               "Not varied: the window span (the runs record 20 snapshots spread over one epoch, as the engine does by "
               "default).", "", "![held-out freeze points](heldout.png)", ""]
     (folder / "report.md").write_text("\n".join(lines))
@@ -449,7 +455,8 @@ def write_card(res: dict, path: Path, window: int, sample_size: int) -> None:
     path.write_text(f"""# smartfrz_predictor.safetensors
 
 The attention-based freeze predictor that `SmartFRZ(..., policy="smartfrz")` loads by default
-(architecture: `smartfrz/predictor.py`; {sh['num_params']} parameters; safetensors, no pickle).
+(architecture: `smartfrz/predictor.py`; {sh['hparams'].get('members', 1)} network(s) averaged, {sh['num_params']}
+parameters; safetensors, no pickle).
 
 - Labels `{res['label']}`: units 0..k are freezable at a checkpoint when putting them back to that
   checkpoint's weights in the run's final model changes at most that share of a probe's predictions,
@@ -494,11 +501,11 @@ def main(argv=None):
     ap.add_argument("--patiences", nargs="+", type=int, default=[1, 2, 3])
     ap.add_argument("--per-run-floors", nargs="+", type=int, default=[0],
                     help="minimum decisions per run to try (0: per-epoch cadence only), e.g. 0 8 12 16")
+    ap.add_argument("--members", type=int, default=MEMBERS, help="networks averaged in the predictor (seeds differ)")
     a = ap.parse_args(argv)
     search = RuleSearch(a.objective, tuple(a.patiences), tuple(a.per_run_floors))
     res = run(a.runs, a.out, a.report, a.label, a.epochs, a.seed, label_study=a.label_study, held_out=not a.no_held_out,
-              search=search,
-              previous=a.previous)
+              search=search, previous=a.previous, members=a.members)
     print(json.dumps(res["shipped"]))
 
 
