@@ -5,6 +5,7 @@ import torch
 
 from conftest import synthetic_windows
 from smartfrz.predictor import DEFAULT_PATH, FreezePredictor, window_features
+from smartfrz.predictor_training.training import MEMBERS
 
 
 def test_features_are_scale_and_permutation_invariant():
@@ -127,7 +128,7 @@ def test_scoring_costs_under_one_percent_of_a_training_step():
         torch.nn.functional.cross_entropy(m(x), y).backward()
         opt.step()
 
-    pred = FreezePredictor().eval()
+    pred = FreezePredictor(members=MEMBERS).eval()  # as many networks as the shipped predictor averages
     w = torch.randn(len(units), 30, 1024)
     step(), pred.predict_proba(w)
     t_step = min(_timed_fn(step) for _ in range(2))

@@ -231,10 +231,11 @@ def load_runs(folder) -> list[dict]:
 # ----------------------------------------------------------------------------- presets
 
 def cpu_preset() -> list[RunSpec]:
-    """67 runs that break the shortcuts a predictor could learn instead of convergence: 9 architectures in
+    """77 runs that break the shortcuts a predictor could learn instead of convergence: 9 architectures in
     8 families, 6 schedules, SGD and AdamW over a decade of learning rates each, from scratch and
-    fine-tuned, digits / CIFAR-10 / MRPC / CoLA (two of them on the full training sets), several seeds.
-    Sized from step timings to take about 100 minutes on one CPU core (CIFAR-100 is not in the team's offline data, so it is left to `gpu`)."""
+    fine-tuned, digits / CIFAR-10 / MRPC / CoLA (four on the full training sets), several seeds. About
+    5 hours of one CPU core; ``--shard I/N`` splits it over N processes (CIFAR-100 is not in the team's
+    offline data, so it is left to `gpu`)."""
     sgd, adamw = "sgd", "adamw"
     small = dict(window=20, sample_size=512, probe_size=256)
     runs = []
@@ -294,17 +295,18 @@ def cpu_preset() -> list[RunSpec]:
              RunSpec("minilm", "mrpc", epochs=3, lr=2e-5, schedule="constant", seed=5, **glue)]
     # CNNs trained until their training data is fit: the short runs above stop at 20-65% accuracy, where
     # the labels say nothing is settled, so without these a CNN's freezable regime is never seen
-    for arch, data, epochs, recipes in (("resnet20", cifar, 24, [(sgd, 0.05, "cosine"), (adamw, 1e-3, "step"), (sgd, 0.1, "onecycle")]),
-                                        ("torchvision:shufflenet_v2_x0_5", cifar, 24, [(sgd, 0.1, "cosine"), (adamw, 1e-3, "linear")]),
-                                        ("mobilenet_v2", few, 20, [(sgd, 0.05, "cosine"), (adamw, 1e-3, "step")]),
-                                        ("vgg11_bn", few, 20, [(sgd, 0.05, "step")])):
+    fitted = [("resnet20", cifar, 24, [(sgd, 0.05, "cosine"), (adamw, 1e-3, "step"), (sgd, 0.1, "onecycle")]),
+              ("torchvision:shufflenet_v2_x0_5", cifar, 24, [(sgd, 0.1, "cosine"), (adamw, 1e-3, "linear")]),
+              ("mobilenet_v2", few, 20, [(sgd, 0.05, "cosine"), (adamw, 1e-3, "step")]),
+              ("vgg11_bn", few, 20, [(sgd, 0.05, "step")])]
+    for arch, data, epochs, recipes in fitted:
         runs += [RunSpec(arch, epochs=epochs, lr=lr, optimizer=opt, schedule=sched, seed=4 + i, **data)
                  for i, (opt, lr, sched) in enumerate(recipes)]
     return runs
 
 
 def preset(name: str) -> list[RunSpec]:
-    """Run sets: `smoke` (CPU, a minute), `cpu` (67 runs, ~100 min on one core: `cpu_preset`),
+    """Run sets: `smoke` (CPU, a minute), `cpu` (77 runs, ~5 h of one core: `cpu_preset`),
     `gpu` (larger CNNs and ViTs on CIFAR-10), `gpu_text` (MiniLM on MRPC/CoLA)."""
     if name == "smoke":
         return [RunSpec("digits_cnn", "digits", epochs=8, lr=0.05, batch_size=32, window=8, sample_size=256,

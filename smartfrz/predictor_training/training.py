@@ -475,7 +475,8 @@ Held out (replaying the engine's rule; full report: `reports/predictor/report.md
 |---|---|---|---|---|
 {chr(10).join(folds)}
 
-Regenerate (about 80 minutes of one CPU core, then a few minutes of training):
+Regenerate (about 5 hours of one CPU core for the runs, `--shard I/N` splits them; then about 20 minutes of
+training: 3 networks per fit, 2 inner folds and a final fit for each of 14 held-out groups):
 
 ```bash
 python -m smartfrz.predictor_training.freeze_dataset --preset cpu --data-dir DATA --out artifacts/freeze_runs --threads 1
