@@ -367,7 +367,7 @@ class PrefixCache:
     def _verify(self, k: int) -> int:
         """One batch through the model both ways, in eval mode: the outputs must agree. And nothing random
         (dropout in train mode) may run before unit k outside the frozen units. Returns the batch's work
-        (rows or padded tokens; 0 when refused): about three forward passes of it. A few rows suffice: what
+        (rows or padded tokens; 0 when refused): two full forwards and two to unit k. A few rows suffice: what
         is checked is the model's structure, and the check is paid at every freeze."""
         batch = _first_rows(self.to_device(next(iter(self.fill_loader)), self.device), VERIFY_ROWS)
         if batch_indices(batch) is None:

@@ -28,7 +28,7 @@ from ..predictor import FreezePredictor
 
 LABEL = DEFAULT_LABEL
 MAX_EARLY = 0.05  # share of units a rule may freeze before their label (on out-of-fold replays)
-MEMBERS = 3  # networks averaged in the shipped predictor (reports/predictor/candidates: single ones vary)
+MEMBERS = 3  # networks averaged in a predictor trained here (reports/predictor/candidates: single ones vary)
 THRESHOLDS = tuple(np.round(np.linspace(0.30, 0.96, 23), 2))
 DECISIONS_PER_EPOCH = (1, 2, 4)  # 4 = every checkpoint of the recorded runs
 RULE_KEYS = ("threshold", "patience", "decisions_per_epoch", "decisions_per_run")
@@ -476,7 +476,7 @@ Held out (replaying the engine's rule; full report: `reports/predictor/report.md
 {chr(10).join(folds)}
 
 Regenerate (about 5 hours of one CPU core for the runs, `--shard I/N` splits them; then about 20 minutes of
-training: 3 networks per fit, 2 inner folds and a final fit for each of 14 held-out groups):
+training: {sh['hparams'].get('members', 1)} network(s) per fit, 2 inner folds and a final fit for each held-out group):
 
 ```bash
 python -m smartfrz.predictor_training.freeze_dataset --preset cpu --data-dir DATA --out artifacts/freeze_runs --threads 1
@@ -499,11 +499,13 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--objective", default="pooled", choices=OBJECTIVES,
                     help="what the rule maximizes: the pooled share of the oracle's saving, or each run's share, averaged")
-    ap.add_argument("--patiences", nargs="+", type=int, default=[1, 2, 3])
-    ap.add_argument("--per-run-floors", nargs="+", type=int, default=[0],
+    ap.add_argument("--patiences", nargs="+", type=int, default=list(RuleSearch.patiences))
+    ap.add_argument("--per-run-floors", nargs="+", type=int, default=list(RuleSearch.per_run_floors),
                     help="minimum decisions per run to try (0: per-epoch cadence only), e.g. 0 8 12 16")
     ap.add_argument("--members", type=int, default=MEMBERS, help="networks averaged in the predictor (seeds differ)")
     a = ap.parse_args(argv)
+    if a.members < 1:
+        ap.error(f"--members must be >= 1; got {a.members}")
     search = RuleSearch(a.objective, tuple(a.patiences), tuple(a.per_run_floors))
     res = run(a.runs, a.out, a.report, a.label, a.epochs, a.seed, label_study=a.label_study, held_out=not a.no_held_out,
               search=search, previous=a.previous, members=a.members)
