@@ -4,8 +4,9 @@ epochs feed the first active unit from a per-example store and run no frozen for
 Opt-in and separate from the engine: ``fit(..., frz=frz, cache=True)`` or a ``PrefixCache``. Batches
 carry dataset indices (``(x, y, index)`` or a dict with ``"index"``). After the prefix grows, training
 steps keep the new boundary's input as their forward computes it, starting from the previous boundary's
-store (only the newly frozen units run): no fill pass. A served step stubs the frozen members out (zeros
-of their recorded shape) and swaps the stored input in. Each new boundary is first checked on a few rows
+store (only the newly frozen units run). A shuffled batch is served only once all its examples are stored,
+so ``fit`` completes a part-filled store at an epoch's start (``fill``). A served step stubs the frozen
+members out (zeros of their recorded shape) and swaps the stored input in. Each new boundary is first checked on a few rows
 run both ways; a mismatch (not a chain, a padded position that matters, ...), random augmentation, a
 loader without indices or tied trainable weights refuse the cache with a warning naming the reason.
 """
@@ -42,9 +43,8 @@ def forward_until(module: nn.Module, run: Callable[[], Any]) -> torch.Tensor | N
 
     handle = module.register_forward_pre_hook(grab, with_kwargs=True)
     try:
-        run()
-    except _StopForward:
-        pass
+        with contextlib.suppress(_StopForward):
+            run()
     finally:
         handle.remove()
     return captured.get("x")
@@ -127,8 +127,8 @@ class PrefixCache:
     """Stores the first active unit's input per example; ``dtype`` is the storage precision (fp16 by
     default: half the memory, a small rounding of the boundary activations; fp32 is exact).
 
-    Filling is lazy (see the module's doc): a freeze costs a few verification rows, not a pass over the
-    data; ``fill()`` makes that pass up front for those who want every later step served."""
+    Filling is lazy (see the module's doc): a freeze costs a few verification rows; ``fill()`` passes
+    over the examples still missing, once an epoch's steps have stored what they ran."""
 
     def __init__(self, dtype: torch.dtype = torch.float16, max_bytes: int | None = None, spill_dir: str | None = None,
                  atol: float = 1e-4, rtol: float = 1e-3):
@@ -176,7 +176,8 @@ class PrefixCache:
             ds, sampler = loader.dataset, loader.sampler
             if isinstance(sampler, torch.utils.data.DistributedSampler):  # this rank's shard only
                 ds = torch.utils.data.Subset(ds, list(iter(sampler)))
-            return torch.utils.data.DataLoader(ds, batch_size=loader.batch_size, shuffle=False,
+            by_length = sorted(range(len(ds)), key=sampler.lengths.__getitem__) if hasattr(sampler, "lengths") else None
+            return torch.utils.data.DataLoader(ds, batch_size=loader.batch_size, sampler=by_length,  # pads little
                                                collate_fn=loader.collate_fn, num_workers=loader.num_workers,
                                                generator=torch.Generator())  # draws no global random numbers
         return self.refuse(f"cannot iterate {type(loader).__name__} in a fixed order (use a DataLoader)")
@@ -222,7 +223,7 @@ class PrefixCache:
     @torch.no_grad()
     def fill(self) -> None:
         """Stores every missing example in one ordered pass from the deepest stored boundary (eager)."""
-        if not self.enabled or not self.level:
+        if not self.enabled or not self.level or len(self.store) >= self.expected:
             return
         was = self.model.training
         self.model.eval()
@@ -464,9 +465,7 @@ def _batch_dims(batch) -> tuple[int, int | None]:
 def _resize(shape: tuple, dims) -> tuple:
     """A recorded shape for this batch: batch-first, and (text) the sequence length second."""
     b, t = dims
-    out = list(shape)
-    if out:
-        out[0] = b
+    out = [b, *shape[1:]] if shape else []
     if t is not None and len(out) >= 2:
         out[1] = t
     return tuple(out)

@@ -97,27 +97,29 @@ def test_cnn_cached_step_matches_uncached():
 
 
 def test_same_decisions_same_metric_and_fewer_flops():
-    """Mid-epoch freezes (the linear schedule) move the boundary unit by unit; the run is unchanged."""
+    """The linear schedule's freezes move the boundary unit by unit; the run is unchanged."""
     from smartfrz.lab.experiment import ExperimentConfig, run
     kw = dict(policy="linear", epochs=4, out_dir=None, progress=False, frz={"freeze_start": 0.25, "freeze_level": 0.8})
     plain = run(ExperimentConfig(**kw))
     cached = run(ExperimentConfig(cache=True, cache_dtype="float32", **kw))
     assert cached.timeline == plain.timeline and cached.metric == pytest.approx(plain.metric, abs=0.25)
     c = cached.cache
-    steps = [(a["from"], a["to"]) for a in c["advances"]]
+    steps = [(a["from"], a["to"]) for a in c["advances"] if a.get("verify")]
     assert c["enabled"] and steps[0][0] == 0 and all(b[0] == a[1] > a[0] for a, b in zip(steps, steps[1:]))
     assert steps[-1][1] == len(cached.frozen_units)
-    assert all(a["verify"] for a in c["advances"]) and c["fill_examples"] == 0  # no pass over the data
-    assert c["captured"] > 0 and c["hits"] > 0
-    # the integral: uncached FLOPs, minus the skipped forward of served steps, plus the verification batches
+    fills = [a for a in c["advances"] if not a.get("verify")]  # completing part-filled stores at epoch starts
+    assert fills and all(a["to"] in {s[1] for s in steps} and a["from"] < a["to"] for a in fills)
+    assert c["hits"] > 0 and c["fill_examples"] > 0
+    # the integral: uncached FLOPs, minus the skipped forward of served steps, plus the fill and verification
     skipped = plain.train_flops + c["fill_flops"] - cached.train_flops
     assert 0 < c["fill_flops"] < 0.05 * plain.train_flops and skipped > 0
     assert c["ram_bytes"] > 0 and cached.peak_mem_bytes > 0
 
 
-def test_lazy_fill_runs_only_the_newly_frozen_units():
-    """After the prefix grows from 2 to 4 units, the next epoch's steps start from the stored input of
-    unit 2 (running units 2-3 only) and keep unit 4's input; the epoch after is served at unit 4."""
+def test_filling_runs_only_the_newly_frozen_units():
+    """After the prefix grows from 2 to 4 units, steps start from the stored input of unit 2 (running
+    units 2-3 only) and keep unit 4's input; the next epoch's start completes the store the same way,
+    and every step of that epoch is served at unit 4."""
     from smartfrz.lab.models import build_model
     torch.manual_seed(0)
     loader = _image_loader()
@@ -125,7 +127,7 @@ def test_lazy_fill_runs_only_the_newly_frozen_units():
     frz = _engine(model, loader, 1)  # units 0-1
     cache = PrefixCache(dtype=torch.float32)
     fit(model, frz.optimizer, loader, 1, frz=frz, progress=False, cache=cache)
-    assert cache.served == [0, 0, 0] and cache.level == 2 and len(cache.store) == 48  # captured as it trained
+    assert cache.served == [2, 2, 2] and cache.level == 2 and cache.fill_examples == 48  # filled at the epoch's start
     frz.freeze_through(3)  # units 0-3
     cache.sync()  # the verification batch runs here, from the input
     convs = {i: [m for _, top in u.members for m in top.modules() if isinstance(m, nn.Conv2d)]
@@ -134,13 +136,19 @@ def test_lazy_fill_runs_only_the_newly_frozen_units():
     for i, ms in convs.items():
         for m in ms:
             m.register_forward_hook(lambda mod, a, out, i=i: ran.append(i) if out.any() else None)  # stubs give zeros
-    fit(model, frz.optimizer, loader, 1, frz=frz, progress=False, cache=cache)  # one more epoch
-    assert cache.level == 4 and cache.served[3:] == [2, 2, 2] and len(cache.store) == 48 and not cache._older
-    assert ran and min(ran) == 2  # units 0-1 never ran: the steps started from unit 2's stored input
+    batch = next(iter(loader))
+    with cache.context(batch):  # a training step right after the freeze: lazy capture
+        batch_loss(model, batch).backward()
+    assert cache.served[-1] == 2 and cache.captured == 16 and len(cache.store) == 16
+    assert ran and min(ran) == 2  # units 0-1 never ran: the step started from unit 2's stored input
     ran.clear()
+    fit(model, frz.optimizer, loader, 1, frz=frz, progress=False, cache=cache)  # fills the other 32, from unit 2
+    assert min(ran) == 2 and cache.level == 4 and len(cache.store) == 48 and not cache._older
+    assert cache.served[-3:] == [4, 4, 4]
+    ran.clear()
+    filled = cache.fill_examples
     fit(model, frz.optimizer, loader, 1, frz=frz, progress=False, cache=cache)
-    assert min(ran) == 4  # served at the new boundary
-    assert cache.served[6:] == [4, 4, 4] and cache.fill_examples == 0
+    assert min(ran) == 4 and cache.served[-3:] == [4, 4, 4] and cache.fill_examples == filled  # complete: no pass
 
 
 def test_store_spills_to_disk_beyond_its_cap():
@@ -243,7 +251,7 @@ def test_resumed_run_rebuilds_the_store(tmp_path):
     state = torch.load(tmp_path / "ck.pt", weights_only=True)
     assert not any("cache" in k for k in state.get("extra", {}).get("fit", {}))
     resumed, res = train(resume=tmp_path / "ck.pt")
-    assert res.cache["enabled"] and res.cache["entries"] == 48 and res.cache["captured"] == 48  # rebuilt
+    assert res.cache["enabled"] and res.cache["entries"] == 48 and res.cache["fill_examples"] == 48  # rebuilt
     for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
 

@@ -88,7 +88,8 @@ LINEAR_DEFAULTS = {"freeze_start": 0.5, "freeze_level": 0.8}
 
 
 REFERENCE_FORMAT = 2  # what a `none` run records for the oracle: 2 = step-0 probe, CKA and rewind harms
-PREFIX_CACHE_FORMAT = 2  # how +cache runs fill and verify: 2 = lazily in training steps, 8 verification rows
+PREFIX_CACHE_FORMAT = 3  # how +cache runs fill and verify: 3 = in training steps, a part-filled store completed
+# at each epoch start (2: in training steps only); 8 verification rows
 
 
 def run_key(cfg: ExperimentConfig, threads: int | None) -> str:
