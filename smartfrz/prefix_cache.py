@@ -222,7 +222,7 @@ class PrefixCache:
 
     @torch.no_grad()
     def fill(self) -> None:
-        """Stores every missing example in one ordered pass from the deepest stored boundary (eager)."""
+        """Stores the missing examples in one ordered pass, each batch from its deepest stored boundary."""
         if not self.enabled or not self.level or len(self.store) >= self.expected:
             return
         was = self.model.training
@@ -231,8 +231,9 @@ class PrefixCache:
             for batch in self.fill_loader:
                 batch = self.to_device(batch, self.device)
                 ids = batch_indices(batch).tolist()  # the verification found indices
-                if all(i in self.store for i in ids):
+                if not (missing := [r for r, i in enumerate(ids) if i not in self.store]):
                     continue
+                batch, ids = _rows(batch, missing), [ids[r] for r in missing]  # only the missing examples run
                 base, store = self._stored_in(ids)
                 out = self._run_to(self.level, batch, base, None if store is None else self._gather(store, ids, batch))
                 self._put(ids, out, batch)
@@ -370,7 +371,7 @@ class PrefixCache:
         (dropout in train mode) may run before unit k outside the frozen units. Returns the batch's work
         (rows or padded tokens; 0 when refused): two full forwards and two to unit k. A few rows suffice: what
         is checked is the model's structure, and the check is paid at every freeze."""
-        batch = _first_rows(self.to_device(next(iter(self.fill_loader)), self.device), VERIFY_ROWS)
+        batch = _rows(self.to_device(next(iter(self.fill_loader)), self.device), slice(VERIFY_ROWS))
         if batch_indices(batch) is None:
             self.refuse(f"the loader yields no example indices (batches (x, y, index) or a dict with {INDEX_KEY!r})")
             return 0
@@ -446,12 +447,12 @@ def _swap_boundary(args, kwargs, value):
     return args, {**kwargs, key: value}
 
 
-def _first_rows(batch: Any, n: int) -> Any:
-    """The first n examples of a batch (every tensor that is batch-first)."""
+def _rows(batch: Any, rows: slice | list[int]) -> Any:
+    """Those examples of a batch (every tensor that is batch-first)."""
     idx = batch_indices(batch)
-    if idx is None or len(idx) <= n:
+    if idx is None:
         return batch
-    cut = lambda v: v[:n] if torch.is_tensor(v) and v.dim() and v.shape[0] == len(idx) else v
+    cut = lambda v: v[rows] if torch.is_tensor(v) and v.dim() and v.shape[0] == len(idx) else v
     return {k: cut(v) for k, v in batch.items()} if hasattr(batch, "keys") else type(batch)(cut(v) for v in batch)
 
 

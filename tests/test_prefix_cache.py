@@ -82,6 +82,16 @@ def test_minilm_cached_step_matches_uncached_with_dynamic_padding():
     assert cache.hits == 1 and cache.store.ram_bytes > 0
     stored = [cache.store.get(i).shape[0] for i in range(len(SENTENCES))]
     assert len(set(stored)) > 1  # rows are stored without their padding, each at its own length
+    # a store part-filled by a training step (as after a mid-epoch freeze) is completed with the missing rows only
+    before, filled = {i: cache.store.get(i).clone() for i in range(len(SENTENCES))}, cache.fill_examples
+    cache.store.clear()
+    batch = next(iter(loader))
+    with cache.context(batch):
+        batch_loss(model, batch)
+    cache.fill()
+    assert cache.fill_examples - filled == len(SENTENCES) - len(batch["index"]) and len(cache.store) == len(SENTENCES)
+    for i, t in before.items():
+        torch.testing.assert_close(cache.store.get(i), t, atol=1e-5, rtol=1e-4)
 
 
 def test_cnn_cached_step_matches_uncached():
@@ -144,6 +154,7 @@ def test_filling_runs_only_the_newly_frozen_units():
     ran.clear()
     fit(model, frz.optimizer, loader, 1, frz=frz, progress=False, cache=cache)  # fills the other 32, from unit 2
     assert min(ran) == 2 and cache.level == 4 and len(cache.store) == 48 and not cache._older
+    assert cache.fill_examples == 48 + 32  # only the missing examples ran
     assert cache.served[-3:] == [4, 4, 4]
     ran.clear()
     filled = cache.fill_examples

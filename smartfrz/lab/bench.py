@@ -88,8 +88,8 @@ LINEAR_DEFAULTS = {"freeze_start": 0.5, "freeze_level": 0.8}
 
 
 REFERENCE_FORMAT = 2  # what a `none` run records for the oracle: 2 = step-0 probe, CKA and rewind harms
-PREFIX_CACHE_FORMAT = 3  # how +cache runs fill and verify: 3 = in training steps, a part-filled store completed
-# at each epoch start (2: in training steps only); 8 verification rows
+PREFIX_CACHE_FORMAT = 4  # how +cache runs fill and verify: 4 = in training steps, a part-filled store completed
+# with its missing examples at each epoch start (3: whole batches; 2: in training steps only); 8 verification rows
 
 
 def run_key(cfg: ExperimentConfig, threads: int | None) -> str:
@@ -358,8 +358,8 @@ def markdown(bench: dict, command: str | None = None) -> str:
             c = {k: _median([r["cache"][k] for r in rs]) for k in ("ram_bytes", "disk_bytes", "fill_flops")}
             fill = _median([r["cache"]["fill_flops"] / r["train_flops"] for r in rs])
             lines.append(f"- {task} {label}: store {(c['ram_bytes'] + c['disk_bytes']) / 2**20:.1f} MiB "
-                         f"({rs[0]['cache']['dtype']}), its own work (8 verification rows per freeze; filling rides on the "
-                         f"training forward) is {100 * fill:.2f}% of the run's FLOPs; "
+                         f"({rs[0]['cache']['dtype']}), its own work (8 verification rows per freeze, and the passes "
+                         f"that complete a part-filled store at an epoch's start) is {100 * fill:.2f}% of the run's FLOPs; "
                          f"{_median([r['cache']['hits'] / max(1, r['steps']) for r in rs]):.0%} of steps fed from a store")
     base = [r["finished_s"] for r in bench["runs"] if r.get("finished_s") is not None and not r.get("cache")]
     if base and cached:
