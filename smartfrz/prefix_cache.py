@@ -132,8 +132,7 @@ class PrefixCache:
 
     def __init__(self, dtype: torch.dtype = torch.float16, max_bytes: int | None = None, spill_dir: str | None = None,
                  atol: float = 1e-4, rtol: float = 1e-3):
-        self.dtype, self.atol, self.rtol = dtype, atol, rtol
-        self.max_bytes, self.spill_dir = max_bytes, spill_dir
+        self.dtype, self.atol, self.rtol, self.max_bytes, self.spill_dir = dtype, atol, rtol, max_bytes, spill_dir
         self.store = _Store(max_bytes, spill_dir)
         self.level = 0  # units whose work the values in ``store`` contain (the engine's frozen prefix)
         self._older: list[tuple[int, _Store]] = []  # earlier boundaries' stores, deepest first, until ``store`` is full
@@ -143,14 +142,13 @@ class PrefixCache:
         self.advances: list[dict] = []  # {"from", "to", "work"}: forward work outside training steps, per freeze
         self._specs: dict[nn.Module, tuple] = {}
         self._trimmed = self._channels_last = False
-        self.expected = None  # examples one epoch brings (this rank's shard): when ``store`` holds them, it is full
+        self.expected = None  # examples the training loader can bring: when ``store`` holds them all, it is full
 
     # ------------------------------------------------------------------ setup
     def attach(self, model: nn.Module, frz, train_loader, loss_fn: Callable, to_device: Callable, device) -> bool:
         self.model, self.frz, self.loss_fn, self.to_device, self.device = model, frz, loss_fn, to_device, device
-        self.fill_loader = self._ordered(train_loader)
-        if self.enabled:
-            self.expected = len(self.fill_loader.y) if hasattr(self.fill_loader, "y") else len(self.fill_loader.dataset)
+        self.train_loader = train_loader
+        self.fill_loader = self._ordered()
         return self.enabled
 
     def refuse(self, why: str) -> None:
@@ -161,20 +159,23 @@ class PrefixCache:
         self.store.clear()
         self.level = 0
 
-    def _ordered(self, loader):
-        """The same examples in a fixed order, without touching the training loader's shuffle state."""
+    def _ordered(self):
+        """This epoch's examples (a DistributedSampler deals each rank other ones every epoch) in a fixed order,
+        without touching the training loader's shuffle state."""
+        loader = self.train_loader
         while hasattr(loader, "loader") and not isinstance(loader, torch.utils.data.DataLoader):
             loader = loader.loader  # a wrapper that observes batches (the lab's cost tap)
         if getattr(loader, "augment", False) or getattr(getattr(loader, "dataset", None), "augment", False) \
                 or "Random" in repr(getattr(getattr(loader, "dataset", None), "transform", "")):
             return self.refuse("the training data is randomly augmented, so a frozen prefix's output is not fixed")
         if hasattr(loader, "x") and hasattr(loader, "shuffle"):  # smartfrz.lab.data.ArrayLoader
-            ordered = copy.copy(loader)
+            ordered, self.expected = copy.copy(loader), len(loader.y)
             ordered.shuffle = ordered.drop_last = False  # every example, once
             return ordered
         if isinstance(loader, torch.utils.data.DataLoader):
             ds, sampler = loader.dataset, loader.sampler
-            if isinstance(sampler, torch.utils.data.DistributedSampler):  # this rank's shard only
+            self.expected = len(ds)
+            if isinstance(sampler, torch.utils.data.DistributedSampler):  # this rank's examples this epoch
                 ds = torch.utils.data.Subset(ds, list(iter(sampler)))
             by_length = sorted(range(len(ds)), key=sampler.lengths.__getitem__) if hasattr(sampler, "lengths") else None
             return torch.utils.data.DataLoader(ds, batch_size=loader.batch_size, sampler=by_length,  # pads little
@@ -210,8 +211,7 @@ class PrefixCache:
     def _drop_older(self) -> None:
         for _, s in self._older:
             s.clear()
-        self._older = []
-        self.store.max_bytes = self.max_bytes  # the whole RAM budget is the current store's again
+        self._older, self.store.max_bytes = [], self.max_bytes  # the whole RAM budget is the current store's again
 
     def _stored_in(self, ids: list[int]):
         """(boundary, store) of the deepest store holding every example of ``ids``, else (0, None)."""
@@ -228,7 +228,7 @@ class PrefixCache:
         was = self.model.training
         self.model.eval()
         try:
-            for batch in self.fill_loader:
+            for batch in self._ordered():  # this epoch's examples
                 batch = self.to_device(batch, self.device)
                 ids = batch_indices(batch).tolist()  # the verification found indices
                 if not (missing := [r for r, i in enumerate(ids) if i not in self.store]):

@@ -72,3 +72,17 @@ def test_hf_trainer_under_ddp(tmp_path):
     assert r0["world"] == 2 and r0["frozen"] and r0["frozen"] == r1["frozen"]
     assert r0["freeze_steps"] == r1["freeze_steps"]
     assert_identical(models)
+
+
+def test_prefix_cache_under_ddp_serves_each_rank_its_own_examples(tmp_path):
+    """A shuffling DistributedSampler deals each rank other examples every epoch: the epoch-start fill stores
+    the examples of the rank's current shard, so every step after a freeze's next epoch is fed from a store."""
+    torchrun("ddp_cache.py", tmp_path)
+    (r0, r1), models = results(tmp_path)
+    assert r0["enabled"] and r1["enabled"] and r0["freeze_steps"] == r1["freeze_steps"] == [12, 20, 28]
+    for r in (r0, r1):
+        assert all(b > 0 for b in r["served"][16:]) and len(r["served"]) == 32  # epochs 3-4 fed from a store
+        assert r["stored"] and set(r["stored"]) <= set(r["shard"])  # the last boundary's store: this rank's examples
+        assert r["captured"] > 0 and 0 < r["fill_examples"] <= 2 * 128
+    assert not set(r0["shard"]) & set(r1["shard"]) and len(r0["shard"]) + len(r1["shard"]) == 256
+    assert_identical(models)

@@ -200,12 +200,12 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: Iterab
     synchronize(device)
     t0 = time.perf_counter()
     for epoch in range(start_epoch, epochs):
-        if cache:  # a shuffled batch is served only when all its examples are stored: complete the store
-            cache.fill()  # (the prefix forward this epoch would run anyway; ordered, so it pads no more)
         model.train()
         pos = _loader_position(train_loader)  # where this epoch's order starts: what a checkpoint stores
         if hasattr(getattr(train_loader, "sampler", None), "set_epoch"):
             train_loader.sampler.set_epoch(epoch)  # DistributedSampler: a new shuffle per epoch
+        if cache:  # a shuffled batch is served only when all its examples are stored: complete the store
+            cache.fill()  # with this epoch's examples (the prefix forward the epoch would run anyway)
         batches = iter(train_loader)
         first = skip if epoch == start_epoch else 0
         if first:
