@@ -6,9 +6,9 @@ carry dataset indices (``(x, y, index)`` or a dict with ``"index"``). After the 
 steps keep the new boundary's input as their forward computes it, starting from the previous boundary's
 store (only the newly frozen units run). A shuffled batch is served only once all its examples are stored,
 so ``fit`` completes a part-filled store at an epoch's start (``fill``). A served step stubs the frozen
-members out (zeros of their recorded shape) and swaps the stored input in. Each new boundary is first checked on a few rows
-run both ways; a mismatch (not a chain, a padded position that matters, ...), random augmentation, a
-loader without indices or tied trainable weights refuse the cache with a warning naming the reason.
+members out (zeros of their recorded shape) and swaps the stored input in. Each new boundary is first
+checked on a few rows run both ways; a mismatch (not a chain, a padded position that matters, ...), random
+augmentation, a loader without indices or tied trainable weights refuse the cache with a warning naming why.
 """
 from __future__ import annotations
 

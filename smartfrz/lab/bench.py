@@ -357,10 +357,11 @@ def markdown(bench: dict, command: str | None = None) -> str:
             rs = [r for r in cached if (r["task"], r["policy"]) == (task, label)]
             c = {k: _median([r["cache"][k] for r in rs]) for k in ("ram_bytes", "disk_bytes", "fill_flops")}
             fill = _median([r["cache"]["fill_flops"] / r["train_flops"] for r in rs])
+            served = _median([r["cache"]["hits"] / max(1, r["steps"]) for r in rs])
             lines.append(f"- {task} {label}: store {(c['ram_bytes'] + c['disk_bytes']) / 2**20:.1f} MiB "
-                         f"({rs[0]['cache']['dtype']}), its own work (8 verification rows per freeze, and the passes "
-                         f"that complete a part-filled store at an epoch's start) is {100 * fill:.2f}% of the run's FLOPs; "
-                         f"{_median([r['cache']['hits'] / max(1, r['steps']) for r in rs]):.0%} of steps fed from a store")
+                         f"({rs[0]['cache']['dtype']}), its own work (8 verification rows per freeze, and the "
+                         f"passes that complete a part-filled store at an epoch's start) is {100 * fill:.2f}% of the "
+                         f"run's FLOPs; {served:.0%} of steps fed from a store")
     base = [r["finished_s"] for r in bench["runs"] if r.get("finished_s") is not None and not r.get("cache")]
     if base and cached:
         lines += ["", f"The runs without the cache finished {max(base) / 60:.1f} min into this invocation."]
