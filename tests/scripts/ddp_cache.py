@@ -7,35 +7,22 @@ training steps and completed at the next epoch's start with the examples the Dis
 import gc
 import json
 import sys
-from datetime import timedelta
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from smartfrz import SmartFRZ
 from smartfrz.distributed import DDPFreezer
 from smartfrz.lab.train import fit
 from smartfrz.prefix_cache import PrefixCache
 
+from ddp_toy import setup  # beside this script (torchrun puts its folder on the path)
+
 
 def main():
     out = Path(sys.argv[1])
-    dist.init_process_group("gloo", timeout=timedelta(seconds=45))  # a stuck collective fails, never hangs
-    rank = dist.get_rank()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(256, 1, 8, 8, generator=g)
-    y = (x.mean((1, 2, 3)) > 0).long() + 2 * (x[:, :, :4].mean((1, 2, 3)) > 0).long()
-    ds = TensorDataset(x, y, torch.arange(256))  # batches (x, y, index)
-    loader = DataLoader(ds, batch_size=16, sampler=DistributedSampler(ds, shuffle=True, seed=0))  # 8 steps/epoch
-    block = lambda i, o: nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU())
-    model = nn.Sequential(block(1, 8), block(8, 8), block(8, 8), block(8, 8), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                          nn.Linear(8, 4))
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    rank, x, ds, loader, model, opt = setup(with_index=True)
     frz = SmartFRZ(model, opt, example_input=x[:2], decide_every=4, policy="linear", total_steps=32,
                    freeze_start=0.1, freeze_level=1.0)
     cache = PrefixCache(dtype=torch.float32)

@@ -6,35 +6,23 @@ Rank 1 is configured so that on its own it would never freeze: only rank 0's bro
 import gc
 import json
 import sys
-from datetime import timedelta
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+from torch.utils.data import DataLoader
 
 from smartfrz import SmartFRZ
 from smartfrz.distributed import DDPFreezer
 from smartfrz.lab.train import fit
 
+from ddp_toy import setup  # beside this script (torchrun puts its folder on the path)
+
 
 def main():
     out, predictor, policy = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
-    dist.init_process_group("gloo", timeout=timedelta(seconds=45))  # a stuck collective fails, never hangs
-    rank = dist.get_rank()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(256, 1, 8, 8, generator=g)
-    y = (x.mean((1, 2, 3)) > 0).long() + 2 * (x[:, :, :4].mean((1, 2, 3)) > 0).long()
-    ds = TensorDataset(x, y)
-    loader = DataLoader(ds, batch_size=16, sampler=DistributedSampler(ds, shuffle=True, seed=0))  # 8 steps/epoch
-    block = lambda i, o: nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU())
-    model = nn.Sequential(block(1, 8), block(8, 8), block(8, 8), block(8, 8), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                          nn.Linear(8, 4))
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    rank, x, ds, loader, model, opt = setup()
     if policy == "smartfrz":
         opts = dict(policy="smartfrz", predictor_path=predictor, threshold=0.1 if rank == 0 else 0.999, window=3,
                     sample_size=64, record_every=1, patience=1)
