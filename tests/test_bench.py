@@ -111,6 +111,20 @@ def test_run_key_follows_every_setting():
     assert run_key(a, 1) not in keys and len(keys) == len(changed) + 1
 
 
+def test_run_key_follows_the_predictors_content_not_its_place(tmp_path):
+    import shutil
+    from smartfrz.lab.bench import run_key, run_suite
+    from smartfrz.lab.experiment import ExperimentConfig
+    from smartfrz.predictor import DEFAULT_PATH, FreezePredictor
+    copy, other = tmp_path / "copy.safetensors", tmp_path / "other.safetensors"
+    shutil.copy(DEFAULT_PATH, copy)
+    FreezePredictor(threshold=0.7).save(other)
+    key = lambda path: run_key(ExperimentConfig(epochs=2, frz={} if path is None else {"predictor_path": str(path)}), 1)
+    assert key(None) == key(copy) != key(other)
+    with pytest.raises(FileNotFoundError, match="predictor file not found: .*missing.safetensors"):
+        run_suite("smoke", predictor=tmp_path / "missing.safetensors")
+
+
 def test_bad_jobs_and_tasks():
     from smartfrz.lab.bench import run_suite
     with pytest.raises(ValueError, match="jobs must be a positive integer"):

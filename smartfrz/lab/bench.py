@@ -108,6 +108,7 @@ def run_key(cfg: ExperimentConfig, threads: int | None) -> str:
         d["prefix_cache"] = PREFIX_CACHE_FORMAT
     d["device"] = resolve_device(cfg.device)
     d.update(threads=threads, smartfrz=__version__, torch=torch.__version__)
+    d["frz"] = {k: v for k, v in d["frz"].items() if k != "predictor_path"}  # its content is keyed, not its place
     if cfg.policy == "smartfrz":
         from ..predictor import DEFAULT_PATH
         d["predictor_sha256"] = hashlib.sha256(Path(cfg.frz.get("predictor_path") or DEFAULT_PATH).read_bytes()).hexdigest()
@@ -134,7 +135,7 @@ def _train(cfg: ExperimentConfig) -> dict:
 
 def run_suite(suite: str, data_dir=None, device="auto", policies=ALL_POLICIES, seeds=None, tasks=None,
               runs_dir="reports/bench/runs", jobs: int | None = None, threads: int | None = None,
-              progress=True, on_run=None) -> dict:
+              progress=True, on_run=None, predictor: str | None = None) -> dict:
     """Trains (or reads back) every run of a suite; ``on_run(bench)`` sees the results after each run."""
     if suite not in SUITES:
         raise ValueError(f"unknown suite {suite!r}; allowed: {', '.join(SUITES)}")
@@ -145,14 +146,17 @@ def run_suite(suite: str, data_dir=None, device="auto", policies=ALL_POLICIES, s
     tasks = {k: v for k, v in spec["tasks"].items() if tasks is None or k in tasks}
     return run_tasks(tasks, seeds if seeds is not None else spec["seeds"], policies, name=suite, why=spec["why"],
                      data_dir=data_dir, device=device, runs_dir=runs_dir, jobs=jobs, threads=threads,
-                     progress=progress, on_run=on_run)
+                     progress=progress, on_run=on_run, predictor=predictor)
 
 
 def run_tasks(tasks: dict[str, dict], seeds, policies=ALL_POLICIES, name: str = "custom", why: str | None = None,
               data_dir=None, device="auto", runs_dir="reports/bench/runs", jobs: int | None = None,
-              threads: int | None = None, progress=True, on_run=None) -> dict:
+              threads: int | None = None, progress=True, on_run=None, predictor: str | None = None) -> dict:
     """Every policy on each task spec (ExperimentConfig fields, plus ``extra_policies`` such as the
-    ``+cache`` ones) and seed, side by side; what ``run_suite`` and the notebooks build on."""
+    ``+cache`` ones) and seed, side by side; what ``run_suite`` and the notebooks build on. ``predictor``: a
+    weights file for the ``smartfrz`` policies instead of the shipped one (to compare candidates)."""
+    if predictor is not None and not Path(predictor).is_file():
+        raise FileNotFoundError(f"predictor file not found: {predictor}")
     suite, spec = name, {"why": why}
     bad = sorted(set(policies) - set(ALL_POLICIES))
     if bad:
@@ -185,6 +189,8 @@ def run_tasks(tasks: dict[str, dict], seeds, policies=ALL_POLICIES, name: str = 
         base.pop("extra_policies", None)
         policy, cache = label.removesuffix("+cache"), label.endswith("+cache")
         frz = {**base.pop("frz", {}), **(LINEAR_DEFAULTS if policy == "linear" else {})}
+        if policy == "smartfrz" and predictor is not None:
+            frz["predictor_path"] = str(Path(predictor).resolve())
         cfg = ExperimentConfig(name=f"bench-{suite}-{task}", policy=policy, seed=seed, data_dir=data_dir,
                                device=device, out_dir=None, progress=False, record_cka=policy == "none",
                                cache=cache, frz=frz, **base)
@@ -380,6 +386,7 @@ def main(argv=None):
     ap.add_argument("--tasks", nargs="*", default=None)
     ap.add_argument("--jobs", type=int, default=None, help="runs side by side (default: CPU cores on CPU, 1 on GPU)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads per run (default: 1 on CPU)")
+    ap.add_argument("--predictor", default=None, help="weights for the smartfrz policies (default: the shipped ones)")
     a = ap.parse_args(argv)
     out = Path(a.out)
     if out.suffix != ".json":
@@ -391,7 +398,8 @@ def main(argv=None):
         out.with_suffix(".md").write_text(markdown(bench, command))
 
     bench = run_suite(a.suite, a.data_dir, a.device, a.policies, a.seeds, a.tasks,
-                      runs_dir=out.with_suffix(".runs"), jobs=a.jobs, threads=a.threads, on_run=save)
+                      runs_dir=out.with_suffix(".runs"), jobs=a.jobs, threads=a.threads, on_run=save,
+                      predictor=a.predictor)
     save(bench)
     print(markdown(bench, command))
     print(f"wrote {out} and {out.with_suffix('.md')} ({bench['read_back']} runs read back, {bench['trained']} trained)")

@@ -28,6 +28,7 @@ from ..predictor import FreezePredictor
 
 LABEL = DEFAULT_LABEL
 MAX_EARLY = 0.05  # share of units a rule may freeze before their label (on out-of-fold replays)
+SETTLED_RUN_WEIGHT = 1.0  # training weight of runs labelled all-freezable at their first checkpoint
 MEMBERS = 3  # networks averaged in a predictor trained here (reports/predictor/candidates: single ones vary)
 THRESHOLDS = tuple(np.round(np.linspace(0.30, 0.96, 23), 2))
 DECISIONS_PER_EPOCH = (1, 2, 4)  # 4 = every checkpoint of the recorded runs
@@ -59,14 +60,16 @@ def _values(run: dict, rule: str) -> torch.Tensor:
     return run["cka"]
 
 
-def samples(runs: list[dict], label: str = LABEL) -> dict:
-    """Flat arrays over (run, checkpoint, unit)."""
+def samples(runs: list[dict], label: str = LABEL, settled_run_weight: float = SETTLED_RUN_WEIGHT) -> dict:
+    """Flat arrays over (run, checkpoint, unit), with a training weight per sample: runs labelled all-freezable
+    at their first checkpoint say nothing about *when* a unit settles, so they weigh ``settled_run_weight``."""
     rule, tau = parse_label(label)
-    cols = {k: [] for k in ("x", "y_train", "y_eval", "eligible", "run", "unit", "step")}
+    cols = {k: [] for k in ("x", "y_train", "y_eval", "eligible", "run", "unit", "step", "weight")}
     for r_i, r in enumerate(runs):
         values, feats = _values(r, rule), r["features"].float()
         own, lab = unit_settled(values, tau, rule), freeze_labels(values, tau, rule)
         C, U = values.shape
+        cols["weight"].append(torch.full((C * U,), settled_run_weight if bool(lab[0].all()) else 1.0))
         prev_ok = torch.cat([torch.ones(C, 1, dtype=torch.bool), lab[:, :-1]], 1)
         cols["x"].append(feats.reshape(C * U, *feats.shape[2:]))
         cols["y_train"].append(own.reshape(-1))
@@ -178,15 +181,17 @@ def select_rule(d, runs, idx_runs, p, search: RuleSearch = RuleSearch()) -> dict
 
 def train_predictor(feats: torch.Tensor, labels: torch.Tensor, epochs: int = 30, lr: float = 2e-3,
                     batch_size: int = 256, seed: int = 0, pos_weight: float | None = None,
-                    model: FreezePredictor | None = None, progress: bool = False, **hparams) -> FreezePredictor:
-    """Fits the predictor on precomputed features; balanced by ``pos_weight`` (default neg/pos)."""
+                    model: FreezePredictor | None = None, progress: bool = False,
+                    weights: torch.Tensor | None = None, **hparams) -> FreezePredictor:
+    """Fits the predictor on precomputed features; balanced by ``pos_weight`` (default weighted neg/pos)."""
     torch.manual_seed(seed)
     model = model or FreezePredictor(**hparams)
     model.train()
     y = labels.float()
+    w = torch.ones_like(y) if weights is None else weights.float()
     if pos_weight is None:
-        pos = y.sum().clamp_min(1.0)
-        pos_weight = float((len(y) - pos) / pos)
+        pos = (w * y).sum().clamp_min(1e-8)
+        pos_weight = float((w.sum() - pos) / pos)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     g = torch.Generator().manual_seed(seed)
     steps = epochs * math.ceil(len(y) / batch_size)
@@ -200,7 +205,7 @@ def train_predictor(feats: torch.Tensor, labels: torch.Tensor, epochs: int = 30,
         perm = torch.randperm(len(y), generator=g)
         for i in range(0, len(y), batch_size):
             b = perm[i:i + batch_size]
-            loss = F.binary_cross_entropy_with_logits(model(feats[b]), y[b], pos_weight=pw)
+            loss = F.binary_cross_entropy_with_logits(model(feats[b]), y[b], w[b], pos_weight=pw)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -218,7 +223,8 @@ def train_selected(d: dict, runs: list[dict], run_ids: np.ndarray, seed: int = 0
     """Out-of-fold (by run) logits -> Platt calibration and the decision rule; then a fit on all of ``run_ids``.
     Each fit is ``members`` networks with different seeds, logits averaged."""
     def fit(idx, s):
-        return FreezePredictor.ensemble([train_predictor(d["x"][idx], d["y_train"][idx], epochs=epochs, seed=s + 100 * j)
+        return FreezePredictor.ensemble([train_predictor(d["x"][idx], d["y_train"][idx], epochs=epochs, seed=s + 100 * j,
+                                                         weights=d["weight"][idx])
                                           for j in range(members)])
     rng = np.random.default_rng(seed)
     order = rng.permutation(run_ids)
