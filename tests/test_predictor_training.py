@@ -39,3 +39,17 @@ def test_replay_per_run_floor_gives_a_short_run_more_decisions():
     once = replay(P, Y, STEPS, META, threshold=0.5, patience=2, per_epoch=1)  # decisions at steps 8, 16, 24
     floor = replay(P, Y, STEPS, META, threshold=0.5, patience=2, per_epoch=1, per_run=10)  # every 40 // 10 = 4 steps
     assert once["pred"] == {0: 24} and floor["pred"] == {0: 16}
+
+
+def test_runs_settled_from_their_first_checkpoint_weigh_what_they_are_told():
+    import torch
+    from smartfrz.predictor_training.training import samples
+
+    def run(rewind):
+        C, U = rewind.shape
+        return {"rewind": rewind, "features": torch.zeros(C, U, 4, 9), "steps": torch.arange(1, C + 1)}
+    settled = run(torch.zeros(3, 2))  # every unit under the threshold from the first checkpoint on
+    staggered = run(torch.tensor([[0.5, 0.5], [0.0, 0.5], [0.0, 0.0]]))
+    d = samples([settled, staggered], "rewind:0.01", settled_run_weight=0.25)
+    assert d["weight"][d["run"] == 0].eq(0.25).all() and d["weight"][d["run"] == 1].eq(1.0).all()
+    assert samples([settled], "rewind:0.01")["weight"].eq(1.0).all()  # the default keeps every run whole

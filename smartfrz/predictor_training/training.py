@@ -273,14 +273,14 @@ def heldout(d, runs, model, rule, run_ids) -> dict:
 
 def run(runs_dir, out=None, report=None, label: str = LABEL, epochs: int = 6, seed: int = 0, progress: bool = True,
         label_study: list | None = None, held_out: bool = True, previous=None,
-        search: RuleSearch = RuleSearch(), members: int = MEMBERS) -> dict:
+        search: RuleSearch = RuleSearch(), members: int = MEMBERS, settled_run_weight: float = SETTLED_RUN_WEIGHT) -> dict:
     runs = load_runs(runs_dir)
     metas = [r["meta"] for r in runs]
-    d = samples(runs, label)
+    d = samples(runs, label, settled_run_weight)
     run_family = np.array([m["family"] for m in metas])
     run_schedule = np.array([m["spec"]["schedule"] for m in metas])
     all_ids = np.arange(len(runs))
-    results = {"label": label, "max_early": MAX_EARLY, "search": asdict(search),
+    results = {"label": label, "max_early": MAX_EARLY, "search": asdict(search), "settled_run_weight": settled_run_weight,
                "runs": [{"name": m["name"], "family": m["family"], "schedule": m["spec"]["schedule"],
                          "optimizer": m["spec"]["optimizer"], "lr": m["spec"]["lr"], "regime": m["spec"]["regime"],
                          "units": len(m["units"]), "checkpoints": int(len(r["steps"])), "final": m["final"]}
@@ -509,12 +509,16 @@ def main(argv=None):
     ap.add_argument("--per-run-floors", nargs="+", type=int, default=list(RuleSearch.per_run_floors),
                     help="minimum decisions per run to try (0: per-epoch cadence only), e.g. 0 8 12 16")
     ap.add_argument("--members", type=int, default=MEMBERS, help="networks averaged in the predictor (seeds differ)")
+    ap.add_argument("--settled-run-weight", type=float, default=SETTLED_RUN_WEIGHT,
+                    help="training weight of runs labelled all-freezable at their first checkpoint")
     a = ap.parse_args(argv)
     if a.members < 1:
         ap.error(f"--members must be >= 1; got {a.members}")
+    if not 0 <= a.settled_run_weight <= 1:
+        ap.error(f"--settled-run-weight must be in [0, 1]; got {a.settled_run_weight}")
     search = RuleSearch(a.objective, tuple(a.patiences), tuple(a.per_run_floors))
     res = run(a.runs, a.out, a.report, a.label, a.epochs, a.seed, label_study=a.label_study, held_out=not a.no_held_out,
-              search=search, previous=a.previous, members=a.members)
+              search=search, previous=a.previous, members=a.members, settled_run_weight=a.settled_run_weight)
     print(json.dumps(res["shipped"]))
 
 
