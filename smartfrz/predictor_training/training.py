@@ -410,7 +410,9 @@ def write_report(res: dict, runs: list[dict], folder: Path, label_study: list | 
             lines.append(f"- `{study.get('command', 'python -m smartfrz.lab.label_study --bench ' + study['bench'])}`")
             rows += study["rows"]
         lines += ["", table(sorted(rows, key=lambda r: (r["task"], r["rule"]))), ""]
-    lines += ["## Runs", "", f"{len(runs)} runs, {res['samples']} (checkpoint, unit) samples, {res['positives']} labelled freezable.", "",
+    w = res.get("settled_run_weight", 1.0)
+    lines += ["## Runs", "", f"{len(runs)} runs, {res['samples']} (checkpoint, unit) samples, {res['positives']} labelled freezable."
+              + (f" Runs labelled all-freezable at their first checkpoint weigh {w:g} in training." if w != 1.0 else ""), "",
               "| run | family | schedule | optimizer | lr | regime | units | checkpoints | final metric |",
               "|---|---|---|---|---|---|---|---|---|"]
     for r in res["runs"]:
