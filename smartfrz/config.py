@@ -9,9 +9,10 @@ POLICIES = ("smartfrz", "none", "linear", "autofreeze", "oracle")
 
 @dataclass
 class SmartFRZConfig:
-    # layer tailoring: a fixed random sample of each unit's weights, over the last `window` records
-    window: int = 30
-    sample_size: int = 1024
+    # layer tailoring: a fixed random sample of each unit's weights, over the last `window` records.
+    # None: the windows the predictor was trained on (its file says; the shipped one: 20 snapshots of 512 weights)
+    window: int | None = None
+    sample_size: int | None = None
     record_every: int | None = None  # None: spread the window over one epoch (steps_per_epoch // window), else 10
     # decisions
     decide_every: int | None = None  # None: the policy's cadence per epoch (smartfrz: the predictor's; others: 1)
@@ -32,20 +33,11 @@ class SmartFRZConfig:
     oracle_freeze_steps: dict[str, int] | None = None
 
     def __post_init__(self):
-        def positive(name, allow_none=True):
+        for name in ("window", "sample_size", "patience", "record_every", "decide_every", "steps_per_epoch", "total_steps"):
             v = getattr(self, name)
-            if v is None and allow_none:
-                return
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                extra = " or None" if allow_none else ""
-                raise ValueError(f"{name} must be a positive integer{extra}; got {v!r}")
-
-        positive("window", allow_none=False)
-        positive("patience")
-        positive("sample_size", allow_none=False)
-        for name in ("record_every", "decide_every", "steps_per_epoch", "total_steps"):
-            positive(name)
-        if self.window < 2:
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"{name} must be a positive integer or None; got {v!r}")
+        if self.window is not None and self.window < 2:
             raise ValueError(f"window must be at least 2 snapshots; got {self.window}")
         if self.threshold is not None and not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must lie strictly between 0 and 1; got {self.threshold}")

@@ -56,21 +56,22 @@ class SmartFRZ:
         self._hooks: dict[int, list] = {}
         self._home: dict[int, int] = {}  # param id -> optimizer group index, to restore on unfreeze
         self._owners = self._param_owners()
-        self.record_every = cfg.record_every or (max(1, cfg.steps_per_epoch // cfg.window) if cfg.steps_per_epoch else 10)
-        self.policy = make_policy(policy, cfg)
+        self.policy = make_policy(policy, cfg)  # windows shaped as the predictor's training windows unless set
+        self.window, self.sample_size = cfg.window or self.policy.window, cfg.sample_size or self.policy.sample_size
+        self.record_every = cfg.record_every or (max(1, cfg.steps_per_epoch // self.window) if cfg.steps_per_epoch else 10)
         self.decide_every = cfg.decide_every or decision_cadence(self.policy, cfg.steps_per_epoch, cfg.total_steps)
         if (problem := self._window_problem(cfg.total_steps)) is not None:
             raise ValueError(problem)
-        self.recorder = WeightRecorder(self.units, cfg.window, cfg.sample_size, cfg.seed) if self.policy.needs_windows else None
+        self.recorder = WeightRecorder(self.units, self.window, self.sample_size, cfg.seed) if self.policy.needs_windows else None
         self.recorder_device = next(model.parameters()).device
         self.policy.bind(self)
 
     def _window_problem(self, total_steps: int | None) -> str | None:
         """Why no unit could ever freeze in ``total_steps`` steps (first full window too late), else None."""
-        need = self.config.window * self.record_every
+        need = self.window * self.record_every
         if total_steps is None or not self.policy.needs_windows or need <= total_steps:
             return None
-        return (f"window={self.config.window} snapshots taken every record_every={self.record_every} steps need "
+        return (f"window={self.window} snapshots taken every record_every={self.record_every} steps need "
                 f"{need} steps before the first freeze decision, but training has only {total_steps} steps: nothing "
                 f"would ever freeze. Allowed: window * record_every <= total steps; lower window or record_every.")
 

@@ -21,6 +21,7 @@ class Policy:
     name = "base"
     needs_windows = False  # whether the engine must record weight windows
     decisions_per_epoch, decisions_per_run = 1, 0  # the cadence the engine asks at (0: no per-run floor)
+    window, sample_size = 30, 1024  # the weight windows recorded when the policy reads them
 
     def bind(self, engine: "SmartFRZ") -> None:
         self.engine = engine
@@ -65,6 +66,8 @@ class SmartFRZPolicy(Policy):
         self.patience = patience if patience is not None else int(getattr(self.predictor, "patience", 2))
         self.decisions_per_epoch = int(getattr(self.predictor, "decisions_per_epoch", 1))
         self.decisions_per_run = int(getattr(self.predictor, "decisions_per_run", 0))
+        meta = getattr(self.predictor, "metadata", {})  # what it read in training; windows of other shapes shift its inputs
+        self.window, self.sample_size = int(meta.get("window", self.window)), int(meta.get("sample_size", self.sample_size))
         self.streak: dict[int, int] = {}
 
     def bind(self, engine):

@@ -112,3 +112,21 @@ def test_patience_needs_consecutive_votes(tiny_predictor):
     assert frz.num_frozen > 0
     state = frz.state_dict()
     assert state["policy"]["streak"]  # votes survive a checkpoint
+
+
+def test_windows_take_the_shape_the_predictor_was_trained_on(tmp_path, tiny_predictor):
+    """The features are scale-free but not shape-free (path efficiency, step cosines): the engine records
+    what the predictor file names unless told otherwise, and what it did before files named it."""
+    from smartfrz.predictor import FreezePredictor
+    named = tmp_path / "named.safetensors"
+    FreezePredictor.load(tiny_predictor).save(named, extra={"window": 7, "sample_size": 48})
+    m, x = small_cnn(), data()[0]
+    shape = lambda frz: tuple(frz.recorder.buffer.shape[1:])  # noqa: E731
+    assert shape(SmartFRZ(m, None, example_input=x[:2], predictor_path=named, steps_per_epoch=70)) == (7, 48)
+    frz = SmartFRZ(m, None, example_input=x[:2], predictor_path=named, steps_per_epoch=70)
+    assert frz.record_every == 10  # the window spreads over an epoch, as in the recorded runs
+    assert shape(SmartFRZ(m, None, example_input=x[:2], predictor_path=named, window=3, sample_size=16)) == (3, 16)
+    assert shape(SmartFRZ(m, None, example_input=x[:2], predictor_path=tiny_predictor)) == (30, 1024)
+    from smartfrz.predictor import DEFAULT_PATH
+    meta = FreezePredictor.load(DEFAULT_PATH).metadata
+    assert (meta["window"], meta["sample_size"]) == ("20", "512")  # the shipped file names its training windows

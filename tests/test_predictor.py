@@ -129,7 +129,7 @@ def test_scoring_costs_under_one_percent_of_a_training_step():
         opt.step()
 
     pred = FreezePredictor.load()  # the shipped one, with as many networks as it averages
-    w = torch.randn(len(units), 30, 1024)
+    w = torch.randn(len(units), int(pred.metadata["window"]), int(pred.metadata["sample_size"]))  # what the engine records
     step(), pred.predict_proba(w)
     t_step = min(_timed_fn(step) for _ in range(2))
     t_score = min(_timed_fn(lambda: pred.predict_proba(w)) for _ in range(5))

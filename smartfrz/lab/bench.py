@@ -111,6 +111,7 @@ def run_key(cfg: ExperimentConfig, threads: int | None) -> str:
     d["frz"] = {k: v for k, v in d["frz"].items() if k != "predictor_path"}  # its content is keyed, not its place
     if cfg.policy == "smartfrz":
         from ..predictor import DEFAULT_PATH
+        d["windows"] = "as trained"  # the engine records the predictor file's window shape (before: 30 x 1,024)
         d["predictor_sha256"] = hashlib.sha256(Path(cfg.frz.get("predictor_path") or DEFAULT_PATH).read_bytes()).hexdigest()
     digest = hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return f"{cfg.run_name}-{digest}"

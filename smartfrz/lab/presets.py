@@ -100,7 +100,7 @@ PRESETS: dict[str, dict[str, dict]] = {
                       **SMOKE),
         "paper": dict(task="cifar10", model="resnet50_cifar", epochs=100, batch_size=128, lr=0.1, seed=0, subset=None,
                       base_frz={},
-                      ablations={"window": [10, 20, 30, 50], "sample_size": [256, 1024, 4096],
+                      ablations={"window": [10, 20, 30, 50], "sample_size": [256, 512, 1024, 4096],
                                  "decide_every": [196, 391, 782], "threshold": [0.3, 0.5, 0.7, 0.9]},
                       data_dir=None, runs_dir="reports/runs/ablations", report_dir="reports/ablations", **PAPER),
     },

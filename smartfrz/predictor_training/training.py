@@ -308,8 +308,9 @@ def run(runs_dir, out=None, report=None, label: str = LABEL, epochs: int = 6, se
                           "out_of_fold": {k: v for k, v in rule.items() if k not in RULE_KEYS},
                           "calibration": final.calibration.tolist(), "num_params": final.num_params, "hparams": final.hparams}
     if out:
-        final.save(out, extra={"label": label, "trained_on": f"{len(runs)} runs of {runs_dir}",
-                               "window": runs[0]["features"].shape[2]})
+        final.save(out, extra={"label": label, "trained_on": f"{len(runs)} runs of {runs_dir}",  # the engine records
+                               "window": runs[0]["features"].shape[2],  # windows of this shape for the predictor
+                               "sample_size": runs[0]["meta"]["spec"]["sample_size"]})
     if report:
         write_report(results, runs, Path(report), label_study)
     if out:
@@ -447,8 +448,9 @@ def write_report(res: dict, runs: list[dict], folder: Path, label_study: list | 
               f"{_pct(oof['mean_run_share_of_oracle'])} in the mean run, with "
               f"{oof['early']}/{oof['units']} units early. {sh['hparams'].get('members', 1)} network(s) with different "
               f"seeds, logits averaged; {sh['num_params']} parameters.", "",
-              "Not varied: the window span (the runs record 20 snapshots spread over one epoch, as the engine does by "
-              "default).", "", "![held-out freeze points](heldout.png)", ""]
+              f"Not varied: the window (the runs record {runs[0]['features'].shape[2]} snapshots of "
+              f"{runs[0]['meta']['spec']['sample_size']} weights spread over one epoch; the weights file names that "
+              "shape and the engine records windows of it unless told otherwise).", "", "![held-out freeze points](heldout.png)", ""]
     (folder / "report.md").write_text("\n".join(lines))
 
 
@@ -469,7 +471,9 @@ parameters; safetensors, no pickle).
 - Labels `{res['label']}`: units 0..k are freezable at a checkpoint when putting them back to that
   checkpoint's weights in the run's final model changes at most that share of a probe's predictions,
   then and at every later checkpoint (`smartfrz/predictor_training/labels.py`).
-- Window: {window} snapshots of {sample_size} sampled weights (any window length works at inference).
+- Window: {window} snapshots of {sample_size} sampled weights spread over an epoch. The file names this shape and
+  the engine records windows of it unless `window=`/`sample_size=` are set: other shapes run, but shift the
+  inputs' statistics (path efficiency, step cosines) away from what the predictor learned.
 - Decision rule (stored in the file, chosen by replayed end result on out-of-fold runs): threshold
   {sh['rule']['threshold']:.2f} on Platt-calibrated P(freeze), patience {sh['rule']['patience']},
   {sh['rule']['decisions_per_epoch']} decision(s) per epoch, and at least {sh['rule']['decisions_per_run']} per run
