@@ -4,7 +4,8 @@ Architecture (documented because the shipped weights depend on it):
 
 1. ``window_features``: W tokens of features of a (W, S) window of tailored weights, invariant to coordinate
    order and weight scale (distance to the newest snapshot, step size, step cosines with the net displacement
-   and the previous step, agreement share, age; path efficiency and net displacement). Any W works.
+   and the previous step, agreement share, age; path efficiency and net displacement). Any W runs, but the
+   statistics shift with W and S, so the engine records the shape the weights file names (``window``, ``sample_size``).
 2. A linear embedding, ``layers`` pre-norm self-attention encoder layers over the W tokens, then the newest
    token queries the window with one multi-head attention; an MLP gives one logit.
 3. ``members`` such networks (seeds differ) are averaged and a Platt scaling fitted on held-out runs
