@@ -99,6 +99,14 @@ def test_killed_suite_resumes_in_parallel_and_equals_an_uninterrupted_run(tmp_pa
     assert any(r["frozen_units"] for r in whole["runs"])  # the comparison covers real freeze timelines
 
 
+def test_experiment_reports_the_window_shape_the_engine_recorded():
+    from smartfrz.lab.experiment import ExperimentConfig, run
+    r = run(ExperimentConfig(policy="smartfrz", epochs=2, progress=False, out_dir=None)).to_dict()
+    assert {k: r["cadence"][k] for k in ("window", "sample_size", "windows_recorded")} == \
+        {"window": 20, "sample_size": 512, "windows_recorded": True}  # the shipped predictor's training windows
+    assert r["cadence"]["record_every"] * 20 <= r["steps"] // 2  # spread over one epoch, as in the recorded runs
+
+
 def test_run_key_follows_every_setting():
     from smartfrz.lab.bench import run_key
     from smartfrz.lab.experiment import ExperimentConfig

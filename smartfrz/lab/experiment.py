@@ -128,6 +128,7 @@ class ExperimentResult:
     overhead_s: dict
     cka: dict | None = None
     cache: dict | None = None  # prefix cache: entries, RAM/disk bytes, steps served, fill work and FLOPs
+    cadence: dict | None = None  # what the engine resolved: window shape (the predictor's unless set), record and decide steps
 
     @property
     def flops_saved(self) -> float:
@@ -346,7 +347,9 @@ def run(cfg: ExperimentConfig | dict) -> ExperimentResult:
         prefix_step_flops=prefix_flops, flops_check=check,
         wall_s=res.wall_s - probe_watch.seconds, peak_mem_bytes=int(mem.peak), energy_j=energy.joules,
         overhead_s={"record": record_watch.seconds, "decide": decide_watch.seconds,
-                    "total": record_watch.seconds + decide_watch.seconds}, cka=cka, cache=res.cache)
+                    "total": record_watch.seconds + decide_watch.seconds}, cka=cka, cache=res.cache,
+        cadence={"window": frz.window, "sample_size": frz.sample_size, "record_every": frz.record_every,
+                 "decide_every": frz.decide_every, "windows_recorded": frz.recorder is not None})
     if logger is not None:
         logger.log_fit(res, frz=frz, total_steps=res.steps)
         logger.log_summary({"final/metric": result.metric, "train_flops": train_flops, "flops_saved": result.flops_saved,
