@@ -60,6 +60,11 @@ def _values(run: dict, rule: str) -> torch.Tensor:
     return run["cka"]
 
 
+def window_shape(runs: list[dict]) -> tuple[int, int]:
+    """(snapshots, sampled weights) of the recorded windows: the shape the engine must record for the predictor."""
+    return int(runs[0]["features"].shape[2]), int(runs[0]["meta"]["spec"]["sample_size"])
+
+
 def samples(runs: list[dict], label: str = LABEL, settled_run_weight: float = SETTLED_RUN_WEIGHT) -> dict:
     """Flat arrays over (run, checkpoint, unit), with a training weight per sample: runs labelled all-freezable
     at their first checkpoint say nothing about *when* a unit settles, so they weigh ``settled_run_weight``."""
@@ -308,14 +313,13 @@ def run(runs_dir, out=None, report=None, label: str = LABEL, epochs: int = 6, se
                           "out_of_fold": {k: v for k, v in rule.items() if k not in RULE_KEYS},
                           "calibration": final.calibration.tolist(), "num_params": final.num_params, "hparams": final.hparams}
     if out:
-        final.save(out, extra={"label": label, "trained_on": f"{len(runs)} runs of {runs_dir}",  # the engine records
-                               "window": runs[0]["features"].shape[2],  # windows of this shape for the predictor
-                               "sample_size": runs[0]["meta"]["spec"]["sample_size"]})
+        window, sample_size = window_shape(runs)  # the engine records windows of this shape for the predictor
+        final.save(out, extra={"label": label, "trained_on": f"{len(runs)} runs of {runs_dir}", "window": window,
+                               "sample_size": sample_size})
     if report:
         write_report(results, runs, Path(report), label_study)
     if out:
-        write_card(results, Path(out).parent / "README.md", window=int(runs[0]["features"].shape[2]),
-                   sample_size=int(runs[0]["meta"]["spec"]["sample_size"]))
+        write_card(results, Path(out).parent / "README.md", *window_shape(runs))
     return results
 
 
@@ -448,9 +452,9 @@ def write_report(res: dict, runs: list[dict], folder: Path, label_study: list | 
               f"{_pct(oof['mean_run_share_of_oracle'])} in the mean run, with "
               f"{oof['early']}/{oof['units']} units early. {sh['hparams'].get('members', 1)} network(s) with different "
               f"seeds, logits averaged; {sh['num_params']} parameters.", "",
-              f"Not varied: the window (the runs record {runs[0]['features'].shape[2]} snapshots of "
-              f"{runs[0]['meta']['spec']['sample_size']} weights spread over one epoch; the weights file names that "
-              "shape and the engine records windows of it unless told otherwise).", "", "![held-out freeze points](heldout.png)", ""]
+              "Not varied: the window (the runs record {} snapshots of {} weights spread over one epoch; the weights "
+              "file names that shape and the engine records windows of it unless told otherwise).".format(*window_shape(runs)),
+              "", "![held-out freeze points](heldout.png)", ""]
     (folder / "report.md").write_text("\n".join(lines))
 
 
