@@ -53,3 +53,22 @@ def test_runs_settled_from_their_first_checkpoint_weigh_what_they_are_told():
     d = samples([settled, staggered], "rewind:0.01", settled_run_weight=0.25)
     assert d["weight"][d["run"] == 0].eq(0.25).all() and d["weight"][d["run"] == 1].eq(1.0).all()
     assert samples([settled], "rewind:0.01")["weight"].eq(1.0).all()  # the default keeps every run whole
+
+
+
+def test_distil_gives_one_network_that_follows_its_teachers():
+    """--distil: an ensemble's P(freeze) from one network, whose scoring fits the cost bound (test_predictor)."""
+    import torch
+    from conftest import synthetic_windows
+    from smartfrz.predictor import FreezePredictor, window_features
+    from smartfrz.predictor_training.training import distil_one
+
+    x = window_features(synthetic_windows(1024, seed=2)[0])
+    torch.manual_seed(0)
+    teachers = FreezePredictor(d_model=16, heads=2, layers=1, hidden=32, members=2)
+    teachers.calibration.copy_(torch.tensor([8.0, 0.0]))  # spread their untrained P(freeze) over a wide range
+    student = distil_one(teachers, x, epochs=5, seed=1)
+    with torch.no_grad():
+        p_teachers, p_student = torch.sigmoid(teachers(x)), torch.sigmoid(student(x))
+    assert len(student.members) == 1 and student.hparams["d_model"] == 16
+    assert (p_student - p_teachers).abs().mean() < 0.2 * p_teachers.std(), "the student does not follow its teachers"

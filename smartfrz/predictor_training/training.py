@@ -218,19 +218,32 @@ def train_predictor(feats: torch.Tensor, labels: torch.Tensor, epochs: int = 30,
     return model.eval()
 
 
+def distil_one(teacher: FreezePredictor, x: torch.Tensor, weights: torch.Tensor | None = None, epochs: int = 6,
+               seed: int = 0) -> FreezePredictor:
+    """One network fitted to the teacher's P(freeze) on the same samples: an ensemble's decisions at one network's
+    scoring cost (the engine scores every active unit at each decision)."""
+    soft = torch.sigmoid(_logits(teacher, x))
+    return train_predictor(x, soft, epochs=epochs, seed=seed, weights=weights, pos_weight=1.0,
+                           **{k: v for k, v in teacher.hparams.items() if k != "members"})
+
+
 def _logits(model, x) -> torch.Tensor:
     with torch.no_grad():
         return torch.cat([model(x[i:i + 4096]) for i in range(0, len(x), 4096)])
 
 
 def train_selected(d: dict, runs: list[dict], run_ids: np.ndarray, seed: int = 0, epochs: int = 6,
-                   folds: int = 2, search: RuleSearch = RuleSearch(), members: int = MEMBERS) -> tuple[FreezePredictor, dict]:
+                   folds: int = 2, search: RuleSearch = RuleSearch(), members: int = MEMBERS,
+                   distil: bool = False) -> tuple[FreezePredictor, dict]:
     """Out-of-fold (by run) logits -> Platt calibration and the decision rule; then a fit on all of ``run_ids``.
-    Each fit is ``members`` networks with different seeds, logits averaged."""
+    Each fit is ``members`` networks with different seeds, logits averaged; with ``distil``, one network then
+    learns their averaged P(freeze) on the same samples, so it costs one network's scoring (the rule and the
+    held-out folds are chosen and replayed with that network, not with the ensemble)."""
     def fit(idx, s):
-        return FreezePredictor.ensemble([train_predictor(d["x"][idx], d["y_train"][idx], epochs=epochs, seed=s + 100 * j,
+        nets = FreezePredictor.ensemble([train_predictor(d["x"][idx], d["y_train"][idx], epochs=epochs, seed=s + 100 * j,
                                                          weights=d["weight"][idx])
-                                          for j in range(members)])
+                                         for j in range(members)])
+        return distil_one(nets, d["x"][idx], d["weight"][idx], epochs, s + 100 * members) if distil else nets
     rng = np.random.default_rng(seed)
     order = rng.permutation(run_ids)
     in_sel = np.isin(d["run"].numpy(), run_ids)
@@ -278,7 +291,8 @@ def heldout(d, runs, model, rule, run_ids) -> dict:
 
 def run(runs_dir, out=None, report=None, label: str = LABEL, epochs: int = 6, seed: int = 0, progress: bool = True,
         label_study: list | None = None, held_out: bool = True, previous=None,
-        search: RuleSearch = RuleSearch(), members: int = MEMBERS, settled_run_weight: float = SETTLED_RUN_WEIGHT) -> dict:
+        search: RuleSearch = RuleSearch(), members: int = MEMBERS, settled_run_weight: float = SETTLED_RUN_WEIGHT,
+        distil: bool = False) -> dict:
     runs = load_runs(runs_dir)
     metas = [r["meta"] for r in runs]
     d = samples(runs, label, settled_run_weight)
@@ -286,6 +300,7 @@ def run(runs_dir, out=None, report=None, label: str = LABEL, epochs: int = 6, se
     run_schedule = np.array([m["spec"]["schedule"] for m in metas])
     all_ids = np.arange(len(runs))
     results = {"label": label, "max_early": MAX_EARLY, "search": asdict(search), "settled_run_weight": settled_run_weight,
+               "teachers": members if distil else 0,
                "runs": [{"name": m["name"], "family": m["family"], "schedule": m["spec"]["schedule"],
                          "optimizer": m["spec"]["optimizer"], "lr": m["spec"]["lr"], "regime": m["spec"]["regime"],
                          "units": len(m["units"]), "checkpoints": int(len(r["steps"])), "final": m["final"]}
@@ -296,7 +311,8 @@ def run(runs_dir, out=None, report=None, label: str = LABEL, epochs: int = 6, se
             continue
         results["held_out"][kind] = {}
         for g in np.unique(groups):
-            model, rule = train_selected(d, runs, all_ids[groups != g], seed, epochs, search=search, members=members)
+            model, rule = train_selected(d, runs, all_ids[groups != g], seed, epochs, search=search, members=members,
+                                       distil=distil)
             ev = heldout(d, runs, model, rule, all_ids[groups == g])
             results["held_out"][kind][str(g)] = ev
             if progress:
@@ -308,7 +324,7 @@ def run(runs_dir, out=None, report=None, label: str = LABEL, epochs: int = 6, se
                     "decisions_per_epoch": old.decisions_per_epoch, "decisions_per_run": old.decisions_per_run}
         results["previous"] = {k: v for k, v in heldout(d, runs, old, old_rule, all_ids).items() if k != "per_run"}
         results["previous"]["sha256"] = _sha(previous)
-    final, rule = train_selected(d, runs, all_ids, seed, epochs, search=search, members=members)
+    final, rule = train_selected(d, runs, all_ids, seed, epochs, search=search, members=members, distil=distil)
     results["shipped"] = {"rule": {k: rule[k] for k in RULE_KEYS},
                           "out_of_fold": {k: v for k, v in rule.items() if k not in RULE_KEYS},
                           "calibration": final.calibration.tolist(), "num_params": final.num_params, "hparams": final.hparams}
@@ -450,12 +466,36 @@ def write_report(res: dict, runs: list[dict], folder: Path, label_study: list | 
               f"(stored in the weights file; the engine uses them unless told otherwise). "
               f"Out of fold it reached {_pct(oof['saved_share_of_oracle'])} of the oracle's saving pooled, "
               f"{_pct(oof['mean_run_share_of_oracle'])} in the mean run, with "
-              f"{oof['early']}/{oof['units']} units early. {sh['hparams'].get('members', 1)} network(s) with different "
-              f"seeds, logits averaged; {sh['num_params']} parameters.", "",
+              f"{oof['early']}/{oof['units']} units early. {_networks_words(res)}; {sh['num_params']} parameters.", "",
               "Not varied: the window (the runs record {} snapshots of {} weights spread over one epoch; the weights "
               "file names that shape and the engine records windows of it unless told otherwise).".format(*window_shape(runs)),
               "", "![held-out freeze points](heldout.png)", ""]
     (folder / "report.md").write_text("\n".join(lines))
+
+
+def _networks_words(res: dict) -> str:
+    if res.get("teachers"):
+        return f"one network distilled from the averaged P(freeze) of {res['teachers']} networks with different seeds"
+    return f"{res['shipped']['hparams'].get('members', 1)} network(s) with different seeds, logits averaged"
+
+
+def _flags(res: dict) -> str:
+    """The training options that differ from the defaults, so the card's command regenerates these weights."""
+    s, flags = res["search"], []
+    if s["objective"] != RuleSearch.objective:
+        flags.append(f"--objective {s['objective']}")
+    if tuple(s["patiences"]) != RuleSearch.patiences:
+        flags.append("--patiences " + " ".join(map(str, s["patiences"])))
+    if tuple(s["per_run_floors"]) != RuleSearch.per_run_floors:
+        flags.append("--per-run-floors " + " ".join(map(str, s["per_run_floors"])))
+    if res.get("settled_run_weight", 1.0) != SETTLED_RUN_WEIGHT:
+        flags.append(f"--settled-run-weight {res['settled_run_weight']:g}")
+    members = res.get("teachers") or res["shipped"]["hparams"].get("members", 1)
+    if members != MEMBERS:
+        flags.append(f"--members {members}")
+    if res.get("teachers"):
+        flags.append("--distil")
+    return "".join(f" {f}" for f in flags)
 
 
 def write_card(res: dict, path: Path, window: int, sample_size: int) -> None:
@@ -469,8 +509,8 @@ def write_card(res: dict, path: Path, window: int, sample_size: int) -> None:
     path.write_text(f"""# smartfrz_predictor.safetensors
 
 The attention-based freeze predictor that `SmartFRZ(..., policy="smartfrz")` loads by default
-(architecture: `smartfrz/predictor.py`; {sh['hparams'].get('members', 1)} network(s) averaged, {sh['num_params']}
-parameters; safetensors, no pickle).
+(architecture: `smartfrz/predictor.py`; {_networks_words(res)}; {sh['num_params']} parameters;
+safetensors, no pickle).
 
 - Labels `{res['label']}`: units 0..k are freezable at a checkpoint when putting them back to that
   checkpoint's weights in the run's final model changes at most that share of a probe's predictions,
@@ -492,12 +532,12 @@ Held out (replaying the engine's rule; full report: `reports/predictor/report.md
 {chr(10).join(folds)}
 
 Regenerate (about 5 hours of one CPU core for the runs, `--shard I/N` splits them; then about 20 minutes of
-training: {sh['hparams'].get('members', 1)} network(s) per fit, 2 inner folds and a final fit for each held-out group):
+training: {_networks_words(res)} per fit, 2 inner folds and a final fit for each held-out group):
 
 ```bash
 python -m smartfrz.predictor_training.freeze_dataset --preset cpu --data-dir DATA --out artifacts/freeze_runs --threads 1
 python -m smartfrz.predictor_training.training --runs artifacts/freeze_runs \\
-    --out smartfrz/weights/smartfrz_predictor.safetensors --report reports/predictor
+    --out smartfrz/weights/smartfrz_predictor.safetensors --report reports/predictor{_flags(res)}
 ```
 """)
 
@@ -519,6 +559,8 @@ def main(argv=None):
     ap.add_argument("--per-run-floors", nargs="+", type=int, default=list(RuleSearch.per_run_floors),
                     help="minimum decisions per run to try (0: per-epoch cadence only), e.g. 0 8 12 16")
     ap.add_argument("--members", type=int, default=MEMBERS, help="networks averaged in the predictor (seeds differ)")
+    ap.add_argument("--distil", action="store_true",
+                    help="fit one network to the members' averaged P(freeze): an ensemble's decisions at one network's cost")
     ap.add_argument("--settled-run-weight", type=float, default=SETTLED_RUN_WEIGHT,
                     help="training weight of runs labelled all-freezable at their first checkpoint")
     a = ap.parse_args(argv)
@@ -528,7 +570,8 @@ def main(argv=None):
         ap.error(f"--settled-run-weight must be in [0, 1]; got {a.settled_run_weight}")
     search = RuleSearch(a.objective, tuple(a.patiences), tuple(a.per_run_floors))
     res = run(a.runs, a.out, a.report, a.label, a.epochs, a.seed, label_study=a.label_study, held_out=not a.no_held_out,
-              search=search, previous=a.previous, members=a.members, settled_run_weight=a.settled_run_weight)
+              search=search, previous=a.previous, members=a.members, settled_run_weight=a.settled_run_weight,
+              distil=a.distil)
     print(json.dumps(res["shipped"]))
 
 
