@@ -466,16 +466,16 @@ def write_report(res: dict, runs: list[dict], folder: Path, label_study: list | 
               f"(stored in the weights file; the engine uses them unless told otherwise). "
               f"Out of fold it reached {_pct(oof['saved_share_of_oracle'])} of the oracle's saving pooled, "
               f"{_pct(oof['mean_run_share_of_oracle'])} in the mean run, with "
-              f"{oof['early']}/{oof['units']} units early. {_networks_words(res)}; {sh['num_params']} parameters.", "",
+              f"{oof['early']}/{oof['units']} units early. {_networks_words(res, capital=True)}; {sh['num_params']} parameters.", "",
               "Not varied: the window (the runs record {} snapshots of {} weights spread over one epoch; the weights "
               "file names that shape and the engine records windows of it unless told otherwise).".format(*window_shape(runs)),
               "", "![held-out freeze points](heldout.png)", ""]
     (folder / "report.md").write_text("\n".join(lines))
 
 
-def _networks_words(res: dict) -> str:
+def _networks_words(res: dict, capital: bool = False) -> str:
     if res.get("teachers"):
-        return f"one network distilled from the averaged P(freeze) of {res['teachers']} networks with different seeds"
+        return f"{'O' if capital else 'o'}ne network distilled from the averaged P(freeze) of {res['teachers']} networks with different seeds"
     return f"{res['shipped']['hparams'].get('members', 1)} network(s) with different seeds, logits averaged"
 
 
