@@ -155,3 +155,17 @@ def test_label_study_replays_the_oracle_under_other_rules(tmp_path):
     assert by["rewind:0.05"]["flops_saved"] == pytest.approx(oracle["flops_saved"])
     assert len(list((tmp_path / "labels").glob("*.json"))) == 1  # only the new rule was trained
     assert 0 <= by["remaining:0.2"]["flops_saved"] < 1
+
+
+def test_freeze_all_bound_freezes_every_unit_at_the_step_asked():
+    """scripts/freeze_all_bound.py: the bound is only an upper bound if everything freezes at that very step,
+    not at the next epoch end (the oracle's default cadence)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bound", Path(__file__).parents[1] / "scripts" / "freeze_all_bound.py")
+    bound = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bound)
+    cfgs = bound.configs("smoke", "digits_cnn", [0.5, 2], [0], cache=False, data_dir=None)
+    assert [(c.seed, sorted(set(c.oracle_freeze_steps.values()))) for c in cfgs] == [(0, [11]), (0, [44])]  # 22 steps/epoch
+    res = run(cfgs[0])
+    freezes = [e for e in res.timeline if e["event"] == "freeze"]
+    assert len(freezes) == len(cfgs[0].oracle_freeze_steps) - 1 and {e["step"] for e in freezes} == {11}
