@@ -72,3 +72,12 @@ def test_distil_gives_one_network_that_follows_its_teachers():
         p_teachers, p_student = torch.sigmoid(teachers(x)), torch.sigmoid(student(x))
     assert len(student.members) == 1 and student.hparams["d_model"] == 16
     assert (p_student - p_teachers).abs().mean() < 0.2 * p_teachers.std(), "the student does not follow its teachers"
+
+
+def test_the_card_command_names_the_flags_the_weights_were_trained_with():
+    from dataclasses import asdict
+    from smartfrz.predictor_training.training import RuleSearch, _flags
+    res = {"search": asdict(RuleSearch()), "settled_run_weight": 0.2, "teachers": 3, "shipped": {"hparams": {"members": 1}}}
+    assert _flags(res) == " --settled-run-weight 0.2 --distil"
+    res = {"search": asdict(RuleSearch(patiences=(2,))), "settled_run_weight": 1.0, "shipped": {"hparams": {"members": 1}}}
+    assert _flags(res) == " --patiences 2 --members 1"
