@@ -5,8 +5,8 @@ cache, on a suite's task and seeds, and compares with that suite's committed `no
 data order). No predictor and no labels: an upper bound on what any front-to-back freezing decision
 saves by a given epoch, and what freezing that much that early costs.
 
-    python scripts/freeze_all_bound.py --suite cpu --task mrpc_minilm --at-epochs 0.5 1 --cache \\
-        --data-dir ../shared/data --bench reports/bench/cpu.json --out reports/bench/bound_mrpc.json
+    python scripts/freeze_all_bound.py --suite cpu --task mrpc_minilm --at-epochs 0.5 1 2 --cache \\
+        --data-dir ../shared/data --bench reports/bench/cpu.json --out reports/bench/bound/mrpc_cache.json
 """
 from __future__ import annotations
 
@@ -17,18 +17,18 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from smartfrz.lab.bench import SUITES, _spawn, _train, _worker_init
 from smartfrz import find_units
+from smartfrz.lab.bench import SUITES, _spawn, _train, _worker_init
 from smartfrz.lab.experiment import ExperimentConfig, build, example_input
 
 
-def configs(suite: str, task: str, at_epochs, seeds, cache: bool, data_dir) -> list[ExperimentConfig]:
+def configs(suite: str, task: str, at_epochs, seeds, cache: bool, data_dir) -> list[tuple[float, ExperimentConfig]]:
     base = {k: v for k, v in SUITES[suite]["tasks"][task].items() if k != "extra_policies"}
     model, loader, *_ = build(ExperimentConfig(**base, policy="none", data_dir=data_dir, out_dir=None, progress=False), "cpu")
     names, steps_per_epoch = [u.name for u in find_units(model, example_input(next(iter(loader))))], len(loader)
-    return [ExperimentConfig(**base, name=f"bound-{suite}-{task}-at{e:g}", policy="oracle", seed=s, data_dir=data_dir,
+    return [(e, ExperimentConfig(**base, name=f"bound-{suite}-{task}-at{e:g}", policy="oracle", seed=s, data_dir=data_dir,
                              out_dir=None, progress=False, cache=cache, frz={"decide_every": 1},  # at that very step
-                             oracle_freeze_steps={n: max(1, round(e * steps_per_epoch)) for n in names})
+                             oracle_freeze_steps={n: max(1, round(e * steps_per_epoch)) for n in names}))
             for e in at_epochs for s in seeds]
 
 
@@ -53,11 +53,11 @@ def main(argv=None):
         ap.error(f"{a.bench} has no `none` run of {a.task} for seeds {missing}")
     cfgs = configs(a.suite, a.task, a.at_epochs, seeds, a.cache, a.data_dir)
     with ProcessPoolExecutor(a.jobs, mp_context=_spawn(), initializer=_worker_init, initargs=(1,)) as pool:
-        results = list(pool.map(_train, cfgs))
+        results = list(pool.map(_train, [cfg for _, cfg in cfgs]))
     rows = []
-    for cfg, res in zip(cfgs, results):
+    for (epoch, cfg), res in zip(cfgs, results):
         ref = none[cfg.seed]
-        rows.append({"at_epoch": float(cfg.name.rsplit("at", 1)[1]), "seed": cfg.seed, "cache": cfg.cache,
+        rows.append({"at_epoch": epoch, "seed": cfg.seed, "cache": cfg.cache,
                      "metric_name": res["final"]["metric_name"], "metric": res["final"]["metric"],
                      "none_metric": ref["metric"], "delta": res["final"]["metric"] - ref["metric"],
                      "flops_saved": res["flops_saved"], "frozen_units": len(res["frozen_units"])})

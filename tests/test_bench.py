@@ -165,7 +165,7 @@ def test_freeze_all_bound_freezes_every_unit_at_the_step_asked():
     bound = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bound)
     cfgs = bound.configs("smoke", "digits_cnn", [0.5, 2], [0], cache=False, data_dir=None)
-    assert [(c.seed, sorted(set(c.oracle_freeze_steps.values()))) for c in cfgs] == [(0, [11]), (0, [44])]  # 22 steps/epoch
-    res = run(cfgs[0])
-    freezes = [e for e in res.timeline if e["event"] == "freeze"]
-    assert len(freezes) == len(cfgs[0].oracle_freeze_steps) - 1 and {e["step"] for e in freezes} == {11}
+    assert [(e, c.seed, sorted(set(c.oracle_freeze_steps.values()))) for e, c in cfgs] == [(0.5, 0, [11]), (2, 0, [44])]
+    cfg = cfgs[0][1]  # 22 steps per epoch
+    freezes = [e for e in run(cfg).timeline if e["event"] == "freeze"]
+    assert len(freezes) == len(cfg.oracle_freeze_steps) - 1 and {e["step"] for e in freezes} == {11}
