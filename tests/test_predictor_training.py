@@ -55,7 +55,6 @@ def test_runs_settled_from_their_first_checkpoint_weigh_what_they_are_told():
     assert samples([settled], "rewind:0.01")["weight"].eq(1.0).all()  # the default keeps every run whole
 
 
-
 def test_distil_gives_one_network_that_follows_its_teachers():
     """--distil: an ensemble's P(freeze) from one network, whose scoring fits the cost bound (test_predictor)."""
     import torch

@@ -240,10 +240,10 @@ def train_selected(d: dict, runs: list[dict], run_ids: np.ndarray, seed: int = 0
     learns their averaged P(freeze) on the same samples, so it costs one network's scoring (the rule and the
     held-out folds are chosen and replayed with that network, not with the ensemble)."""
     def fit(idx, s):
-        nets = FreezePredictor.ensemble([train_predictor(d["x"][idx], d["y_train"][idx], epochs=epochs, seed=s + 100 * j,
-                                                         weights=d["weight"][idx])
+        x, y, w = d["x"][idx], d["y_train"][idx], d["weight"][idx]  # gathered once, not once per network
+        nets = FreezePredictor.ensemble([train_predictor(x, y, epochs=epochs, seed=s + 100 * j, weights=w)
                                          for j in range(members)])
-        return distil_one(nets, d["x"][idx], d["weight"][idx], epochs, s + 100 * members) if distil else nets
+        return distil_one(nets, x, w, epochs, s + 100 * members) if distil else nets
     rng = np.random.default_rng(seed)
     order = rng.permutation(run_ids)
     in_sel = np.isin(d["run"].numpy(), run_ids)
