@@ -165,7 +165,11 @@ def test_freeze_all_bound_freezes_every_unit_at_the_step_asked():
     bound = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bound)
     cfgs = bound.configs("smoke", "digits_cnn", [0.5, 2], [0], cache=False, data_dir=None)
-    assert [(e, c.seed, sorted(set(c.oracle_freeze_steps.values()))) for e, c in cfgs] == [(0.5, 0, [11]), (2, 0, [44])]
-    cfg = cfgs[0][1]  # 22 steps per epoch
+    assert [(e, c.seed, sorted(set(c.oracle_freeze_steps.values()))) for e, _, c in cfgs] == [(0.5, 0, [11]), (2, 0, [44])]
+    cfg = cfgs[0][2]  # 22 steps per epoch
     freezes = [e for e in run(cfg).timeline if e["event"] == "freeze"]
     assert len(freezes) == len(cfg.oracle_freeze_steps) - 1 and {e["step"] for e in freezes} == {11}
+    first = bound.configs("smoke", "digits_cnn", [1], [0], cache=False, data_dir=None, first_units=(2,))
+    assert [list(c.oracle_freeze_steps) for *_, c in first] == [list(cfg.oracle_freeze_steps)[:2]]
+    with pytest.raises(ValueError, match="K must be 1.."):
+        bound.configs("smoke", "digits_cnn", [1], [0], cache=False, data_dir=None, first_units=(len(cfg.oracle_freeze_steps),))
