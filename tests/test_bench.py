@@ -49,6 +49,18 @@ def test_smoke_suite(tmp_path):
     assert "| digits_cnn | smartfrz |" in table and "FLOPs saved" in table
 
 
+def test_per_seed_deltas_pair_each_run_with_none_of_its_own_seed():
+    """The difference of medians mixes seeds: here it reads -10 while two of three seeds lost 1 point."""
+    def r(policy, seed, metric):
+        return {"task": "t", "policy": policy, "seed": seed, "metric_name": "accuracy", "metric": metric,
+                "train_flops": 1.0, "wall_s": 1.0, "peak_mem_bytes": 1, "energy_j": None, "time_to_target_s": None,
+                "overhead_s": {"total": 0.0}, "final": {}}
+    bench = {"runs": [r("none", 0, 90.0), r("none", 1, 80.0), r("none", 2, 70.0),
+                      r("smartfrz", 2, 69.0), r("smartfrz", 0, 89.0), r("smartfrz", 1, 80.0 - 10.0)]}
+    row = {x["policy"]: x for x in summarize(bench)}["smartfrz"]
+    assert row["metric_delta"] == pytest.approx(-10.0) and row["metric_delta_per_seed"] == pytest.approx([-1.0, -10.0, -1.0])
+
+
 def test_bad_suite_and_policy():
     from smartfrz.lab.bench import run_suite
     with pytest.raises(ValueError, match="unknown suite 'huge'"):

@@ -317,8 +317,11 @@ def summarize(bench: dict) -> list[dict]:
         bmed = {k: _median([r[k] for r in base]) for k in med}
         extra = {m: _median([r["final"].get(m) for r in rs if isinstance(r["final"].get(m), (int, float))])
                  for m in ("accuracy", "f1", "matthews_correlation") if any(m in r["final"] for r in rs)}
+        base_by_seed = {r["seed"]: r["metric"] for r in base}
+        paired = sorted((r["seed"], r["metric"] - base_by_seed[r["seed"]]) for r in rs if r["seed"] in base_by_seed)
         rows.append({"task": task, "policy": policy, "seeds": len(rs), "metric_name": rs[0]["metric_name"], **med,
                      "metric_delta": med["metric"] - bmed["metric"],
+                     "metric_delta_per_seed": [d for _, d in paired],  # against `none` of the same seed, by seed
                      "flops_saved": 1 - med["train_flops"] / bmed["train_flops"],
                      "speedup": bmed["wall_s"] / med["wall_s"] if med["wall_s"] else None,
                      "mem_ratio": med["peak_mem_bytes"] / bmed["peak_mem_bytes"] if bmed["peak_mem_bytes"] else None,
@@ -326,6 +329,11 @@ def summarize(bench: dict) -> list[dict]:
                      **{f"final_{k}": v for k, v in extra.items()}})
     order = {p: i for i, p in enumerate(ALL_POLICIES)}
     return sorted(rows, key=lambda r: (r["task"], order.get(r["policy"], 99)))
+
+
+def _delta(d: float, metric: float) -> str:
+    """Points of accuracy (%) to 2 decimals; scores in [0, 1] (F1, Matthews) to 4."""
+    return f"{d:+.4f}" if abs(metric) <= 1 else f"{d:+.2f}"
 
 
 def markdown(bench: dict, command: str | None = None) -> str:
@@ -339,15 +347,19 @@ def markdown(bench: dict, command: str | None = None) -> str:
              f"Setting: {bench['why']}" if bench.get("why") else "", "",
              "Medians over seeds; ratios against `none` (full training) of this same run. **FLOPs saved is the "
              "primary figure**: runs shared the machine, so wall-clock speed-ups are given too but carry that "
-             "noise. Δ is in the metric's own units: accuracy in %, GLUE's F1 and Matthews correlation in [0, 1].", "",
-             "| task | policy | seeds | metric | Δ vs none | FLOPs saved | speed-up (wall) | time to target (s) "
-             "| peak mem ratio | overhead (s) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "noise. Δ is in the metric's own units: accuracy in %, GLUE's F1 and Matthews correlation in [0, 1]. "
+             "Δ vs none is the difference of the medians; Δ per seed, each run against the `none` run of its own seed "
+             "(same initialisation and data order), in seed order.", "",
+             "| task | policy | seeds | metric | Δ vs none | Δ per seed | FLOPs saved | speed-up (wall) "
+             "| time to target (s) | peak mem ratio | overhead (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     rows = summarize(bench)
     for r in rows:
         ttt = "n/a" if r["time_to_target_s"] is None else f"{r['time_to_target_s']:.1f}"
         lines.append(f"| {r['task']} | {r['policy']} | {r['seeds']} | {r['metric_name']} {r['metric']:.4g} | "
-                     f"{r['metric_delta']:+.3g} | {100 * r['flops_saved']:.1f}% | {r['speedup']:.2f}x | {ttt} | "
+                     f"{_delta(r['metric_delta'], r['metric'])} | "
+                     f"{' / '.join(_delta(d, r['metric']) for d in r['metric_delta_per_seed'])} | "
+                     f"{100 * r['flops_saved']:.1f}% | {r['speedup']:.2f}x | {ttt} | "
                      f"{r['mem_ratio']:.2f} | {r['overhead_s']:.2f} |")
     by = {(r["task"], r["policy"]): r for r in rows}
     notes = [f"- {t}: none {by[(t, 'none')]['metric_name']} {by[(t, 'none')]['metric']:.4g}, oracle "
