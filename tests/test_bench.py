@@ -185,3 +185,18 @@ def test_freeze_all_bound_freezes_every_unit_at_the_step_asked():
     assert [list(c.oracle_freeze_steps) for *_, c in first] == [list(cfg.oracle_freeze_steps)[:2]]
     with pytest.raises(ValueError, match="K must be 1.."):
         bound.configs("smoke", "digits_cnn", [1], [0], cache=False, data_dir=None, first_units=(len(cfg.oracle_freeze_steps),))
+
+
+def test_rule_ceiling_replays_patience_cadence_window_and_front_to_back_order():
+    """scripts/rule_ceiling.py: a unit freezes at the patience-th decision from its label (or from a full window),
+    never before the unit in front of it, and an unlabelled unit stops the prefix."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("ceiling", Path(__file__).parents[1] / "scripts" / "rule_ceiling.py")
+    ceiling = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ceiling)
+    labels = {"a": 44, "b": 22, "c": 66, "d": None, "e": 0}
+    assert ceiling.rule_steps(labels, 1, 1, 22, 132, 20) == {"a": 44, "b": 44, "c": 66}
+    assert ceiling.rule_steps(labels, 1, 3, 22, 132, 20) == {"a": 88, "b": 88, "c": 110}
+    assert ceiling.rule_steps(labels, 4, 2, 22, 132, 20) == {"a": 50, "b": 50, "c": 75}  # every 5 steps
+    assert ceiling.rule_steps({"a": 0}, 4, 1, 22, 132, 20) == {"a": 20}  # not before the window is full
+    assert ceiling.rule_steps({"a": 120}, 1, 2, 22, 132, 20) == {}  # would come after the run's end
