@@ -59,6 +59,11 @@ def test_per_seed_deltas_pair_each_run_with_none_of_its_own_seed():
                       r("smartfrz", 2, 69.0), r("smartfrz", 0, 89.0), r("smartfrz", 1, 80.0 - 10.0)]}
     row = {x["policy"]: x for x in summarize(bench)}["smartfrz"]
     assert row["metric_delta"] == pytest.approx(-10.0) and row["metric_delta_per_seed"] == pytest.approx([-1.0, -10.0, -1.0])
+    from smartfrz.lab.bench import markdown
+    bench.update(suite="s", device="cpu", started="now", read_back=3, trained=3)
+    table = markdown(bench)
+    assert "| t | smartfrz | 3 | accuracy 70 | -10.00 | -1.00 / -10.00 / -1.00 |" in table
+    assert "different loads" in table and "different loads" not in markdown({**bench, "read_back": 0})
 
 
 def test_bad_suite_and_policy():

@@ -361,6 +361,9 @@ def markdown(bench: dict, command: str | None = None) -> str:
                      f"{' / '.join(_delta(d, r['metric']) for d in r['metric_delta_per_seed'])} | "
                      f"{100 * r['flops_saved']:.1f}% | {r['speedup']:.2f}x | {ttt} | "
                      f"{r['mem_ratio']:.2f} | {r['overhead_s']:.2f} |")
+    if bench.get("read_back") and bench.get("trained"):
+        lines += ["", f"{bench['read_back']} runs were read back from earlier invocations and {bench['trained']} trained in "
+                  "this one: wall-clock columns then compare runs made under different loads. Read the FLOPs."]
     by = {(r["task"], r["policy"]): r for r in rows}
     notes = [f"- {t}: none {by[(t, 'none')]['metric_name']} {by[(t, 'none')]['metric']:.4g}, oracle "
              f"{by[(t, 'oracle')]['metric']:.4g} ({by[(t, 'oracle')]['metric_delta']:+.3g}) at "
