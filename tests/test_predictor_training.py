@@ -80,3 +80,4 @@ def test_the_card_command_names_the_flags_the_weights_were_trained_with():
     assert _flags(res) == " --settled-run-weight 0.2 --distil"
     res = {"search": asdict(RuleSearch(patiences=(2,))), "settled_run_weight": 1.0, "shipped": {"hparams": {"members": 1}}}
     assert _flags(res) == " --patiences 2 --members 1"
+    assert _flags({**res, "folds": 5}) == " --patiences 2 --members 1 --folds 5"

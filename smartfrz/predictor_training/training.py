@@ -30,6 +30,7 @@ LABEL = DEFAULT_LABEL
 MAX_EARLY = 0.05  # share of units a rule may freeze before their label (on out-of-fold replays)
 SETTLED_RUN_WEIGHT = 1.0  # training weight of runs labelled all-freezable at their first checkpoint
 MEMBERS = 3  # networks averaged in a predictor trained here (reports/predictor/candidates: single ones vary)
+FOLDS = 2  # out-of-fold splits (by run) whose predictions calibrate the predictor and choose its rule
 THRESHOLDS = tuple(np.round(np.linspace(0.30, 0.96, 23), 2))
 DECISIONS_PER_EPOCH = (1, 2, 4)  # 4 = every checkpoint of the recorded runs
 RULE_KEYS = ("threshold", "patience", "decisions_per_epoch", "decisions_per_run")
@@ -233,7 +234,7 @@ def _logits(model, x) -> torch.Tensor:
 
 
 def train_selected(d: dict, runs: list[dict], run_ids: np.ndarray, seed: int = 0, epochs: int = 6,
-                   folds: int = 2, search: RuleSearch = RuleSearch(), members: int = MEMBERS,
+                   folds: int = FOLDS, search: RuleSearch = RuleSearch(), members: int = MEMBERS,
                    distil: bool = False) -> tuple[FreezePredictor, dict]:
     """Out-of-fold (by run) logits -> Platt calibration and the decision rule; then a fit on all of ``run_ids``.
     Each fit is ``members`` networks with different seeds, logits averaged; with ``distil``, one network then
@@ -292,7 +293,7 @@ def heldout(d, runs, model, rule, run_ids) -> dict:
 def run(runs_dir, out=None, report=None, label: str = LABEL, epochs: int = 6, seed: int = 0, progress: bool = True,
         label_study: list | None = None, held_out: bool = True, previous=None,
         search: RuleSearch = RuleSearch(), members: int = MEMBERS, settled_run_weight: float = SETTLED_RUN_WEIGHT,
-        distil: bool = False) -> dict:
+        distil: bool = False, folds: int = FOLDS) -> dict:
     runs = load_runs(runs_dir)
     metas = [r["meta"] for r in runs]
     d = samples(runs, label, settled_run_weight)
@@ -300,7 +301,7 @@ def run(runs_dir, out=None, report=None, label: str = LABEL, epochs: int = 6, se
     run_schedule = np.array([m["spec"]["schedule"] for m in metas])
     all_ids = np.arange(len(runs))
     results = {"label": label, "max_early": MAX_EARLY, "search": asdict(search), "settled_run_weight": settled_run_weight,
-               "teachers": members if distil else 0,
+               "teachers": members if distil else 0, "folds": folds,
                "runs": [{"name": m["name"], "family": m["family"], "schedule": m["spec"]["schedule"],
                          "optimizer": m["spec"]["optimizer"], "lr": m["spec"]["lr"], "regime": m["spec"]["regime"],
                          "units": len(m["units"]), "checkpoints": int(len(r["steps"])), "final": m["final"]}
@@ -311,8 +312,8 @@ def run(runs_dir, out=None, report=None, label: str = LABEL, epochs: int = 6, se
             continue
         results["held_out"][kind] = {}
         for g in np.unique(groups):
-            model, rule = train_selected(d, runs, all_ids[groups != g], seed, epochs, search=search, members=members,
-                                       distil=distil)
+            model, rule = train_selected(d, runs, all_ids[groups != g], seed, epochs, folds, search=search,
+                                         members=members, distil=distil)
             ev = heldout(d, runs, model, rule, all_ids[groups == g])
             results["held_out"][kind][str(g)] = ev
             if progress:
@@ -324,7 +325,7 @@ def run(runs_dir, out=None, report=None, label: str = LABEL, epochs: int = 6, se
                     "decisions_per_epoch": old.decisions_per_epoch, "decisions_per_run": old.decisions_per_run}
         results["previous"] = {k: v for k, v in heldout(d, runs, old, old_rule, all_ids).items() if k != "per_run"}
         results["previous"]["sha256"] = _sha(previous)
-    final, rule = train_selected(d, runs, all_ids, seed, epochs, search=search, members=members, distil=distil)
+    final, rule = train_selected(d, runs, all_ids, seed, epochs, folds, search=search, members=members, distil=distil)
     results["shipped"] = {"rule": {k: rule[k] for k in RULE_KEYS},
                           "out_of_fold": {k: v for k, v in rule.items() if k not in RULE_KEYS},
                           "calibration": final.calibration.tolist(), "num_params": final.num_params, "hparams": final.hparams}
@@ -495,6 +496,8 @@ def _flags(res: dict) -> str:
         flags.append(f"--members {members}")
     if res.get("teachers"):
         flags.append("--distil")
+    if res.get("folds", 2) != FOLDS:  # weights from before the flag used 2
+        flags.append(f"--folds {res['folds']}")
     return "".join(f" {f}" for f in flags)
 
 
@@ -561,17 +564,21 @@ def main(argv=None):
     ap.add_argument("--members", type=int, default=MEMBERS, help="networks averaged in the predictor (seeds differ)")
     ap.add_argument("--distil", action="store_true",
                     help="fit one network to the members' averaged P(freeze): an ensemble's decisions at one network's cost")
+    ap.add_argument("--folds", type=int, default=FOLDS,
+                    help="out-of-fold splits whose predictions calibrate the predictor and choose its rule (each fit on the rest)")
     ap.add_argument("--settled-run-weight", type=float, default=SETTLED_RUN_WEIGHT,
                     help="training weight of runs labelled all-freezable at their first checkpoint")
     a = ap.parse_args(argv)
     if a.members < 1:
         ap.error(f"--members must be >= 1; got {a.members}")
+    if a.folds < 2:
+        ap.error(f"--folds must be >= 2 (out-of-fold predictions need a split); got {a.folds}")
     if not 0 <= a.settled_run_weight <= 1:
         ap.error(f"--settled-run-weight must be in [0, 1]; got {a.settled_run_weight}")
     search = RuleSearch(a.objective, tuple(a.patiences), tuple(a.per_run_floors))
     res = run(a.runs, a.out, a.report, a.label, a.epochs, a.seed, label_study=a.label_study, held_out=not a.no_held_out,
               search=search, previous=a.previous, members=a.members, settled_run_weight=a.settled_run_weight,
-              distil=a.distil)
+              distil=a.distil, folds=a.folds)
     print(json.dumps(res["shipped"]))
 
 
