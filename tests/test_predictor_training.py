@@ -81,3 +81,20 @@ def test_the_card_command_names_the_flags_the_weights_were_trained_with():
     res = {"search": asdict(RuleSearch(patiences=(2,))), "settled_run_weight": 1.0, "shipped": {"hparams": {"members": 1}}}
     assert _flags(res) == " --patiences 2 --members 1"
     assert _flags({**res, "folds": 5}) == " --patiences 2 --members 1 --folds 5"
+
+
+def test_inner_splits_hold_out_whole_groups_or_random_runs():
+    import pytest
+    from smartfrz.predictor_training.training import inner_splits
+    runs = [{"meta": {"family": f, "spec": {"schedule": s}}} for f, s in
+            [("cnn", "cosine"), ("mlp", "step"), ("cnn", "step"), ("vit", "cosine"), ("mlp", "cosine")]]
+    ids = np.arange(5)
+    assert [list(x) for x in inner_splits(runs, ids, "family", 0)] == [[0, 2], [1, 4], [3]]
+    assert [list(x) for x in inner_splits(runs, ids, "schedule", 0)] == [[0, 3, 4], [1, 2]]
+    with pytest.raises(ValueError, match="at least two groups"):
+        inner_splits(runs, ids[[0, 3, 4]], "schedule", 0)
+    with pytest.raises(ValueError, match="one of family, schedule"):
+        inner_splits(runs, ids, "optimizer", 0)
+    random = inner_splits(runs, ids, 2, seed=3)
+    assert sorted(np.concatenate(random).tolist()) == list(range(5)) and len(random) == 2
+    assert [list(x) for x in random] == [list(x) for x in inner_splits(runs, ids, 2, seed=3)]  # the seed fixes them

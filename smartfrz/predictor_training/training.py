@@ -31,6 +31,7 @@ MAX_EARLY = 0.05  # share of units a rule may freeze before their label (on out-
 SETTLED_RUN_WEIGHT = 1.0  # training weight of runs labelled all-freezable at their first checkpoint
 MEMBERS = 3  # networks averaged in a predictor trained here (reports/predictor/candidates: single ones vary)
 FOLDS = 2  # out-of-fold splits (by run) whose predictions calibrate the predictor and choose its rule
+GROUP_FOLDS = {"family": lambda meta: meta["family"], "schedule": lambda meta: meta["spec"]["schedule"]}
 THRESHOLDS = tuple(np.round(np.linspace(0.30, 0.96, 23), 2))
 DECISIONS_PER_EPOCH = (1, 2, 4)  # 4 = every checkpoint of the recorded runs
 RULE_KEYS = ("threshold", "patience", "decisions_per_epoch", "decisions_per_run")
@@ -233,10 +234,25 @@ def _logits(model, x) -> torch.Tensor:
         return torch.cat([model(x[i:i + 4096]) for i in range(0, len(x), 4096)])
 
 
+def inner_splits(runs: list[dict], run_ids: np.ndarray, folds: int | str, seed: int) -> list[np.ndarray]:
+    """The held-out runs of each out-of-fold split: ``folds`` random splits by run, or one split per architecture
+    family or schedule (``"family"``, ``"schedule"``), so the rule is chosen on predictions for unseen groups."""
+    if isinstance(folds, str):
+        if folds not in GROUP_FOLDS:
+            raise ValueError(f"folds must be an integer >= 2 or one of {', '.join(GROUP_FOLDS)}; got {folds!r}")
+        keys = np.array([GROUP_FOLDS[folds](runs[r]["meta"]) for r in run_ids])
+        if len(np.unique(keys)) < 2:
+            raise ValueError(f"folds={folds!r} needs runs of at least two groups; these are all {keys[0]!r}")
+        return [run_ids[keys == g] for g in np.unique(keys)]
+    order = np.random.default_rng(seed).permutation(run_ids)
+    n = min(folds, len(order))
+    return [order[f::n] for f in range(n)]
+
+
 def train_selected(d: dict, runs: list[dict], run_ids: np.ndarray, seed: int = 0, epochs: int = 6,
-                   folds: int = FOLDS, search: RuleSearch = RuleSearch(), members: int = MEMBERS,
+                   folds: int | str = FOLDS, search: RuleSearch = RuleSearch(), members: int = MEMBERS,
                    distil: bool = False) -> tuple[FreezePredictor, dict]:
-    """Out-of-fold (by run) logits -> Platt calibration and the decision rule; then a fit on all of ``run_ids``.
+    """Out-of-fold logits (``inner_splits``) -> Platt calibration and the decision rule; then a fit on all of ``run_ids``.
     Each fit is ``members`` networks with different seeds, logits averaged; with ``distil``, one network then
     learns their averaged P(freeze) on the same samples, so it costs one network's scoring (the rule and the
     held-out folds are chosen and replayed with that network, not with the ensemble)."""
@@ -245,12 +261,9 @@ def train_selected(d: dict, runs: list[dict], run_ids: np.ndarray, seed: int = 0
         nets = FreezePredictor.ensemble([train_predictor(x, y, epochs=epochs, seed=s + 100 * j, weights=w)
                                          for j in range(members)])
         return distil_one(nets, x, w, epochs, s + 100 * members) if distil else nets
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(run_ids)
     in_sel = np.isin(d["run"].numpy(), run_ids)
     oof = torch.zeros(len(d["run"]))
-    for f in range(min(folds, len(order))):
-        held = order[f::min(folds, len(order))]
+    for f, held in enumerate(inner_splits(runs, run_ids, folds, seed)):
         held_m = np.isin(d["run"].numpy(), held)
         tr = torch.from_numpy(np.nonzero(in_sel & ~held_m)[0])
         m = fit(tr, seed + f + 1)
@@ -293,7 +306,7 @@ def heldout(d, runs, model, rule, run_ids) -> dict:
 def run(runs_dir, out=None, report=None, label: str = LABEL, epochs: int = 6, seed: int = 0, progress: bool = True,
         label_study: list | None = None, held_out: bool = True, previous=None,
         search: RuleSearch = RuleSearch(), members: int = MEMBERS, settled_run_weight: float = SETTLED_RUN_WEIGHT,
-        distil: bool = False, folds: int = FOLDS) -> dict:
+        distil: bool = False, folds: int | str = FOLDS) -> dict:
     runs = load_runs(runs_dir)
     metas = [r["meta"] for r in runs]
     d = samples(runs, label, settled_run_weight)
@@ -564,21 +577,23 @@ def main(argv=None):
     ap.add_argument("--members", type=int, default=MEMBERS, help="networks averaged in the predictor (seeds differ)")
     ap.add_argument("--distil", action="store_true",
                     help="fit one network to the members' averaged P(freeze): an ensemble's decisions at one network's cost")
-    ap.add_argument("--folds", type=int, default=FOLDS,
-                    help="out-of-fold splits whose predictions calibrate the predictor and choose its rule (each fit on the rest)")
+    ap.add_argument("--folds", default=str(FOLDS),
+                    help="out-of-fold splits whose predictions calibrate the predictor and choose its rule (each fit on "
+                         f"the rest): a number of random splits by run, or one split per {' or '.join(GROUP_FOLDS)}"),
     ap.add_argument("--settled-run-weight", type=float, default=SETTLED_RUN_WEIGHT,
                     help="training weight of runs labelled all-freezable at their first checkpoint")
     a = ap.parse_args(argv)
     if a.members < 1:
         ap.error(f"--members must be >= 1; got {a.members}")
-    if a.folds < 2:
-        ap.error(f"--folds must be >= 2 (out-of-fold predictions need a split); got {a.folds}")
+    folds = int(a.folds) if a.folds.isdigit() else a.folds
+    if folds not in GROUP_FOLDS and not (isinstance(folds, int) and folds >= 2):
+        ap.error(f"--folds must be an integer >= 2 or one of {', '.join(GROUP_FOLDS)}; got {a.folds!r}")
     if not 0 <= a.settled_run_weight <= 1:
         ap.error(f"--settled-run-weight must be in [0, 1]; got {a.settled_run_weight}")
     search = RuleSearch(a.objective, tuple(a.patiences), tuple(a.per_run_floors))
     res = run(a.runs, a.out, a.report, a.label, a.epochs, a.seed, label_study=a.label_study, held_out=not a.no_held_out,
               search=search, previous=a.previous, members=a.members, settled_run_weight=a.settled_run_weight,
-              distil=a.distil, folds=a.folds)
+              distil=a.distil, folds=folds)
     print(json.dumps(res["shipped"]))
 
 
