@@ -74,7 +74,8 @@ def main(argv=None):
                 for p in a.patience:
                     steps = rule_steps(labels, c, p, spe, total, ready)
                     cfg = replace(none_cfgs[0], name=f"ceiling-{a.task}-c{c}p{p}", seed=s, policy="oracle",
-                                  record_cka=False, frz={"decide_every": 1}, oracle_freeze_steps=steps or {units[0]: total + 1})
+                                  record_cka=False, frz={"decide_every": 1},  # the oracle needs a step: past the end
+                                  oracle_freeze_steps=steps or {units[0]: total + 1})
                     jobs.append((s, c, p, steps, cfg))
         results = list(pool.map(_train, [j[-1] for j in jobs]))
     rows = [{"seed": s, "per_epoch": c, "patience": p, "freeze_steps": steps, "metric_name": res["final"]["metric_name"],
