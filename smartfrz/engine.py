@@ -7,6 +7,7 @@ freed, and its BatchNorm/Dropout run in eval mode from then on, even across ``mo
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any, Sequence
 
 import torch
@@ -24,12 +25,10 @@ def _eval_hook(module: nn.Module, args):
 
 
 def decision_cadence(policy: Policy, steps_per_epoch: int | None, total_steps: int | None) -> int | None:
-    """Steps between decisions: the policy's per epoch, and at least its per run when the run's length is
-    known (a 3-epoch fine-tune gets enough looks). None: decide at ``epoch_end()``."""
-    every = [steps_per_epoch // policy.decisions_per_epoch] if steps_per_epoch else []
-    if policy.decisions_per_run and total_steps:
-        every.append(total_steps // policy.decisions_per_run)
-    return max(1, min(every)) if every else None
+    """Steps between decisions, as each policy defines its cadence (``Policy.cadence``): every step for
+    FreezeOut's schedule and the oracle, AutoFreeze's 20 intervals a run, SmartFRZ's predictor's rule.
+    None: decide at ``epoch_end()``."""
+    return policy.cadence(steps_per_epoch, total_steps)
 
 
 class SmartFRZ:
@@ -89,10 +88,20 @@ class SmartFRZ:
         """Call once per optimizer step, after ``optimizer.step()``."""
         self.step_count += 1
         self.policy.on_step(self)
+        if not self.decide_every and not self._epochs_ended and self.step_count == self.window * self.record_every + 1:
+            self._warn_no_cadence()
         if self.recorder is not None and self.step_count % self.record_every == 0:
             self.recorder.record(range(self.num_frozen, self.max_frozen))
         if self.decide_every and self.step_count % self.decide_every == 0:
             self.decide()
+
+    def _warn_no_cadence(self) -> None:
+        """A loop that never says how long an epoch is and never calls epoch_end() would train to the end with
+        no decision at all: say so once, the step after the first window is full, with the fix."""
+        warnings.warn(f"SmartFRZ has made no freeze decision in {self.step_count} steps and never will: it decides "
+                      "every `decide_every` steps, every epoch when `steps_per_epoch` is given, or at each "
+                      "`epoch_end()` call, and none of these is set. Pass steps_per_epoch=len(train_loader) (or "
+                      "decide_every=N), or call frz.epoch_end() after each epoch.", UserWarning, stacklevel=3)
 
     def epoch_end(self) -> None:
         """Marks an epoch boundary; decides here when the epoch length was not given."""

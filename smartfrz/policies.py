@@ -20,8 +20,20 @@ if TYPE_CHECKING:
 class Policy:
     name = "base"
     needs_windows = False  # whether the engine must record weight windows
-    decisions_per_epoch, decisions_per_run = 1, 0  # the cadence the engine asks at (0: no per-run floor)
+    # the cadence the engine asks at: every step, or per epoch and at least per run (0: none of that kind)
+    decides_every_step = False
+    decisions_per_epoch, decisions_per_run = 1, 0
     window, sample_size = 30, 1024  # the weight windows recorded when the policy reads them
+
+    def cadence(self, steps_per_epoch: int | None, total_steps: int | None) -> int | None:
+        """Steps between decisions: every step, or the policy's per epoch and at least its per run when the
+        run's length is known (a 3-epoch fine-tune gets enough looks). None: decide at ``epoch_end()``."""
+        if self.decides_every_step:
+            return 1
+        every = [steps_per_epoch // self.decisions_per_epoch] if steps_per_epoch and self.decisions_per_epoch else []
+        if self.decisions_per_run and total_steps:
+            every.append(total_steps // self.decisions_per_run)
+        return max(1, min(every)) if every else None
 
     def bind(self, engine: "SmartFRZ") -> None:
         self.engine = engine
@@ -100,9 +112,11 @@ class SmartFRZPolicy(Policy):
 
 class LinearPolicy(Policy):
     """FreezeOut (Brock et al., 2017) / Composer LayerFreezing-style schedule: from ``freeze_start``
-    of training, the frozen share of units grows linearly to ``freeze_level`` at the end."""
+    of training, the frozen share of units grows linearly to ``freeze_level`` at the end. Checked at
+    every step, as FreezeOut anneals per iteration: each unit freezes at the first step its time comes."""
 
     name = "linear"
+    decides_every_step = True
 
     def decide(self, engine):
         cfg = engine.config
@@ -120,34 +134,51 @@ class LinearPolicy(Policy):
 
 class AutoFreezePolicy(Policy):
     """AutoFreeze (Liu et al., 2021, "AutoFreeze: Automatically Freezing Model Blocks to Accelerate
-    Fine-tuning"): per interval, each unit's accumulated gradient norm is compared with the previous
-    interval's; the prefix before the first unit whose change ratio reaches the p-th percentile of
-    the active units' ratios is frozen."""
+    Fine-tuning"), as its reference code runs it: the run is cut into ``num_intervals`` = 20 equal
+    intervals; over each, every active unit's gradient is summed, and at the interval's end each unit's
+    L1 gradient norm is compared with the previous interval's. The prefix before the first unit whose
+    change ratio reaches the p-th percentile (50) of the active units' ratios is frozen."""
 
     name = "autofreeze"
+    decisions_per_epoch, decisions_per_run = 5, 20  # num_intervals=20 in the authors' run.sh (4 epochs there)
+
+    def cadence(self, steps_per_epoch, total_steps):
+        """20 intervals a run; 5 an epoch (its run.sh's 20 over 4 epochs) only when the run's length is unknown."""
+        if total_steps:
+            return max(1, total_steps // self.decisions_per_run)
+        return max(1, steps_per_epoch // self.decisions_per_epoch) if steps_per_epoch else None
 
     def bind(self, engine):
         super().bind(engine)
-        dev = engine.recorder_device
-        self.acc = torch.zeros(len(engine.units), device=dev)
-        self.prev: torch.Tensor | None = None
         self._params = [[p for p in u.parameters()] for u in engine.units]
+        self.sums: dict[int, list[torch.Tensor]] = {}  # unit -> summed gradients over this interval
+        self.prev: torch.Tensor | None = None
 
     def on_step(self, engine):
-        norms = []
-        for u in range(len(engine.units)):
-            grads = [p.grad for p in self._params[u] if p.grad is not None] if u >= engine.num_frozen else []
-            norms.append(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
-                         if grads else self.acc.new_zeros(()))
-        self.acc += torch.stack(norms).to(self.acc.device)  # stays on device: no host sync per step
+        for u in range(engine.num_frozen, len(engine.units)):
+            grads = [p.grad for p in self._params[u] if p.grad is not None]
+            if not grads:
+                continue
+            acc = self.sums.get(u)
+            if acc is None or len(acc) != len(grads):
+                self.sums[u] = [g.detach().clone() for g in grads]
+            else:
+                torch._foreach_add_(acc, grads)
+
+    def _interval_norms(self, engine) -> torch.Tensor:
+        zero = torch.zeros((), dtype=torch.float64, device=engine.recorder_device)
+        norms = [torch.stack([t.abs().sum(dtype=torch.float64) for t in self.sums[u]]).sum()
+                 if u in self.sums and u >= engine.num_frozen else zero for u in range(len(engine.units))]
+        self.sums = {}
+        return torch.stack(norms).cpu()  # one host sync per interval
 
     def decide(self, engine):
         k, limit = engine.num_frozen, engine.max_frozen
-        cur, self.acc = self.acc, torch.zeros_like(self.acc)
+        cur = self._interval_norms(engine)
         prev, self.prev = self.prev, cur
         if prev is None or k >= limit:
             return k, {}
-        ratio = ((prev - cur).abs() / prev.clamp_min(1e-12)).tolist()
+        ratio = torch.where(cur > 0, (prev - cur).abs() / prev.clamp_min(1e-12), torch.zeros_like(cur)).tolist()
         active = list(range(k, limit))
         cut = float(torch.quantile(torch.tensor([ratio[u] for u in active]), self.engine.config.autofreeze_percentile / 100))
         scores = {u: ratio[u] for u in active}
@@ -155,18 +186,22 @@ class AutoFreezePolicy(Policy):
         return max(k, first), scores
 
     def state_dict(self):
-        return {"acc": self.acc.cpu(), "prev": None if self.prev is None else self.prev.cpu()}
+        return {"sums": {str(u): [t.cpu() for t in ts] for u, ts in self.sums.items()},
+                "prev": None if self.prev is None else self.prev.cpu()}
 
     def load_state_dict(self, state):
-        self.acc = state["acc"].to(self.acc.device)
-        self.prev = None if state["prev"] is None else state["prev"].to(self.acc.device)
+        dev = self.engine.recorder_device
+        self.sums = {int(u): [t.to(dev) for t in ts] for u, ts in (state.get("sums") or {}).items()}
+        self.prev = None if state.get("prev") is None else state["prev"].to(torch.float64)
 
 
 class OraclePolicy(Policy):
     """Hindsight CKA: each unit freezes at the step its representation converged in a reference
-    run (``smartfrz.predictor_training.labels``). The best any predictor could do on that run."""
+    run (``smartfrz.predictor_training.labels``). The best any predictor could do on that run. Checked
+    at every step, so each unit freezes at its label's step, not at the next scheduled decision."""
 
     name = "oracle"
+    decides_every_step = True
 
     def bind(self, engine):
         super().bind(engine)
