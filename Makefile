@@ -26,8 +26,9 @@ demo: $(KERNEL)
 test: $(KERNEL)
 	$(BIN)/python -m pytest -q tests notebooks --nbval-lax
 
+# JupyterLab will not start as root (containers, cloud notebooks) without --allow-root.
 lab: $(KERNEL)
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab notebooks/$(if $(filter 0,$(shell id -u)), --allow-root)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -85,4 +85,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from smartfrz.lab.cli import run_cli
+    run_cli(main)

@@ -26,6 +26,21 @@ class DatasetMissingError(FileNotFoundError):
     """Data is not on disk and could not be fetched; the message says where and how."""
 
 
+class DatasetDownloadError(DatasetMissingError):
+    """A fetch could not reach its server (offline machines are the norm here); the message's first line
+    says from where, the rest how to put the data on this machine by hand."""
+
+
+def _download_url(name: str, default: str) -> str:
+    """``SMARTFRZ_<NAME>_URL`` fetches from a mirror instead (the tests point it at a closed local port)."""
+    return os.environ.get(f"SMARTFRZ_{name.upper()}_URL") or default
+
+
+def _download_error(name, url, e, by_hand) -> DatasetDownloadError:
+    return DatasetDownloadError(f"could not download {name} from {url} ({type(e).__name__}: {e})\n"
+                                f"hint: this machine may be offline; {by_hand}")
+
+
 def default_data_dir() -> Path:
     return Path(os.environ["SMARTFRZ_DATA_DIR"]) if os.environ.get("SMARTFRZ_DATA_DIR") else REPO_ROOT / "data"
 
@@ -64,7 +79,18 @@ def _load_torchvision_cifar(name: str, root: Path, train: bool, download: bool):
     key = (str(root.resolve()), name, train)
     if key not in _ARRAYS:
         cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
-        ds = cls(str(root), train=train, download=download)
+        url = _download_url(name, cls.url)
+        if url != cls.url:  # torchvision downloads from the class's url
+            cls = type(cls.__name__, (cls,), {"url": url})
+        try:
+            ds = cls(str(root), train=train, download=download)
+        except OSError as e:  # urllib.error.URLError: no network
+            if not download:
+                raise
+            raise _download_error(name, url, e, f"download {url} on a machine with internet, copy it to this one and "
+                                                f"unpack it with `tar xzf {Path(url).name} -C {root}` (it holds "
+                                                f"{_TV_DIRS[name]}/), or copy a fetched {_TV_DIRS[name]}/ "
+                                                f"into {root}/") from e
         _ARRAYS[key] = (ds.data, np.asarray(ds.targets, dtype=np.int64), ds.classes)
     return _ARRAYS[key]
 
@@ -393,14 +419,28 @@ def fetch(what, data_dir=None, task=None):
         for t in [task] if task else sorted(GLUE_TASKS):
             info = glue_task(t)
             out = data_dir / "glue" / info["dir"] / "parquet"
+            try:
+                splits = datasets.load_dataset("nyu-mll/glue", info["name"])
+            except OSError as e:  # ConnectionError: offline, or the hub is blocked
+                raise _download_error(f"GLUE {info['name']}", "the Hugging Face hub (nyu-mll/glue)", e,
+                                      f"run `{_fetch_cmd('glue', 'data', ' --task ' + info['name'])}` on a "
+                                      f"machine with internet and copy its data/glue/{info['dir']}/ into "
+                                      f"{data_dir / 'glue'}/ (the GLUE TSVs, {info['dir']}/train.tsv and "
+                                      f"dev.tsv, work too)") from e
             out.mkdir(parents=True, exist_ok=True)
-            for split, ds in datasets.load_dataset("nyu-mll/glue", info["name"]).items():
+            for split, ds in splits.items():
                 ds.to_parquet(str(out / f"{split}.parquet"))
     elif what == "imagenette":
         import tarfile
         import urllib.request
-        tgz = data_dir / "imagenette2-160.tgz"
-        urllib.request.urlretrieve(IMAGENETTE_URL, tgz)
+        tgz, url = data_dir / "imagenette2-160.tgz", _download_url("imagenette", IMAGENETTE_URL)
+        try:
+            urllib.request.urlretrieve(url, tgz)
+        except OSError as e:  # urllib.error.URLError: no network
+            tgz.unlink(missing_ok=True)
+            raise _download_error("imagenette", url, e, f"download {url} on a machine with internet, copy it to "
+                                                        f"this one and unpack it with `tar xzf {tgz.name} -C "
+                                                        f"{data_dir}`") from e
         with tarfile.open(tgz) as tf:
             tf.extractall(data_dir, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
         tgz.unlink()
@@ -409,7 +449,7 @@ def fetch(what, data_dir=None, task=None):
     print(f"fetched {what} into {data_dir}")
 
 
-if __name__ == "__main__":
+def main(argv=None):
     import argparse
     p = argparse.ArgumentParser(prog="python -m smartfrz.lab.data")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -417,7 +457,7 @@ if __name__ == "__main__":
     f.add_argument("what", choices=["cifar10", "cifar100", "glue", "imagenette"])
     f.add_argument("--data-dir", default=None)
     f.add_argument("--task", default=None, help="GLUE task (default: all)")
-    a = p.parse_args()
+    a = p.parse_args(argv)
     fetch(a.what, a.data_dir, a.task)
 
 
@@ -517,3 +557,8 @@ def _crop_flip(x: torch.Tensor, g: torch.Generator, pad: int = 4) -> torch.Tenso
     cols = torch.where(flip, cols.flip(1), cols)
     return xp[torch.arange(n, device=x.device)[:, None, None, None], torch.arange(c, device=x.device)[None, :, None, None],
               rows[:, None, :, None], cols[:, None, None, :]]
+
+
+if __name__ == "__main__":
+    from .cli import run_cli
+    run_cli(main)

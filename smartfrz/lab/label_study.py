@@ -99,4 +99,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from .cli import run_cli
+    run_cli(main)

@@ -108,12 +108,11 @@ def main(argv=None) -> list[dict]:
     if a.only:
         pattern = a.only if any(c in a.only for c in "*?[") else f"*{a.only}*"
         cells = [c for c in cells if fnmatch.fnmatch(f"{c[0]}-{c[1]}", pattern)]
-    if a.list or not cells:
+    if not cells:
+        raise ValueError(f"no run of preset {a.preset!r} matches --only {a.only!r}; --list shows them")
+    if a.list:
         for nb, label, params in cells:
             print(f"{nb}-{label}: {params}")
-        if not cells:
-            print(f"no run matches --only {a.only!r}", file=sys.stderr)
-            sys.exit(2)
         return []
     if a.gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(a.gpu)
@@ -128,4 +127,5 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    from .cli import run_cli
+    run_cli(main)

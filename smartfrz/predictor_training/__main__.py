@@ -1,3 +1,4 @@
+from ..lab.cli import run_cli
 from .training import main
 
-main()
+run_cli(main)

@@ -598,4 +598,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from ..lab.cli import run_cli
+    run_cli(main)
