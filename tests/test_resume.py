@@ -66,7 +66,11 @@ class Crash(Exception):
     pass
 
 
-def fit_run(tmp_path, loader_kind, crash_at=None, resume=False):
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (runs on the GPU machine)")
+DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
+
+
+def fit_run(tmp_path, loader_kind, crash_at=None, resume=False, device="cpu"):
     """2 epochs of a tiny CNN on augmented images; ``crash_at`` dies (in-process) after that step."""
     from smartfrz.lab.data import ArrayLoader, ImageArrayDataset, make_loader
     from smartfrz.lab.train import fit
@@ -74,11 +78,12 @@ def fit_run(tmp_path, loader_kind, crash_at=None, resume=False):
     g = torch.Generator().manual_seed(0)
     ds = ImageArrayDataset(torch.randint(0, 256, (80, 8, 8, 3), generator=g, dtype=torch.uint8),
                            torch.arange(80) % 3, (0.5,) * 3, (0.25,) * 3, augment=True)
-    loader = ArrayLoader(ds, 16, shuffle=True, seed=3) if loader_kind == "array" else \
+    loader = ArrayLoader(ds, 16, shuffle=True, seed=3, device=device) if loader_kind == "array" else \
         make_loader(ds, 16, shuffle=True, seed=3)  # augments with the global RNG, in the main process
-    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3))
+    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3)).to(device)
     opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
-    frz = SmartFRZ(m, opt, example_input=torch.randn(2, 3, 8, 8), policy="linear", total_steps=10, freeze_start=0.3)
+    frz = SmartFRZ(m, opt, example_input=torch.randn(2, 3, 8, 8, device=device), policy="linear", total_steps=10,
+                   freeze_start=0.3)
 
     def on_step(step):
         if step == crash_at:
@@ -86,19 +91,20 @@ def fit_run(tmp_path, loader_kind, crash_at=None, resume=False):
 
     path = tmp_path / f"{loader_kind}.pt"
     try:
-        fit(m, opt, loader, 2, frz=frz, progress=False, log_every=2, on_step=on_step, checkpoint_path=path,
+        fit(m, opt, loader, 2, device=device, frz=frz, progress=False, log_every=2, on_step=on_step, checkpoint_path=path,
             checkpoint_every=3, resume_from=path if resume else None)
     except Crash:
         pass
     return m, frz
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("loader_kind", ["array", "dataloader"])
-def test_fit_resumes_mid_epoch_with_augmentation(tmp_path, loader_kind):
-    full, full_frz = fit_run(tmp_path / "full", loader_kind)
-    fit_run(tmp_path, loader_kind, crash_at=8)  # checkpoint at step 6: epoch 1, batch 1 (5 batches/epoch)
+def test_fit_resumes_mid_epoch_with_augmentation(tmp_path, loader_kind, device):
+    full, full_frz = fit_run(tmp_path / "full", loader_kind, device=device)
+    fit_run(tmp_path, loader_kind, crash_at=8, device=device)  # checkpoint at step 6: epoch 1, batch 1 (5/epoch)
     assert read_checkpoint(tmp_path / f"{loader_kind}.pt")["step"] == 6
-    res, res_frz = fit_run(tmp_path, loader_kind, resume=True)
+    res, res_frz = fit_run(tmp_path, loader_kind, resume=True, device=device)
     assert res_frz.frozen_units == full_frz.frozen_units and res_frz.num_frozen > 0
     assert all(torch.equal(a, b) for a, b in zip(full.state_dict().values(), res.state_dict().values()))
 
@@ -180,10 +186,11 @@ def test_unsafe_state_is_refused_at_save_time(tmp_path):
     assert not (tmp_path / "c.pt").exists()
 
 
-def test_rng_round_trip():
+@pytest.mark.parametrize("device", DEVICES)
+def test_rng_round_trip(device):
     import numpy as np
     state = ckpt_mod.get_rng_state()
-    draws = (torch.rand(3), random.random(), np.random.rand(3))
+    draws = (torch.rand(3, device=device), random.random(), np.random.rand(3))
     ckpt_mod.set_rng_state(state)
-    again = (torch.rand(3), random.random(), np.random.rand(3))
+    again = (torch.rand(3, device=device), random.random(), np.random.rand(3))
     assert torch.equal(draws[0], again[0]) and draws[1] == again[1] and (draws[2] == again[2]).all()
