@@ -59,11 +59,26 @@ def test_per_seed_deltas_pair_each_run_with_none_of_its_own_seed():
                       r("smartfrz", 2, 69.0), r("smartfrz", 0, 89.0), r("smartfrz", 1, 80.0 - 10.0)]}
     row = {x["policy"]: x for x in summarize(bench)}["smartfrz"]
     assert row["metric_delta"] == pytest.approx(-10.0) and row["metric_delta_per_seed"] == pytest.approx([-1.0, -10.0, -1.0])
+    assert row["metric_delta_median"] == pytest.approx(-1.0)  # what the table shows as Δ vs none
     from smartfrz.lab.bench import markdown
     bench.update(suite="s", device="cpu", started="now", read_back=3, trained=3)
     table = markdown(bench)
-    assert "| t | smartfrz | 3 | accuracy 70 | -10.00 | -1.00 / -10.00 / -1.00 |" in table
+    assert "| t | smartfrz | 3 | accuracy 70 | -1.00 | -1.00 / -10.00 / -1.00 | 0.0% | n/a\\* |" in table
     assert "different loads" in table and "different loads" not in markdown({**bench, "read_back": 0})
+
+
+def test_wall_clock_is_compared_only_between_runs_of_one_invocation():
+    from smartfrz.lab.bench import markdown
+    def r(policy, seed, wall, invocation):
+        return {"task": "t", "policy": policy, "seed": seed, "metric_name": "accuracy", "metric": 90.0,
+                "train_flops": 1.0, "wall_s": wall, "peak_mem_bytes": 1, "energy_j": None, "time_to_target_s": None,
+                "overhead_s": {"total": 0.0}, "final": {}, "invocation": invocation}
+    runs = [r("none", 0, 10.0, "a"), r("linear", 0, 5.0, "a"), r("oracle", 0, 4.0, "b")]
+    bench = {"runs": runs, "suite": "s", "device": "cpu", "started": "b", "read_back": 2, "trained": 1}
+    rows = {x["policy"]: x for x in summarize(bench)}
+    assert rows["linear"]["speedup"] == pytest.approx(2.0) and rows["oracle"]["speedup"] is None
+    table = markdown(bench)
+    assert "| 2.00x |" in table and "| n/a\\* |" in table and "not all trained by one invocation" in table
 
 
 def test_bad_suite_and_policy():

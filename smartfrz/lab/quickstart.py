@@ -125,4 +125,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from .cli import run_cli
+    run_cli(main)

@@ -147,4 +147,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from .cli import run_cli
+    run_cli(lambda argv: sys.exit(main(argv)))

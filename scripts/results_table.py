@@ -1,0 +1,82 @@
+"""The README's results table, written from the committed bench JSON (never typed by hand).
+
+    python scripts/results_table.py            # rewrites README.md between its results markers
+    python scripts/results_table.py --print    # only prints the table
+
+One row per suite, task and policy: the metric's median, Δ against `none` (the median of per-seed deltas,
+each run against the `none` run of its own seed), FLOPs saved, and on tasks with a measured frontier
+(reports/bench/bound/frontier_<task>.json) the share of it a policy reaches within the tolerance.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+from smartfrz.lab.bench import _delta, summarize
+
+ROOT = Path(__file__).resolve().parents[1]
+SUITES = ("smoke", "demo", "cpu", "headroom")
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def frontier(task: str) -> dict | None:
+    path = ROOT / "reports" / "bench" / "bound" / f"frontier_{task}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def table() -> str:
+    lines = ["| suite | task (`none`'s metric) | policy | Δ vs none | FLOPs saved | of the frontier |",
+             "|---|---|---|---|---|---|"]
+    notes = []
+    for suite in SUITES:
+        path = ROOT / "reports" / "bench" / f"{suite}.json"
+        if not path.is_file():
+            continue
+        bench = json.loads(path.read_text())
+        rows = summarize(bench)
+        base = {r["task"]: r for r in rows if r["policy"] == "none"}
+        partial = "" if bench.get("complete", True) else " (partial)"
+        for r in rows:
+            if r["policy"] == "none":
+                continue
+            f, b = frontier(r["task"]), base[r["task"]]
+            share = "n/a"
+            if f and f.get("frontier"):
+                safe = r["metric_delta_median"] >= -f["tolerance"]
+                share = (f"{r['flops_saved'] / f['frontier']['median_flops_saved']:.0%}" if safe else "lost accuracy")
+            lines.append(f"| {suite}{partial} | {r['task']} ({b['metric_name']} {b['metric']:.4g}) | {r['policy']} | "
+                         f"{_delta(r['metric_delta_median'], r['metric'])} | {100 * r['flops_saved']:.1f}% | {share} |")
+        for task in base:
+            f = frontier(task)
+            if f is not None:
+                fr = f["frontier"]
+                notes.append(f"- {task}: " + ("no accuracy-safe freeze found" if fr is None else
+                             f"**{100 * fr['median_flops_saved']:.1f}%** of FLOPs ({fr['source']}; median Δ "
+                             f"{_delta(fr['median_delta'], b['metric'])} over 3 seeds)"))
+    if notes:
+        lines += ["", "Frontier (the most any accuracy-safe freeze saves, `reports/bench/bound/frontier_*.json`):", *notes]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--print", action="store_true", help="print the table instead of rewriting README.md")
+    a = ap.parse_args(argv)
+    text = table()
+    if a.print:
+        print(text)
+        return
+    readme = ROOT / "README.md"
+    old = readme.read_text()
+    if START not in old or END not in old:
+        raise SystemExit(f"README.md has no {START} ... {END} markers to write the table between")
+    readme.write_text(re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: f"{START}\n{text}\n{END}", old,
+                             flags=re.S))
+    print(f"wrote the results table into {readme}")
+
+
+if __name__ == "__main__":
+    from smartfrz.lab.cli import run_cli
+    run_cli(main)
