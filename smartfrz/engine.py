@@ -36,7 +36,7 @@ class SmartFRZ:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, example_input: Any = None,
                  policy: "str | Policy" = "smartfrz", config: SmartFRZConfig | None = None,
-                 units: Sequence[Unit] | None = None, **kwargs):
+                 units: Sequence[Unit] | None = None, veto_probe: Any = None, **kwargs):
         if config is not None and kwargs:
             raise TypeError(f"pass either config= or keyword options, not both (got {sorted(kwargs)})")
         if units is not None and all(isinstance(u, str) for u in units):  # names: discovery override
@@ -63,6 +63,13 @@ class SmartFRZ:
             raise ValueError(problem)
         self.recorder = WeightRecorder(self.units, self.window, self.sample_size, cfg.seed) if self.policy.needs_windows else None
         self.recorder_device = next(model.parameters()).device
+        self.veto = None
+        if cfg.veto_tau is not None:
+            from .veto import FunctionalVeto
+            probe = veto_probe if veto_probe is not None else example_input
+            if probe is None:
+                raise ValueError("veto_tau needs a probe batch: pass veto_probe= (or example_input=)")
+            self.veto = FunctionalVeto(self.units, probe, cfg.veto_tau)
         self.policy.bind(self)
 
     def _window_problem(self, total_steps: int | None) -> str | None:
@@ -113,6 +120,9 @@ class SmartFRZ:
         """Asks the policy and freezes the prefix it returns; returns how many units were newly frozen."""
         before = self.num_frozen
         n, scores = self.policy.decide(self)
+        if self.veto is not None:  # before the broadcast: rank 0's answer, veto included, is every rank's
+            n = self.veto.allow(self.model, before, min(max(n, before), self.max_frozen))
+            self.veto.snapshot(n, self.max_frozen, self.step_count, max(1, self.window * self.record_every // 4))
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             from .distributed import broadcast_int
             n = broadcast_int(n)  # rank 0 decides for all: DDP hangs if ranks freeze different prefixes
@@ -215,7 +225,8 @@ class SmartFRZ:
         return {"units": [u.name for u in self.units], "num_frozen": self.num_frozen, "step_count": self.step_count,
                 "epochs_ended": self._epochs_ended, "timeline": copy.deepcopy(self.timeline),
                 "recorder": None if self.recorder is None else self.recorder.state_dict(),
-                "policy": self.policy.state_dict(), "config": self.config.to_dict()}
+                "policy": self.policy.state_dict(), "config": self.config.to_dict(),
+                "veto": None if self.veto is None else self.veto.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         """Restores onto a fresh model and optimizer: call before ``optimizer.load_state_dict``."""
@@ -230,6 +241,8 @@ class SmartFRZ:
         if self.recorder is not None and state.get("recorder") is not None:
             self.recorder.load_state_dict(state["recorder"])
         self.policy.load_state_dict(state.get("policy") or {})
+        if self.veto is not None and state.get("veto") is not None:
+            self.veto.load_state_dict(state["veto"])
 
     def __repr__(self) -> str:
         return (f"SmartFRZ(policy={self.policy.name!r}, units={len(self.units)}, frozen={self.num_frozen}, "

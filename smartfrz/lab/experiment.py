@@ -267,7 +267,7 @@ def run(cfg: ExperimentConfig | dict) -> ExperimentResult:
             raise ValueError("policy 'oracle' needs oracle_freeze_steps from a reference run "
                              "(run the 'none' policy with record_cka=True, then smartfrz.lab.experiment.oracle_steps)")
         options["oracle_freeze_steps"] = cfg.oracle_freeze_steps
-    frz = SmartFRZ(model, opt, example_input=example_input(first), policy=cfg.policy, **options)
+    frz = SmartFRZ(model, opt, example_input=example_input(first), policy=cfg.policy, veto_probe=probe, **options)
     prefix_flops = prefix_step_flops(model, frz.units, first, batch_loss, frz.max_frozen)
     cache = None
     if cfg.cache:

@@ -1,0 +1,95 @@
+"""The functional veto: a unit freezes only once it has stopped mattering, not only once it looks settled.
+
+At a high learning rate a unit's weights keep moving in ways that no longer change what the model predicts,
+and a weight-window predictor reads that as "still learning"; the reverse error, a window that looks settled
+while the unit still matters, costs accuracy. At each decision the veto puts the units about to freeze back
+to their weights at the previous decision and counts how many of the model's predictions on a fixed probe
+batch change: the online twin of the rewind label (``smartfrz.predictor_training.labels``), and free of the
+learning rate. Above ``tau`` the frozen prefix stops short of that unit.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from .units import Unit, call_model
+
+
+def _state(unit: Unit) -> list:
+    """Copies of a unit's parameters and buffers, on the CPU (one copy of the active units in all)."""
+    return [{k: v.detach().to("cpu", copy=True) for k, v in m.state_dict().items()} for _, m in unit.members] + \
+        [p.detach().to("cpu", copy=True) for _, p in unit.extra_params]
+
+
+def _load(unit: Unit, state: list) -> None:
+    for (_, m), s in zip(unit.members, state):
+        m.load_state_dict(s)
+    for (_, p), v in zip(unit.extra_params, state[len(unit.members):]):
+        p.data.copy_(v)
+
+
+def _logits(model: torch.nn.Module, probe: Any) -> torch.Tensor:
+    out = call_model(model, probe)
+    out = getattr(out, "logits", out)
+    while not isinstance(out, torch.Tensor):  # tuples and dicts of outputs: the first tensor
+        out = next(iter(out.values())) if isinstance(out, dict) else out[0]
+    return out.float()
+
+
+def changed_share(ref: torch.Tensor, new: torch.Tensor) -> float:
+    """Share of changed predictions (classification); regression: mean |change| over the outputs' std."""
+    if ref.shape[-1] > 1:
+        return float((ref.argmax(-1) != new.argmax(-1)).float().mean())
+    return float((ref - new).abs().mean() / ref.std().clamp_min(1e-12))
+
+
+class FunctionalVeto:
+    """``allow(model, start, stop)``: how far the frozen prefix may grow, given the units' weights at the
+    previous decision (``snapshot``). A unit with no earlier weights yet is never allowed."""
+
+    def __init__(self, units: Sequence[Unit], probe: Any, tau: float):
+        if not 0.0 < tau < 1.0:
+            raise ValueError(f"veto_tau must lie strictly between 0 and 1; got {tau}")
+        self.units, self.probe, self.tau = list(units), probe, tau
+        self.previous: dict[int, list] = {}  # unit index -> its weights at the previous decision
+        self.at: int | None = None  # the step they were taken at
+        self.vetoed = 0  # decisions the veto cut short, for the timeline's reader
+
+    def snapshot(self, start: int, stop: int, step: int, every: int = 1) -> None:
+        """Keeps units start..stop-1 as they are now, at most once every ``every`` steps (a policy that decides
+        at every step compares with weights at least that old, and copies them that seldom)."""
+        if self.at is None or step - self.at >= every:
+            self.previous, self.at = {i: _state(self.units[i]) for i in range(start, stop)}, step
+
+    @torch.no_grad()
+    def allow(self, model: torch.nn.Module, start: int, stop: int) -> int:
+        if stop <= start:
+            return start
+        was = model.training
+        model.eval()
+        current = {i: _state(self.units[i]) for i in range(start, stop)}
+        ok = start
+        try:
+            ref = _logits(model, self.probe)
+            for i in range(start, stop):
+                if i not in self.previous:
+                    break
+                _load(self.units[i], self.previous[i])  # units start..i together, as the label rewinds a prefix
+                if changed_share(ref, _logits(model, self.probe)) > self.tau:
+                    break
+                ok = i + 1
+        finally:
+            for i, s in current.items():
+                _load(self.units[i], s)
+            model.train(was)
+        self.vetoed += ok < stop
+        return ok
+
+    def state_dict(self) -> dict:
+        return {"previous": {str(i): s for i, s in self.previous.items()}, "vetoed": self.vetoed, "at": self.at}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.previous = {int(i): s for i, s in state.get("previous", {}).items()}
+        self.vetoed = int(state.get("vetoed", 0))
+        self.at = None if state.get("at") is None else int(state["at"])
