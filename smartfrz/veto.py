@@ -16,13 +16,13 @@ import torch
 from .units import Unit, call_model
 
 
-def _state(unit: Unit) -> list:
+def unit_state(unit: Unit) -> list:
     """Copies of a unit's parameters and buffers, on the CPU (one copy of the active units in all)."""
     return [{k: v.detach().to("cpu", copy=True) for k, v in m.state_dict().items()} for _, m in unit.members] + \
         [p.detach().to("cpu", copy=True) for _, p in unit.extra_params]
 
 
-def _load(unit: Unit, state: list) -> None:
+def load_unit_state(unit: Unit, state: list) -> None:
     for (_, m), s in zip(unit.members, state):
         m.load_state_dict(s)
     for (_, p), v in zip(unit.extra_params, state[len(unit.members):]):
@@ -60,7 +60,7 @@ class FunctionalVeto:
         """Keeps units start..stop-1 as they are now, at most once every ``every`` steps (a policy that decides
         at every step compares with weights at least that old, and copies them that seldom)."""
         if self.at is None or step - self.at >= every:
-            self.previous, self.at = {i: _state(self.units[i]) for i in range(start, stop)}, step
+            self.previous, self.at = {i: unit_state(self.units[i]) for i in range(start, stop)}, step
 
     @torch.no_grad()
     def allow(self, model: torch.nn.Module, start: int, stop: int) -> int:
@@ -68,20 +68,20 @@ class FunctionalVeto:
             return start
         was = model.training
         model.eval()
-        current = {i: _state(self.units[i]) for i in range(start, stop)}
+        current = {i: unit_state(self.units[i]) for i in range(start, stop)}
         ok = start
         try:
             ref = _logits(model, self.probe)
             for i in range(start, stop):
                 if i not in self.previous:
                     break
-                _load(self.units[i], self.previous[i])  # units start..i together, as the label rewinds a prefix
+                load_unit_state(self.units[i], self.previous[i])  # units start..i together, as the label rewinds a prefix
                 if changed_share(ref, _logits(model, self.probe)) > self.tau:
                     break
                 ok = i + 1
         finally:
             for i, s in current.items():
-                _load(self.units[i], s)
+                load_unit_state(self.units[i], s)
             model.train(was)
         self.vetoed += ok < stop
         return ok

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import torch
 
 from ..units import Unit, call_model
+from ..veto import changed_share, load_unit_state, unit_state
 
 
 def centered_gram(x: torch.Tensor) -> torch.Tensor:
@@ -90,19 +91,6 @@ DEFAULT_LABEL = f"{DEFAULT_RULE}:{DEFAULT_TAU:g}"
 REWIND_CAP = 0.05  # rewind harms above this are not resolved (the scan stops there)
 
 
-def _unit_state(unit: Unit) -> list:
-    """Copies of a unit's parameters and buffers (BatchNorm statistics too), on the CPU."""
-    return [{k: v.detach().to("cpu", copy=True) for k, v in m.state_dict().items()} for _, m in unit.members] + \
-        [p.detach().to("cpu", copy=True) for _, p in unit.extra_params]
-
-
-def _load_unit_state(unit: Unit, state: list) -> None:
-    for (_, m), s in zip(unit.members, state):
-        m.load_state_dict(s)
-    for (_, p), v in zip(unit.extra_params, state[len(unit.members):]):
-        p.data.copy_(v)
-
-
 class UnitSnapshots:
     """Every unit's weights at each checkpoint of a run, for ``rewind_harm`` at its end (RAM: one model
     copy per checkpoint)."""
@@ -111,7 +99,7 @@ class UnitSnapshots:
         self.units, self.states, self.steps = list(units), [], []
 
     def take(self, step: int) -> None:
-        self.states.append([_unit_state(u) for u in self.units])
+        self.states.append([unit_state(u) for u in self.units])
         self.steps.append(step)
 
 
@@ -122,13 +110,6 @@ def _predictions(model: torch.nn.Module, probe) -> torch.Tensor:
         out = call_model(model, b)
         outs.append(_first_tensor(getattr(out, "logits", out)).float())
     return torch.cat(outs)
-
-
-def _changed(ref: torch.Tensor, new: torch.Tensor) -> float:
-    """Share of changed predictions (classification); regression: mean |change| over the outputs' std."""
-    if ref.shape[-1] > 1:
-        return float((ref.argmax(-1) != new.argmax(-1)).float().mean())
-    return float((ref - new).abs().mean() / ref.std().clamp_min(1e-12))
 
 
 HARM_PROBE = 512  # examples whose predictions the rewind labels compare (1% = 5 examples)
@@ -168,7 +149,7 @@ def rewind_harm(model: torch.nn.Module, snapshots: UnitSnapshots, probe, cap: fl
     a unit is labelled at t only if its prefix stays under the threshold at every later checkpoint and
     every earlier unit's does too. Unresolved entries are NaN (read: above ``cap``)."""
     units, states = snapshots.units, snapshots.states
-    final = [_unit_state(u) for u in units]
+    final = [unit_state(u) for u in units]
     harm = torch.full((len(states), len(units)), float("nan"))
     was = model.training
     model.eval()
@@ -178,19 +159,19 @@ def rewind_harm(model: torch.nn.Module, snapshots: UnitSnapshots, probe, cap: fl
         for t in range(len(states) - 1, -1, -1):
             ok = 0
             for k in range(reach):
-                _load_unit_state(units[k], states[t][k])
-                harm[t, k] = _changed(ref, _predictions(model, probe))
+                load_unit_state(units[k], states[t][k])
+                harm[t, k] = changed_share(ref, _predictions(model, probe))
                 if harm[t, k] > cap:
                     break
                 ok = k + 1
             for k in range(reach):
-                _load_unit_state(units[k], final[k])
+                load_unit_state(units[k], final[k])
             reach = ok
             if reach == 0:
                 break
     finally:
         for u, s in zip(units, final):
-            _load_unit_state(u, s)
+            load_unit_state(u, s)
         model.train(was)
     return harm
 
