@@ -24,13 +24,6 @@ def _eval_hook(module: nn.Module, args):
         module.train(False)
 
 
-def decision_cadence(policy: Policy, steps_per_epoch: int | None, total_steps: int | None) -> int | None:
-    """Steps between decisions, as each policy defines its cadence (``Policy.cadence``): every step for
-    FreezeOut's schedule and the oracle, AutoFreeze's 20 intervals a run, SmartFRZ's predictor's rule.
-    None: decide at ``epoch_end()``."""
-    return policy.cadence(steps_per_epoch, total_steps)
-
-
 class SmartFRZ:
     """``frz = SmartFRZ(model, optimizer, example_input=x)``; call ``frz.step()`` after ``optimizer.step()``."""
 
@@ -58,7 +51,7 @@ class SmartFRZ:
         self.policy = make_policy(policy, cfg)  # windows shaped as the predictor's training windows unless set
         self.window, self.sample_size = cfg.window or self.policy.window, cfg.sample_size or self.policy.sample_size
         self.record_every = cfg.record_every or (max(1, cfg.steps_per_epoch // self.window) if cfg.steps_per_epoch else 10)
-        self.decide_every = cfg.decide_every or decision_cadence(self.policy, cfg.steps_per_epoch, cfg.total_steps)
+        self.decide_every = cfg.decide_every or self.policy.cadence(cfg.steps_per_epoch, cfg.total_steps)
         if (problem := self._window_problem(cfg.total_steps)) is not None:
             raise ValueError(problem)
         self.recorder = WeightRecorder(self.units, self.window, self.sample_size, cfg.seed) if self.policy.needs_windows else None

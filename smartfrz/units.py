@@ -201,3 +201,16 @@ def _is_container_owned(mname: str, units: list[Unit]) -> bool:
     """A parameter-holding module that is an ancestor of some unit (root, ViT encoder)."""
     prefix = mname + "." if mname else ""
     return any(n.startswith(prefix) and n != mname for u in units for n, _ in u.members)
+
+
+def first_tensor(out: Any) -> torch.Tensor:
+    """A model's or module's output as one tensor: the first of tuples and dicts, a hidden state's."""
+    if torch.is_tensor(out):
+        return out
+    if isinstance(out, (tuple, list)):
+        return first_tensor(out[0])
+    if hasattr(out, "last_hidden_state"):
+        return out.last_hidden_state
+    if isinstance(out, dict):
+        return first_tensor(next(iter(out.values())))
+    raise TypeError(f"cannot read a tensor from a unit output of type {type(out).__name__}")

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .units import Unit, call_model
+from .units import Unit, call_model, first_tensor
 
 
 def unit_state(unit: Unit) -> list:
@@ -29,12 +29,9 @@ def load_unit_state(unit: Unit, state: list) -> None:
         p.data.copy_(v)
 
 
-def _logits(model: torch.nn.Module, probe: Any) -> torch.Tensor:
-    out = call_model(model, probe)
-    out = getattr(out, "logits", out)
-    while not isinstance(out, torch.Tensor):  # tuples and dicts of outputs: the first tensor
-        out = next(iter(out.values())) if isinstance(out, dict) else out[0]
-    return out.float()
+def logits(model: torch.nn.Module, batch: Any) -> torch.Tensor:
+    out = call_model(model, batch)
+    return first_tensor(getattr(out, "logits", out)).float()
 
 
 def changed_share(ref: torch.Tensor, new: torch.Tensor) -> float:
@@ -49,12 +46,10 @@ class FunctionalVeto:
     previous decision (``snapshot``). A unit with no earlier weights yet is never allowed."""
 
     def __init__(self, units: Sequence[Unit], probe: Any, tau: float):
-        if not 0.0 < tau < 1.0:
-            raise ValueError(f"veto_tau must lie strictly between 0 and 1; got {tau}")
         self.units, self.probe, self.tau = list(units), probe, tau
         self.previous: dict[int, list] = {}  # unit index -> its weights at the previous decision
         self.at: int | None = None  # the step they were taken at
-        self.vetoed = 0  # decisions the veto cut short, for the timeline's reader
+        self.vetoed = 0  # decisions the veto cut short
 
     def snapshot(self, start: int, stop: int, step: int, every: int = 1) -> None:
         """Keeps units start..stop-1 as they are now, at most once every ``every`` steps (a policy that decides
@@ -71,12 +66,12 @@ class FunctionalVeto:
         current = {i: unit_state(self.units[i]) for i in range(start, stop)}
         ok = start
         try:
-            ref = _logits(model, self.probe)
+            ref = logits(model, self.probe)
             for i in range(start, stop):
                 if i not in self.previous:
                     break
                 load_unit_state(self.units[i], self.previous[i])  # units start..i together, as the label rewinds a prefix
-                if changed_share(ref, _logits(model, self.probe)) > self.tau:
+                if changed_share(ref, logits(model, self.probe)) > self.tau:
                     break
                 ok = i + 1
         finally:

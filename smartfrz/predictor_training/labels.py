@@ -17,8 +17,8 @@ from typing import Any, Sequence
 
 import torch
 
-from ..units import Unit, call_model
-from ..veto import changed_share, load_unit_state, unit_state
+from ..units import Unit, call_model, first_tensor
+from ..veto import changed_share, load_unit_state, logits, unit_state
 
 
 def centered_gram(x: torch.Tensor) -> torch.Tensor:
@@ -39,18 +39,6 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
     return cka_from_grams(centered_gram(x), centered_gram(y))
 
 
-def _first_tensor(out: Any) -> torch.Tensor:
-    if torch.is_tensor(out):
-        return out
-    if isinstance(out, (tuple, list)):
-        return _first_tensor(out[0])
-    if hasattr(out, "last_hidden_state"):
-        return out.last_hidden_state
-    if isinstance(out, dict):
-        return _first_tensor(next(iter(out.values())))
-    raise TypeError(f"cannot read a tensor from a unit output of type {type(out).__name__}")
-
-
 @torch.no_grad()
 def probe_grams(model: torch.nn.Module, units: Sequence[Unit], probe: Any, mask: torch.Tensor | None = None) -> torch.Tensor:
     """(units, n, n) centred Grams of each unit's output on ``probe``, computed in eval mode.
@@ -63,7 +51,7 @@ def probe_grams(model: torch.nn.Module, units: Sequence[Unit], probe: Any, mask:
         last = u.members[-1][1]  # a unit's output is its last member's output
 
         def hook(mod, args, out, i=i):
-            t = _first_tensor(out).float()
+            t = first_tensor(out).float()
             if mask is not None and t.dim() == 3 and t.shape[1] == mask.shape[1]:
                 t = t * mask[..., None].to(t)
             grams[i] = centered_gram(t)
@@ -104,12 +92,7 @@ class UnitSnapshots:
 
 
 def _predictions(model: torch.nn.Module, probe) -> torch.Tensor:
-    batches = probe if isinstance(probe, list) else [probe]
-    outs = []
-    for b in batches:
-        out = call_model(model, b)
-        outs.append(_first_tensor(getattr(out, "logits", out)).float())
-    return torch.cat(outs)
+    return torch.cat([logits(model, b) for b in (probe if isinstance(probe, list) else [probe])])
 
 
 HARM_PROBE = 512  # examples whose predictions the rewind labels compare (1% = 5 examples)
