@@ -20,8 +20,9 @@ class SmartFRZConfig:
     threshold: float | None = None  # P(freeze) needed; None: the one chosen with the predictor (stored in its file)
     patience: int | None = None  # consecutive decisions a unit must score >= threshold; None: the predictor's
     min_active_units: int = 1  # units (besides the head) that are never frozen
-    # functional veto (smartfrz.veto): a freeze goes ahead only if putting the new prefix back to its weights at the
-    # previous decision changes at most this share of the predictions on a probe batch. None: off
+    # functional veto (smartfrz.veto): a freeze goes ahead only if putting the new prefix back to its earlier weights
+    # changes at most this share of the predictions on a probe batch. None: the predictor's rule (its file says;
+    # other policies: off); 1.0 vetoes nothing and turns it off
     veto_tau: float | None = None
     predictor_path: str | None = None  # None: the shipped predictor
     units: Sequence[str] | None = None  # explicit unit names; None: structural discovery
@@ -42,8 +43,8 @@ class SmartFRZConfig:
                 raise ValueError(f"{name} must be a positive integer or None; got {v!r}")
         if self.window is not None and self.window < 2:
             raise ValueError(f"window must be at least 2 snapshots; got {self.window}")
-        if self.veto_tau is not None and not 0.0 < self.veto_tau < 1.0:
-            raise ValueError(f"veto_tau must lie strictly between 0 and 1, or be None; got {self.veto_tau}")
+        if self.veto_tau is not None and not 0.0 < self.veto_tau <= 1.0:
+            raise ValueError(f"veto_tau must lie in (0, 1] (1.0: off), or be None; got {self.veto_tau}")
         if self.threshold is not None and not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must lie strictly between 0 and 1; got {self.threshold}")
         if isinstance(self.min_active_units, bool) or not isinstance(self.min_active_units, int) or self.min_active_units < 0:

@@ -57,12 +57,14 @@ class SmartFRZ:
         self.recorder = WeightRecorder(self.units, self.window, self.sample_size, cfg.seed) if self.policy.needs_windows else None
         self.recorder_device = next(model.parameters()).device
         self.veto = None
-        if cfg.veto_tau is not None:
+        tau = cfg.veto_tau if cfg.veto_tau is not None else getattr(self.policy, "veto_tau", None)
+        if tau is not None and tau < 1.0:
             from .veto import FunctionalVeto
             probe = veto_probe if veto_probe is not None else example_input
             if probe is None:
-                raise ValueError("veto_tau needs a probe batch: pass veto_probe= (or example_input=)")
-            self.veto = FunctionalVeto(self.units, probe, cfg.veto_tau)
+                raise ValueError("the functional veto needs a probe batch: pass veto_probe= (or example_input=), "
+                                 "or veto_tau=1.0 to turn it off")
+            self.veto = FunctionalVeto(self.units, probe, tau)
         self.policy.bind(self)
 
     def _window_problem(self, total_steps: int | None) -> str | None:
@@ -114,7 +116,8 @@ class SmartFRZ:
         before = self.num_frozen
         n, scores = self.policy.decide(self)
         if self.veto is not None:  # before the broadcast: rank 0's answer, veto included, is every rank's
-            n = self.veto.allow(self.model, before, min(max(n, before), self.max_frozen))
+            if not self.policy.reads_veto:
+                n = self.veto.allow(self.model, before, min(max(n, before), self.max_frozen))
             self.veto.snapshot(n, self.max_frozen, self.step_count, max(1, self.window * self.record_every // 4))
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             from .distributed import broadcast_int

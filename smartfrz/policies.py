@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 class Policy:
     name = "base"
     needs_windows = False  # whether the engine must record weight windows
+    reads_veto = False  # whether decide() consults the engine's functional veto itself (else the engine applies it)
     # the cadence the engine asks at: every step, or per epoch and at least per run (0: none of that kind)
     decides_every_step = False
     decisions_per_epoch, decisions_per_run = 1, 0
@@ -62,12 +63,15 @@ class NoFreezing(Policy):
 
 class SmartFRZPolicy(Policy):
     """SmartFRZ (Li et al., ICLR 2023): the attention predictor scores each active unit's weight
-    window; the longest front prefix whose units scored P(freeze) >= threshold at ``patience``
-    consecutive decisions is frozen. Patience is ours: replaying held-out runs showed that single
-    spikes caused every too-early freeze of CNN units (reports/predictor/report.md)."""
+    window; the longest front prefix whose units looked settled at ``patience`` consecutive decisions
+    is frozen. Settled: P(freeze) >= threshold for the unit and every active unit before it and, with
+    the functional veto (smartfrz.veto), putting that prefix back to its earlier weights changes at
+    most tau of the probe's predictions. Patience is ours: single spikes caused every too-early freeze
+    of CNN units (reports/predictor/report.md); the veto too (docs/predictor.md, "decision rule")."""
 
     name = "smartfrz"
     needs_windows = True
+    reads_veto = True
 
     def __init__(self, predictor=None, threshold: float | None = None, path: str | None = None,
                  patience: int | None = None):
@@ -78,6 +82,7 @@ class SmartFRZPolicy(Policy):
         self.patience = patience if patience is not None else int(getattr(self.predictor, "patience", 2))
         self.decisions_per_epoch = int(getattr(self.predictor, "decisions_per_epoch", 1))
         self.decisions_per_run = int(getattr(self.predictor, "decisions_per_run", 0))
+        self.veto_tau = getattr(self.predictor, "veto_tau", None)  # the engine's default veto, part of the rule
         meta = getattr(self.predictor, "metadata", {})  # what it read in training; windows of other shapes shift its inputs
         self.window, self.sample_size = int(meta.get("window", self.window)), int(meta.get("sample_size", self.sample_size))
         self.streak: dict[int, int] = {}
@@ -97,8 +102,12 @@ class SmartFRZPolicy(Policy):
         if not bool(finite.all()):
             warnings.warn("non-finite weights in a recorded window: no freeze decision is made from them")
         scores = dict(zip(candidates, probs))
-        self.streak = {u: self.streak.get(u, 0) + 1 if scores.get(u, 0.0) >= self.threshold else 0
-                       for u in range(k, limit)}
+        settled = k  # units k..settled-1 look settled now, each with every active unit before it
+        while settled < limit and scores.get(settled, 0.0) >= self.threshold:
+            settled += 1
+        if engine.veto is not None:
+            settled = engine.veto.allow(engine.model, k, settled)
+        self.streak = {u: self.streak.get(u, 0) + 1 if u < settled else 0 for u in range(k, limit)}
         while k < limit and self.streak.get(k, 0) >= self.patience:
             k += 1
         return k, scores

@@ -92,6 +92,7 @@ class FreezePredictor(nn.Module):
                             members=members)
         self.threshold = threshold  # the decision rule chosen with the weights, stored with them
         self.patience, self.decisions_per_epoch, self.decisions_per_run = 2, 1, 0  # 0: no per-run floor
+        self.veto_tau: float | None = None  # the functional veto's tau (smartfrz.veto); None: no veto
         self.members = nn.ModuleList(_Member(d_model, heads, layers, hidden, num_features) for _ in range(members))
         self.register_buffer("calibration", torch.tensor([1.0, 0.0]))  # Platt scale and bias, fitted after training
 
@@ -117,7 +118,7 @@ class FreezePredictor(nn.Module):
 
         meta = {"hparams": json.dumps(self.hparams), "threshold": repr(float(self.threshold)),
                 "patience": str(int(self.patience)), "decisions_per_epoch": str(int(self.decisions_per_epoch)),
-                "decisions_per_run": str(int(self.decisions_per_run)),
+                "decisions_per_run": str(int(self.decisions_per_run)), "veto_tau": repr(self.veto_tau),
                 "feature_version": FEATURE_VERSION, **{k: str(v) for k, v in (extra or {}).items()}}
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(str(path) + ".tmp")
@@ -163,6 +164,7 @@ class FreezePredictor(nn.Module):
         model.load_state_dict(tensors)
         model.patience, model.decisions_per_epoch = int(meta.get("patience", 2)), int(meta.get("decisions_per_epoch", 1))
         model.decisions_per_run = int(meta.get("decisions_per_run", 0))
+        model.veto_tau = None if meta.get("veto_tau", "None") == "None" else float(meta["veto_tau"])
         model.metadata = meta
         return model.to(device).eval()
 

@@ -63,13 +63,14 @@ class FunctionalVeto:
             return start
         was = model.training
         model.eval()
-        current = {i: unit_state(self.units[i]) for i in range(start, stop)}
+        current = {}  # copied only for the units actually put back
         ok = start
         try:
             ref = logits(model, self.probe)
             for i in range(start, stop):
                 if i not in self.previous:
                     break
+                current[i] = unit_state(self.units[i])
                 load_unit_state(self.units[i], self.previous[i])  # units start..i together, as the label rewinds a prefix
                 if changed_share(ref, logits(model, self.probe)) > self.tau:
                     break

@@ -222,6 +222,25 @@ def test_rule_ceiling_replays_patience_cadence_window_and_front_to_back_order():
     assert ceiling.rule_steps({"a": 120}, 1, 2, 22, 132, 20) == {}  # would come after the run's end
 
 
+def test_trace_replay_is_the_engines_rule_on_a_traced_run():
+    """scripts/trace_replay.py: a unit's count runs only while it and every active unit before it score P >= the
+    threshold and pass the veto; a decision the rule does not take (a slower cadence) is skipped, not counted."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("replay", Path(__file__).parents[1] / "scripts" / "trace_replay.py")
+    replay = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(replay)
+    p = [{"0": 0.9, "1": 0.9}, {"0": 0.9, "1": 0.9}, {"0": 0.05, "1": 0.9}, {"0": 0.9, "1": 0.9}, {"0": 0.9, "1": 0.9}]
+    share = [{"0": 0.0, "1": 0.2}, {"0": 0.0, "1": 0.0}, {"0": 0.0, "1": 0.0}, {"0": 0.0, "1": 0.0}, {"0": 0.0, "1": 0.0}]
+    trace = {"steps_per_epoch": 10, "total_steps": 30, "units": [{"flop_share": 0.5}, {"flop_share": 0.3}, {"flop_share": 0.2}],
+             "decisions": [{"step": 2 * (i + 1), "p": pi, "share": si} for i, (pi, si) in enumerate(zip(p, share))]}
+    assert replay.replay(trace, 0.5, 2, 5, None) == {0: 4, 1: 4}
+    assert replay.replay(trace, 0.5, 2, 5, 0.1) == {0: 4, 1: 6}  # unit 1 vetoed at step 2, counts from step 4
+    assert replay.replay(trace, 0.5, 3, 5, 0.1) == {}  # unit 0 dips at step 6: its count and unit 1's start again
+    assert replay.replay(trace, 0.5, 1, 1, 0.1) == {0: 10, 1: 10}  # one decision an epoch: the 5th row only
+    assert replay.replay(trace, 0.5, 1, 2, 0.1) == {0: 4, 1: 4}  # two: every 2nd row (steps 4 and 8)
+    assert abs(replay.saving(trace, {0: 4}) - 2 / 3 * 0.5 * 26 / 30) < 1e-12
+
+
 def test_frontier_confirms_the_largest_safe_grid_point_on_every_seed(tmp_path, monkeypatch):
     """scripts/frontier.py: the grid runs on one seed; the largest saving within the tolerance there is confirmed
     on the others, and the frontier is the best of that and the safe oracles (median of per-seed deltas)."""

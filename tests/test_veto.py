@@ -53,6 +53,54 @@ def test_veto_state_survives_a_weights_only_checkpoint(tmp_path):
 
 
 def test_bad_veto_threshold_is_refused():
-    with pytest.raises(ValueError, match="veto_tau must lie strictly between 0 and 1"):
+    with pytest.raises(ValueError, match=r"veto_tau must lie in \(0, 1\]"):
         SmartFRZ(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)), None, example_input=torch.randn(1, 2), policy="none",
                  veto_tau=1.5)
+
+
+def test_the_predictor_file_carries_the_veto_and_an_option_overrides_it(tmp_path):
+    """The veto is part of the decision rule stored with the predictor, so every run gets the same default."""
+    from smartfrz import FreezePredictor
+    pred = FreezePredictor.load()
+    pred.veto_tau = 0.03
+    path = tmp_path / "p.safetensors"
+    pred.save(path, extra={k: v for k, v in pred.metadata.items() if k in ("window", "sample_size")})
+    assert FreezePredictor.load(path).veto_tau == 0.03
+    m = nn.Sequential(nn.Linear(2, 4), nn.Linear(4, 4), nn.Linear(4, 2))
+    x = torch.randn(8, 2)
+    on = SmartFRZ(m, None, example_input=x, predictor_path=str(path), window=2, record_every=1)
+    off = SmartFRZ(m, None, example_input=x, predictor_path=str(path), window=2, record_every=1, veto_tau=1.0)
+    peer = SmartFRZ(m, None, example_input=x, policy="linear", total_steps=10)
+    assert on.veto is not None and on.veto.tau == 0.03 and torch.equal(on.veto.probe, x)
+    assert off.veto is None and peer.veto is None
+
+
+class Confident(torch.nn.Module):
+    """A predictor that calls every window settled: what is left to decide is the veto's and patience's."""
+    threshold, patience, decisions_per_epoch, decisions_per_run, veto_tau = 0.5, 2, 1, 0, 0.05
+    metadata = {"window": "2", "sample_size": "8"}
+
+    def predict_proba(self, windows):
+        return torch.full((windows.shape[0],), 0.9)
+
+
+def test_smartfrz_counts_a_units_patience_only_while_the_veto_lets_it_through():
+    """Settled = P(freeze) >= threshold and the veto passed, at `patience` consecutive decisions: a unit kicked
+    at the decision before (still changing predictions) starts its count again."""
+    from smartfrz.policies import SmartFRZPolicy
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
+    probe = torch.randn(64, 6)
+    frz = SmartFRZ(m, None, example_input=probe, policy=SmartFRZPolicy(predictor=Confident()), decide_every=1,
+                   record_every=1, units=["0", "2", "4"])
+    assert frz.veto is not None and frz.veto.tau == 0.05  # the predictor's rule brings its veto
+    kicks = {3: 1.0}  # the first unit changes what the model predicts once, between decisions 2 and 3
+    for step in range(1, 9):
+        with torch.no_grad():
+            m[0].weight.add_(kicks.get(step, 0.0) * torch.randn(m[0].weight.shape))
+        frz.step()
+        if step == 3:
+            assert frz.num_frozen == 0 and frz.policy.streak == {0: 0, 1: 0} and frz.veto.vetoed == 1
+    # windows full at step 2 (veto snapshot from step 1): passes at 2, vetoed at 3, passes at 4 and 5
+    assert [(e["unit"], e["step"]) for e in frz.timeline] == [("0", 5), ("2", 5)]

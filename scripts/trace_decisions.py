@@ -1,0 +1,86 @@
+"""Trace what a SmartFRZ rule would see, without freezing: the predictor's P(freeze) and the functional
+veto's changed share for every unit prefix, at many decisions a run.
+
+A trace lets any decision rule (threshold, patience, decisions per epoch, veto tau) be replayed offline
+against a task's frontier (scripts/frontier.py) instead of training one run per rule. Nothing is frozen
+while tracing, so the trace is the `none` run's trajectory.
+
+    python scripts/trace_decisions.py --suite cpu --task cifar10_resnet20 --seed 0 --data-dir ../shared/data \
+        --per-epoch 8 --out reports/bench/trace/cpu_cifar10_resnet20_s0.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from smartfrz.lab.bench import SUITES
+from smartfrz.lab.experiment import ExperimentConfig, run
+from smartfrz.policies import SmartFRZPolicy
+from smartfrz.veto import changed_share, load_unit_state, logits, unit_state
+
+
+def trace_policy(rows: list, units: list, per_epoch: int):
+    """SmartFRZPolicy.decide, patched to log every score and every prefix's rewind share, and freeze nothing."""
+    original = SmartFRZPolicy.decide
+    SmartFRZPolicy.cadence = lambda self, spe, total: max(1, spe // per_epoch)
+
+    @torch.no_grad()
+    def decide(self, engine):
+        _, scores = original(self, engine)
+        if not units:
+            units.extend({"name": u.name, "flop_share": u.flop_share, "params": u.num_params} for u in engine.units)
+        veto, shares = engine.veto, {}
+        if veto is not None and veto.previous:
+            model, was = engine.model, engine.model.training
+            model.eval()
+            current = {i: unit_state(engine.units[i]) for i in veto.previous}
+            ref = logits(model, veto.probe)
+            for i in sorted(veto.previous):
+                load_unit_state(engine.units[i], veto.previous[i])
+                shares[i] = changed_share(ref, logits(model, veto.probe))
+            for i, s in current.items():
+                load_unit_state(engine.units[i], s)
+            model.train(was)
+        rows.append({"step": engine.step_count, "epoch": round(engine.epoch, 4), "veto_from": veto.at if veto else None,
+                     "p": {str(u): round(float(v), 5) for u, v in scores.items()},
+                     "share": {str(u): round(v, 5) for u, v in shares.items()}})
+        return engine.num_frozen, scores
+
+    SmartFRZPolicy.decide = decide
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--suite", required=True, choices=sorted(SUITES))
+    ap.add_argument("--task", required=True)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--per-epoch", type=int, default=8, help="decisions traced per epoch")
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args(argv)
+    tasks = SUITES[a.suite]["tasks"]
+    if a.task not in tasks:
+        ap.error(f"unknown task {a.task!r} in suite {a.suite!r}; tasks: {sorted(tasks)}")
+    spec = {k: v for k, v in tasks[a.task].items() if k != "extra_policies"}
+    rows, units = [], []
+    trace_policy(rows, units, a.per_epoch)
+    torch.set_num_threads(1)
+    # the veto's tau is irrelevant: nothing is frozen, its snapshots are what the trace reads
+    cfg = ExperimentConfig(name="trace", policy="smartfrz", seed=a.seed, data_dir=a.data_dir, out_dir=None,
+                           progress=False, frz={"veto_tau": 0.5, "patience": 10 ** 6}, **spec)
+    res = run(cfg)
+    steps_per_epoch = res.steps // cfg.epochs
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"suite": a.suite, "task": a.task, "seed": a.seed, "steps_per_epoch": steps_per_epoch,
+                               "total_steps": res.steps, "metric": res.metric, "units": units,
+                               "decisions": rows}, indent=0))
+    print(f"{out}: {len(rows)} decisions, metric {res.metric}")
+
+
+if __name__ == "__main__":
+    from smartfrz.lab.cli import run_cli
+    run_cli(main)
