@@ -50,6 +50,7 @@ class FunctionalVeto:
         self.previous: dict[int, list] = {}  # unit index -> its weights at the previous decision
         self.at: int | None = None  # the step they were taken at
         self.vetoed = 0  # decisions the veto cut short
+        self.forwards = 0  # probe forwards run: the veto's cost, counted so savings can be reported net of it
 
     def snapshot(self, start: int, stop: int, step: int, every: int = 1) -> None:
         """Keeps units start..stop-1 as they are now, at most once every ``every`` steps (a policy that decides
@@ -67,11 +68,13 @@ class FunctionalVeto:
         ok = start
         try:
             ref = logits(model, self.probe)
+            self.forwards += 1
             for i in range(start, stop):
                 if i not in self.previous:
                     break
                 current[i] = unit_state(self.units[i])
                 load_unit_state(self.units[i], self.previous[i])  # units start..i together, as the label rewinds a prefix
+                self.forwards += 1
                 if changed_share(ref, logits(model, self.probe)) > self.tau:
                     break
                 ok = i + 1
@@ -83,9 +86,11 @@ class FunctionalVeto:
         return ok
 
     def state_dict(self) -> dict:
-        return {"previous": {str(i): s for i, s in self.previous.items()}, "vetoed": self.vetoed, "at": self.at}
+        return {"previous": {str(i): s for i, s in self.previous.items()}, "vetoed": self.vetoed, "at": self.at,
+                "forwards": self.forwards}
 
     def load_state_dict(self, state: dict) -> None:
         self.previous = {int(i): s for i, s in state.get("previous", {}).items()}
         self.vetoed = int(state.get("vetoed", 0))
+        self.forwards = int(state.get("forwards", 0))
         self.at = None if state.get("at") is None else int(state["at"])

@@ -118,6 +118,8 @@ def run_key(cfg: ExperimentConfig, threads: int | None) -> str:
 
     from .. import __version__
     d = {k: v for k, v in asdict(cfg).items() if k not in _NOT_IN_KEY}
+    if d["veto_probe"] is None:
+        del d["veto_probe"]  # the lab's probe: runs recorded before the option keep their keys
     # an oracle's numbers follow from its freeze steps (in the key); the label that made them is a name.
     # (0.95 stands where the label option was a CKA threshold, so runs recorded then keep their keys.)
     d.pop("oracle_label")
@@ -156,7 +158,8 @@ def _train(cfg: ExperimentConfig) -> dict:
 
 def run_suite(suite: str, data_dir=None, device="auto", policies=ALL_POLICIES, seeds=None, tasks=None,
               runs_dir="reports/bench/runs", jobs: int | None = None, threads: int | None = None,
-              progress=True, on_run=None, predictor: str | None = None, train: bool = True) -> dict:
+              progress=True, on_run=None, predictor: str | None = None, train: bool = True,
+              veto_probe: int | None = None) -> dict:
     """Trains (or reads back) every run of a suite; ``on_run(bench)`` sees the results after each run."""
     if suite not in SUITES:
         raise ValueError(f"unknown suite {suite!r}; allowed: {', '.join(SUITES)}")
@@ -167,17 +170,18 @@ def run_suite(suite: str, data_dir=None, device="auto", policies=ALL_POLICIES, s
     tasks = {k: v for k, v in spec["tasks"].items() if tasks is None or k in tasks}
     return run_tasks(tasks, seeds if seeds is not None else spec["seeds"], policies, name=suite, why=spec["why"],
                      data_dir=data_dir, device=device, runs_dir=runs_dir, jobs=jobs, threads=threads,
-                     progress=progress, on_run=on_run, predictor=predictor, train=train)
+                     progress=progress, on_run=on_run, predictor=predictor, train=train, veto_probe=veto_probe)
 
 
 def run_tasks(tasks: dict[str, dict], seeds, policies=ALL_POLICIES, name: str = "custom", why: str | None = None,
               data_dir=None, device="auto", runs_dir="reports/bench/runs", jobs: int | None = None,
               threads: int | None = None, progress=True, on_run=None, predictor: str | None = None,
-              train: bool = True) -> dict:
+              train: bool = True, veto_probe: int | None = None) -> dict:
     """Every policy on each task spec (ExperimentConfig fields, plus ``extra_policies`` such as the
     ``+cache`` ones) and seed, side by side; what ``run_suite`` and the notebooks build on. ``predictor``: a
     weights file for the ``smartfrz`` policies instead of the shipped one (to compare candidates). ``train=False``
-    only reads back finished runs (to render a suite whose runs were made elsewhere or in parts)."""
+    only reads back finished runs (to render a suite whose runs were made elsewhere or in parts). ``veto_probe``:
+    the smartfrz policies' veto probe size instead of the lab's (256 images, 128 sentences), to price the veto."""
     if predictor is not None and not Path(predictor).is_file():
         raise FileNotFoundError(f"predictor file not found: {predictor}")
     suite, spec = name, {"why": why}
@@ -214,6 +218,8 @@ def run_tasks(tasks: dict[str, dict], seeds, policies=ALL_POLICIES, name: str = 
         frz = {**base.pop("frz", {}), **(LINEAR_DEFAULTS if policy == "linear" else {})}
         if policy == "smartfrz" and predictor is not None:
             frz["predictor_path"] = str(Path(predictor).resolve())
+        if policy == "smartfrz" and veto_probe is not None:
+            base["veto_probe"] = veto_probe
         cfg = ExperimentConfig(name=f"bench-{suite}-{task}", policy=policy, seed=seed, data_dir=data_dir,
                                device=device, out_dir=None, progress=False, record_cka=policy == "none",
                                cache=cache, frz=frz, **base)
@@ -324,7 +330,8 @@ def row(task: str, res: dict, ref: dict) -> dict:
     label = res["config"]["policy"] + ("+cache" if res["config"].get("cache") else "")
     return {"task": task, "policy": label, "seed": res["config"]["seed"], "run": res["run"],
             "invocation": res.get("invocation"),
-            **{k: res[k] for k in keep}, "cache": res.get("cache"), "time_to_target_s": reached[0] if reached else None,
+            **{k: res[k] for k in keep}, "decision_flops": res.get("decision_flops"), "cache": res.get("cache"),
+            "time_to_target_s": reached[0] if reached else None,
             "target_metric": target}
 
 
@@ -352,6 +359,9 @@ def summarize(bench: dict) -> list[dict]:
                      "metric_delta_per_seed": [d for _, d in paired],  # against `none` of the same seed, by seed
                      "metric_delta_median": _median([d for _, d in paired]),  # the figure targets are judged on
                      "flops_saved": 1 - med["train_flops"] / bmed["train_flops"],
+                     # the decisions' own forwards (veto probes) over full training; None: not recorded then
+                     "decision_flops_share": None if any(r.get("decision_flops") is None for r in rs) else
+                     _median([r["decision_flops"] / r["full_train_flops"] for r in rs]),
                      "speedup": bmed["wall_s"] / med["wall_s"] if med["wall_s"] and _one_invocation(rs + base, bench) else None,
                      "mem_ratio": med["peak_mem_bytes"] / bmed["peak_mem_bytes"] if bmed["peak_mem_bytes"] else None,
                      "overhead_s": _median([r["overhead_s"]["total"] for r in rs]),
@@ -367,6 +377,10 @@ def _one_invocation(runs: list[dict], bench: dict) -> bool:
     if None in seen:
         return not bench.get("read_back")
     return len(seen) == 1
+
+
+def _share(x: float | None) -> str:
+    return "n/m" if x is None else f"{100 * x:.1f}%"
 
 
 def _delta(d: float, metric: float) -> str:
@@ -388,9 +402,12 @@ def markdown(bench: dict, command: str | None = None) -> str:
              "noise. Δ is in the metric's own units: accuracy in % (digits, CIFAR) or in [0, 1] (GLUE: accuracy, F1, "
              "Matthews correlation). Δ per seed: each run against the `none` run of its own seed (same initialisation "
              "and data order), in seed order; Δ vs none is their median.", "",
-             "| task | policy | seeds | metric | Δ vs none | Δ per seed | FLOPs saved | speed-up (wall) "
-             "| time to target (s) | peak mem ratio | overhead (s) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "Decision FLOPs: the decisions' own forwards (the functional veto's probe batches) as a share of full "
+             "training; FLOPs saved does not subtract them, so a policy's net saving is the difference (n/m: not "
+             "recorded by runs that old).", "",
+             "| task | policy | seeds | metric | Δ vs none | Δ per seed | FLOPs saved | decision FLOPs "
+             "| speed-up (wall) | time to target (s) | peak mem ratio | overhead (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     rows = summarize(bench)
     for r in rows:
         ttt = "n/a" if r["time_to_target_s"] is None else f"{r['time_to_target_s']:.1f}"
@@ -398,7 +415,7 @@ def markdown(bench: dict, command: str | None = None) -> str:
         lines.append(f"| {r['task']} | {r['policy']} | {r['seeds']} | {r['metric_name']} {r['metric']:.4g} | "
                      f"{_delta(r['metric_delta_median'], r['metric'])} | "
                      f"{' / '.join(_delta(d, r['metric']) for d in r['metric_delta_per_seed'])} | "
-                     f"{100 * r['flops_saved']:.1f}% | {speed} | {ttt} | "
+                     f"{100 * r['flops_saved']:.1f}% | {_share(r['decision_flops_share'])} | {speed} | {ttt} | "
                      f"{r['mem_ratio']:.2f} | {r['overhead_s']:.2f} |")
     if any(r["speedup"] is None for r in rows):
         lines += ["", "\\* No wall-clock speed-up: these runs and their `none` runs were not all trained by one "
@@ -442,6 +459,8 @@ def main(argv=None):
     ap.add_argument("--jobs", type=int, default=None, help="runs side by side (default: CPU cores on CPU, 1 on GPU)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads per run (default: 1 on CPU)")
     ap.add_argument("--predictor", default=None, help="weights for the smartfrz policies (default: the shipped ones)")
+    ap.add_argument("--veto-probe", type=int, default=None,
+                    help="examples in the smartfrz policies' veto probe (default: 256 images, 128 sentences)")
     ap.add_argument("--no-train", action="store_true", help="only read back finished runs and render them")
     ap.add_argument("--render", action="store_true",
                     help="only re-write the Markdown beside --out from that JSON (its Command: line is kept)")
@@ -464,7 +483,7 @@ def main(argv=None):
 
     bench = run_suite(a.suite, a.data_dir, a.device, a.policies, a.seeds, a.tasks,
                       runs_dir=out.with_suffix(".runs"), jobs=a.jobs, threads=a.threads, on_run=save,
-                      predictor=a.predictor, train=not a.no_train)
+                      predictor=a.predictor, train=not a.no_train, veto_probe=a.veto_probe)
     save(bench)
     print(markdown(bench, command))
     print(f"wrote {out} and {out.with_suffix('.md')} ({bench['read_back']} runs read back, {bench['trained']} trained)")

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .costs import (EnergyMeter, PeakMemory, Stopwatch, forward_flops, integrate_cached_train_flops,
-                    integrate_train_flops, prefix_forward_flops, prefix_step_flops)
+                    integrate_train_flops, prefix_forward_flops, prefix_step_flops, probe_forward_flops)
 from ..engine import SmartFRZ
 from .train import batch_loss, example_input, fit, to_device
 from ..predictor_training.labels import DEFAULT_LABEL
@@ -53,6 +53,7 @@ class ExperimentConfig:
     cache: bool = False  # prefix cache: frozen units' outputs stored per example, their forward skipped
     cache_dtype: str = "float16"  # float16 | bfloat16 | float32 (exact)
     cache_max_bytes: int | None = None  # RAM for the store; beyond it, a memory-mapped spill file
+    veto_probe: int | None = None  # examples in the functional veto's probe batch; None: 256 images, 128 sentences
     record_cka: bool = False  # record the oracle's reference: probe CKA curves and rewind harms per checkpoint
     oracle_label: str = DEFAULT_LABEL  # the bench's oracle: label RULE:TAU (predictor_training.labels.freeze_labels)
     oracle_freeze_steps: dict | None = None
@@ -73,7 +74,7 @@ class ExperimentConfig:
             raise ValueError(f"epochs must be a positive integer; got {self.epochs!r}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer; got {self.batch_size!r}")
-        for name in ("subset", "eval_subset", "epoch_eval_subset"):
+        for name in ("subset", "eval_subset", "epoch_eval_subset", "veto_probe"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise ValueError(f"{name} must be a positive integer or None; got {v!r}")
@@ -129,14 +130,21 @@ class ExperimentResult:
     cka: dict | None = None
     cache: dict | None = None  # prefix cache: entries, RAM/disk bytes, steps served, fill work and FLOPs
     cadence: dict | None = None  # what the engine resolved: window shape (the predictor's unless set), record and decide steps
+    decision_flops: float = 0.0  # the decisions' own forwards (the functional veto's probe), not in train_flops
 
     @property
     def flops_saved(self) -> float:
         return 1.0 - self.train_flops / self.full_train_flops if self.full_train_flops else 0.0
 
+    @property
+    def net_flops_saved(self) -> float:
+        """What freezing saved once the decisions' own forwards are paid for."""
+        return 1.0 - (self.train_flops + self.decision_flops) / self.full_train_flops if self.full_train_flops else 0.0
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["flops_saved"] = self.flops_saved
+        d["net_flops_saved"] = self.net_flops_saved
         return d
 
     def save(self, folder) -> Path:
@@ -177,14 +185,14 @@ def build(cfg: ExperimentConfig, device: str):
         model = build_model(cfg.model, num_classes=train.num_classes, pretrained=cfg.pretrained, image_size=cfg.image_size)
         train_loader = D.ArrayLoader(train, cfg.batch_size, True, cfg.seed, device, with_index=cfg.cache)
         eval_loader = D.ArrayLoader(test, 500, False, 0, device)
-        probe = test.get_batch(torch.arange(min(256, len(test))))[0].to(device)
+        probe = test.get_batch(torch.arange(min(cfg.veto_probe or 256, len(test))))[0].to(device)
         return model, train_loader, eval_loader, accuracy_metric, probe, None
     if cfg.task == "digits":
         train, test = D.load_digits("train", seed=cfg.seed), D.load_digits("test", seed=cfg.seed)
         model = build_model(cfg.model, num_classes=10, pretrained=cfg.pretrained)
         train = D.IndexedDataset(train) if cfg.cache else train
         return (model, D.make_loader(train, cfg.batch_size, shuffle=True, seed=cfg.seed), D.make_loader(test, 512),
-                accuracy_metric, test.tensors[0][:256].to(device), None)
+                accuracy_metric, test.tensors[0][:cfg.veto_probe or 256].to(device), None)
     if cfg.task == "imagefolder":
         if not cfg.data_dir:
             raise ValueError("task 'imagefolder' needs data_dir: a folder with train/ and val/ in ImageFolder layout")
@@ -193,7 +201,7 @@ def build(cfg: ExperimentConfig, device: str):
         model = build_model(cfg.model, num_classes=len(train.classes), pretrained=cfg.pretrained, image_size=cfg.image_size)
         kw = dict(num_workers=min(8, torch.get_num_threads()), pin_memory=device != "cpu")
         val_loader = D.make_loader(val, 128, **kw)
-        probe = next(iter(D.make_loader(val, 128)))[0].to(device)
+        probe = next(iter(D.make_loader(val, cfg.veto_probe or 128)))[0].to(device)
         train = D.IndexedDataset(train) if cfg.cache else train
         return model, D.make_loader(train, cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=True, **kw), \
             val_loader, accuracy_metric, probe, None
@@ -203,7 +211,7 @@ def build(cfg: ExperimentConfig, device: str):
     model = build_model(cfg.model, num_classes=train.num_labels, pretrained=cfg.pretrained).float()
     collate = D.glue_collate(tok)
     metric = lambda logits, labels: D.glue_metrics(cfg.task, logits.numpy(), labels.numpy())
-    probe_batch = collate([dev[i] for i in range(min(128, len(dev)))])
+    probe_batch = collate([dev[i] for i in range(min(cfg.veto_probe or 128, len(dev)))])
     mask = probe_batch["attention_mask"].to(device)
     probe = to_device({k: v for k, v in probe_batch.items() if k != "labels"}, device)
     lengths = [len(ex["input_ids"]) for ex in train] if cfg.group_by_length else None
@@ -328,6 +336,9 @@ def run(cfg: ExperimentConfig | dict) -> ExperimentResult:
         res.cache.update(fill_flops=fill_flops, forward_flops=boundary_flops, full_forward_flops=full_forward)
     full_flops = float(sum(prefix_flops[0] * s for s in scales))
     check = _check_flops(model, frz, prefix_flops, first)
+    decision_flops = 0.0
+    if frz.veto is not None and frz.veto.forwards:
+        decision_flops = float(frz.veto.forwards * probe_forward_flops(model, frz.veto.probe))
     cka = None
     if cfg.record_cka and grams:
         from ..predictor_training.labels import cka_curves, harm_probe, rewind_harm
@@ -349,7 +360,8 @@ def run(cfg: ExperimentConfig | dict) -> ExperimentResult:
         overhead_s={"record": record_watch.seconds, "decide": decide_watch.seconds,
                     "total": record_watch.seconds + decide_watch.seconds}, cka=cka, cache=res.cache,
         cadence={"window": frz.window, "sample_size": frz.sample_size, "record_every": frz.record_every,
-                 "decide_every": frz.decide_every, "windows_recorded": frz.recorder is not None})
+                 "decide_every": frz.decide_every, "windows_recorded": frz.recorder is not None},
+        decision_flops=decision_flops)
     if logger is not None:
         logger.log_fit(res, frz=frz, total_steps=res.steps)
         logger.log_summary({"final/metric": result.metric, "train_flops": train_flops, "flops_saved": result.flops_saved,
