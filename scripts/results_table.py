@@ -4,8 +4,10 @@
     python scripts/results_table.py --print    # only prints the table
 
 One row per suite, task and policy: the metric's median, Δ against `none` (the median of per-seed deltas,
-each run against the `none` run of its own seed), FLOPs saved, and on tasks with a measured frontier
-(reports/bench/bound/frontier_<task>.json) the share of it a policy reaches within the tolerance.
+each run against the `none` run of its own seed), FLOPs saved, the decisions' own FLOPs (the veto's probe
+forwards; n/m where the runs predate counting them), and on tasks with a measured frontier
+(reports/bench/bound/frontier_<task>.json) the share of it a policy reaches within the tolerance, net of those
+decision FLOPs where they were counted.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import re
 import statistics
 from pathlib import Path
 
-from smartfrz.lab.bench import _delta, summarize
+from smartfrz.lab.bench import _delta, _share, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 SUITES = ("smoke", "demo", "cpu", "headroom")
@@ -28,8 +30,8 @@ def frontier(task: str) -> dict | None:
 
 
 def table() -> str:
-    lines = ["| suite | task (`none`'s metric) | policy | Δ vs none | FLOPs saved | of the frontier |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| suite | task (`none`'s metric) | policy | Δ vs none | FLOPs saved | decision FLOPs | of the frontier |",
+             "|---|---|---|---|---|---|---|"]
     notes = []
     for suite in SUITES:
         path = ROOT / "reports" / "bench" / f"{suite}.json"
@@ -45,12 +47,13 @@ def table() -> str:
             f, b = frontier(r["task"]), base[r["task"]]
             share = "n/a"
             if f and f.get("frontier"):  # both as the median of the runs' own savings, as the frontier is measured
-                saved = statistics.median(x["flops_saved"] for x in bench["runs"]
-                                          if (x["task"], x["policy"]) == (r["task"], r["policy"]))
+                saved = statistics.median(x["flops_saved"] - (x.get("decision_flops") or 0.0) / x["full_train_flops"]
+                                          for x in bench["runs"] if (x["task"], x["policy"]) == (r["task"], r["policy"]))
                 safe = r["metric_delta_median"] >= -f["tolerance"]
                 share = f"{saved / f['frontier']['median_flops_saved']:.0%}" if safe else "lost accuracy"
             lines.append(f"| {suite}{partial} | {r['task']} ({b['metric_name']} {b['metric']:.4g}) | {r['policy']} | "
-                         f"{_delta(r['metric_delta_median'], r['metric'])} | {100 * r['flops_saved']:.1f}% | {share} |")
+                         f"{_delta(r['metric_delta_median'], r['metric'])} | {100 * r['flops_saved']:.1f}% | "
+                         f"{_share(r['decision_flops_share'])} | {share} |")
         for task in base:
             f = frontier(task)
             if f is not None:

@@ -1,5 +1,6 @@
 """Trace what a SmartFRZ rule would see, without freezing: the predictor's P(freeze) and the functional
-veto's changed share for every unit prefix, at many decisions a run.
+veto's changed share for every unit prefix, at many decisions a run (on the whole probe, and on its first 32
+and 64 examples: what a smaller probe, the lab's `veto_probe` option, would have read).
 
 A trace lets any decision rule (threshold, patience, decisions per epoch, veto tau) be replayed offline
 against a task's frontier (scripts/frontier.py) instead of training one run per rule. Nothing is frozen
@@ -17,12 +18,20 @@ from pathlib import Path
 import torch
 
 from smartfrz.lab.bench import SUITES
+from smartfrz.lab.costs import probe_forward_flops
 from smartfrz.lab.experiment import ExperimentConfig, run
 from smartfrz.policies import SmartFRZPolicy
 from smartfrz.veto import changed_share, load_unit_state, logits, unit_state
 
 
-def trace_policy(rows: list, units: list, per_epoch: int):
+SMALL_PROBES = (32, 64)  # the lab's probe batches start with the same examples, so these are their shares
+
+
+def first(probe, n: int):
+    return {k: v[:n] for k, v in probe.items()} if isinstance(probe, dict) else probe[:n]
+
+
+def trace_policy(rows: list, units: list, per_epoch: int, probe_flops: dict):
     """SmartFRZPolicy.decide, patched to log every score and every prefix's rewind share, and freeze nothing."""
     original = SmartFRZPolicy.decide
     SmartFRZPolicy.cadence = lambda self, spe, total: max(1, spe // per_epoch)
@@ -30,9 +39,12 @@ def trace_policy(rows: list, units: list, per_epoch: int):
     @torch.no_grad()
     def decide(self, engine):
         _, scores = original(self, engine)
+        veto, shares, small = engine.veto, {}, {n: {} for n in SMALL_PROBES}
         if not units:
             units.extend({"name": u.name, "flop_share": u.flop_share, "params": u.num_params} for u in engine.units)
-        veto, shares = engine.veto, {}
+            if veto is not None:  # what one veto forward costs, on the whole probe and on its first n examples
+                probe_flops.update({str(n): probe_forward_flops(engine.model, first(veto.probe, n)) for n in SMALL_PROBES},
+                                   all=probe_forward_flops(engine.model, veto.probe))
         if veto is not None and veto.previous:
             model, was = engine.model, engine.model.training
             model.eval()
@@ -40,13 +52,17 @@ def trace_policy(rows: list, units: list, per_epoch: int):
             ref = logits(model, veto.probe)
             for i in sorted(veto.previous):
                 load_unit_state(engine.units[i], veto.previous[i])
-                shares[i] = changed_share(ref, logits(model, veto.probe))
+                new = logits(model, veto.probe)
+                shares[i] = changed_share(ref, new)
+                for n in SMALL_PROBES:
+                    small[n][i] = changed_share(ref[:n], new[:n])
             for i, s in current.items():
                 load_unit_state(engine.units[i], s)
             model.train(was)
         rows.append({"step": engine.step_count, "epoch": round(engine.epoch, 4), "veto_from": veto.at if veto else None,
                      "p": {str(u): round(float(v), 5) for u, v in scores.items()},
-                     "share": {str(u): round(v, 5) for u, v in shares.items()}})
+                     "share": {str(u): round(v, 5) for u, v in shares.items()},
+                     "share_n": {str(n): {str(u): round(v, 5) for u, v in sh.items()} for n, sh in small.items()}})
         return engine.num_frozen, scores
 
     SmartFRZPolicy.decide = decide
@@ -65,18 +81,19 @@ def main(argv=None):
     if a.task not in tasks:
         ap.error(f"unknown task {a.task!r} in suite {a.suite!r}; tasks: {sorted(tasks)}")
     spec = {k: v for k, v in tasks[a.task].items() if k != "extra_policies"}
-    rows, units = [], []
-    trace_policy(rows, units, a.per_epoch)
+    rows, units, probe_flops = [], [], {}
+    trace_policy(rows, units, a.per_epoch, probe_flops)
     torch.set_num_threads(1)
-    # the veto's tau is irrelevant: nothing is frozen, its snapshots are what the trace reads
+    # the veto's tau is irrelevant: nothing is frozen, its snapshots are what the trace reads (on the whole probe)
     cfg = ExperimentConfig(name="trace", policy="smartfrz", seed=a.seed, data_dir=a.data_dir, out_dir=None,
-                           progress=False, frz={"veto_tau": 0.5, "patience": 10 ** 6}, **spec)
+                           progress=False, frz={"veto_tau": 0.5, "patience": 10 ** 6, "veto_probe_rows": 10 ** 6}, **spec)
     res = run(cfg)
     steps_per_epoch = res.steps // cfg.epochs
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"suite": a.suite, "task": a.task, "seed": a.seed, "steps_per_epoch": steps_per_epoch,
                                "total_steps": res.steps, "metric": res.metric, "units": units,
+                               "step_flops": res.full_train_flops / res.steps, "probe_flops": probe_flops,
                                "decisions": rows}, indent=0))
     print(f"{out}: {len(rows)} decisions, metric {res.metric}")
 

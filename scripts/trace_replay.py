@@ -5,7 +5,8 @@ A unit freezes once, at `patience` consecutive decisions, it and every active un
 P(freeze) >= threshold and (with a veto) passed it: putting the prefix through it back to its earlier weights
 changed at most tau of the probe's predictions (the engine's rule, smartfrz.policies.SmartFRZPolicy). Savings are estimated as 2/3 of the frozen prefix's forward
 FLOP share (its backward) over the remaining steps: a first-order figure along the unfrozen trajectory, for
-choosing which rules to train, never a result.
+choosing which rules to train, never a result. Traces that price the veto (probe_flops) rank rules net of its
+forwards.
 
     python scripts/trace_replay.py reports/bench/trace/cpu_*.json
 """
@@ -17,19 +18,37 @@ import json
 from pathlib import Path
 
 
-def replay(trace: dict, threshold: float, patience: int, per_epoch: int, tau: float | None) -> dict[int, int]:
-    """Unit index -> the step it freezes at under the rule."""
+def replay(trace: dict, threshold: float, patience: int, per_epoch: int, tau: float | None,
+           probe: int | None = None) -> dict[int, int]:
+    """Unit index -> the step it freezes at under the rule; ``probe``: the veto reads only that many of the
+    probe's first examples (traces record 32 and 64)."""
+    return replay_with_cost(trace, threshold, patience, per_epoch, tau, probe)[0]
+
+
+def replay_with_cost(trace: dict, threshold: float, patience: int, per_epoch: int, tau: float | None,
+                     probe: int | None = None) -> tuple[dict[int, int], int]:
+    """(replay's freeze steps, the veto forwards the engine would run for them): at a decision whose front
+    units score >= threshold, one reference forward and one per unit put back, up to the first that fails."""
     rows = trace["decisions"]
     traced = max(1, round(trace["steps_per_epoch"] / max(1, rows[1]["step"] - rows[0]["step"]))) if len(rows) > 1 else 1
     stride = max(1, traced // per_epoch)
     n_units = len(trace["units"]) - 1  # the head stays
-    streak, frozen, out = [0] * n_units, 0, {}
+    streak, frozen, out, forwards = [0] * n_units, 0, {}, 0
     for j, r in enumerate(rows):
         if (j + 1) % stride:
             continue
+        share = r["share"] if probe is None else r["share_n"][str(probe)]
+        scored = frozen
+        while scored < n_units and r["p"].get(str(scored), 0.0) >= threshold:
+            scored += 1
+        if tau is not None and scored > frozen:
+            passed = frozen
+            while passed < scored and share.get(str(passed), 1.0) <= tau:
+                passed += 1
+            forwards += 1 + min(passed - frozen + 1, scored - frozen)
         run = True  # a unit's streak: decisions at which it and every active unit before it looked settled and
         for u in range(frozen, n_units):  # (veto) stopped mattering; the engine checks no further than that run
-            run = run and r["p"].get(str(u), 0.0) >= threshold and (tau is None or r["share"].get(str(u), 1.0) <= tau)
+            run = run and r["p"].get(str(u), 0.0) >= threshold and (tau is None or share.get(str(u), 1.0) <= tau)
             streak[u] = streak[u] + 1 if run else 0
         k = frozen
         while k < n_units and streak[k] >= patience:
@@ -37,7 +56,13 @@ def replay(trace: dict, threshold: float, patience: int, per_epoch: int, tau: fl
         for u in range(frozen, k):
             out[u] = r["step"]
         frozen = k
-    return out
+    return out, forwards
+
+
+def decision_cost(trace: dict, forwards: int, probe: int | None = None) -> float | None:
+    """The veto's forwards as a share of the run's training FLOPs (None: a trace that predates pricing them)."""
+    flops = trace.get("probe_flops", {}).get("all" if probe is None else str(probe))
+    return None if flops is None else forwards * flops / (trace["total_steps"] * trace["step_flops"])
 
 
 def saving(trace: dict, steps: dict[int, int]) -> float:
@@ -48,6 +73,14 @@ def saving(trace: dict, steps: dict[int, int]) -> float:
     return saved
 
 
+def per_task_mean(by_trace: dict[str, float]) -> float:
+    """The mean over tasks of the mean over a task's seeds (trace names end in _s<seed>): each task counts once."""
+    tasks: dict[str, list[float]] = {}
+    for name, v in by_trace.items():
+        tasks.setdefault(name.rsplit("_s", 1)[0], []).append(v)
+    return sum(sum(v) / len(v) for v in tasks.values()) / len(tasks)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("traces", nargs="+")
@@ -55,23 +88,34 @@ def main(argv=None):
     ap.add_argument("--patience", nargs="*", type=int, default=[1, 2, 3])
     ap.add_argument("--per-epoch", nargs="*", type=int, default=[1, 2, 4, 8])
     ap.add_argument("--taus", nargs="*", type=float, default=[0.0, 0.01, 0.02, 0.05])
+    ap.add_argument("--probes", nargs="*", default=["all"],
+                    help="veto probe sizes to rank: all (the traced probe) or 32 / 64 (its first examples)")
     ap.add_argument("--show", nargs="*", default=None, help="rules THR,PAT,PER,TAU to print freeze epochs for")
     ap.add_argument("--earliest", nargs="*", default=[],
                     help="TASK=EPOCH: no unit of a trace whose name starts with TASK may freeze before EPOCH (a "
-                         "freeze step measured safe there); with it, the grid's rules are ranked by mean saving")
+                         "freeze step measured safe there); with it, the grid's rules are ranked by mean saving over "
+                         "tasks (each task's seeds averaged first)")
     a = ap.parse_args(argv)
     traces = {Path(p).stem: json.loads(Path(p).read_text()) for p in a.traces}
     if a.earliest:
         floors = {k: float(v) for k, v in (e.split("=") for e in a.earliest)}
         floor = {n: next((e for k, e in floors.items() if n.startswith(k)), 0.0) for n in traces}
         ranked = []
-        for thr, pat, per, tau in itertools.product(a.thresholds, a.patience, a.per_epoch, [None, *a.taus]):
-            st = {n: replay(t, thr, pat, per, tau) for n, t in traces.items()}
-            if all(min(s.values(), default=1e18) / traces[n]["steps_per_epoch"] >= floor[n] for n, s in st.items()):
-                mean = sum(saving(traces[n], s) for n, s in st.items()) / len(st)
-                ranked.append((mean, thr, pat, per, tau))
-        for mean, thr, pat, per, tau in sorted(ranked, reverse=True)[:15]:
-            print(f"mean saving~{mean:6.1%}  threshold {thr} patience {pat} per-epoch {per} tau {tau}")
+        for thr, pat, per, tau, probe in itertools.product(a.thresholds, a.patience, a.per_epoch, [None, *a.taus],
+                                                          a.probes):
+            probe = None if probe == "all" else int(probe)
+            if tau is None and probe is not None:
+                continue  # no veto, no probe
+            st = {n: replay_with_cost(t, thr, pat, per, tau, probe) for n, t in traces.items()}
+            if all(min(s.values(), default=1e18) / traces[n]["steps_per_epoch"] >= floor[n] for n, (s, _) in st.items()):
+                mean = per_task_mean({n: saving(traces[n], s) for n, (s, _) in st.items()})
+                costs = {n: decision_cost(traces[n], f, probe) for n, (_, f) in st.items()}
+                cost = None if None in costs.values() else per_task_mean(costs)
+                ranked.append((mean - (cost or 0.0), mean, cost, thr, pat, per, tau, probe or "all"))
+        for net, mean, cost, thr, pat, per, tau, probe in sorted(ranked, key=lambda r: r[0], reverse=True)[:15]:
+            price = "not priced" if cost is None else f"veto~{cost:6.1%}, net~{net:6.1%}"
+            print(f"mean saving~{mean:6.1%} ({price})  threshold {thr} patience {pat} per-epoch {per} tau {tau} "
+                  f"probe {probe}")
         return
     if a.show:
         for rule in a.show:

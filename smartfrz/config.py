@@ -24,6 +24,9 @@ class SmartFRZConfig:
     # changes at most this share of the predictions on a probe batch. None: the predictor's rule (its file says;
     # other policies: off); 1.0 vetoes nothing and turns it off
     veto_tau: float | None = None
+    # the veto reads at most this many rows of its probe: each decision runs it a few times, so this is its cost.
+    # None: the predictor's rule (its file says), else the whole probe
+    veto_probe_rows: int | None = None
     predictor_path: str | None = None  # None: the shipped predictor
     units: Sequence[str] | None = None  # explicit unit names; None: structural discovery
     seed: int = 0
@@ -37,7 +40,8 @@ class SmartFRZConfig:
     oracle_freeze_steps: dict[str, int] | None = None
 
     def __post_init__(self):
-        for name in ("window", "sample_size", "patience", "record_every", "decide_every", "steps_per_epoch", "total_steps"):
+        for name in ("window", "sample_size", "patience", "record_every", "decide_every", "steps_per_epoch", "total_steps",
+                     "veto_probe_rows"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise ValueError(f"{name} must be a positive integer or None; got {v!r}")

@@ -83,6 +83,7 @@ class SmartFRZPolicy(Policy):
         self.decisions_per_epoch = int(getattr(self.predictor, "decisions_per_epoch", 1))
         self.decisions_per_run = int(getattr(self.predictor, "decisions_per_run", 0))
         self.veto_tau = getattr(self.predictor, "veto_tau", None)  # the engine's default veto, part of the rule
+        self.veto_probe_rows = getattr(self.predictor, "veto_probe_rows", None)  # and what it may spend
         meta = getattr(self.predictor, "metadata", {})  # what it read in training; windows of other shapes shift its inputs
         self.window, self.sample_size = int(meta.get("window", self.window)), int(meta.get("sample_size", self.sample_size))
         self.streak: dict[int, int] = {}

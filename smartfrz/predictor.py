@@ -93,6 +93,7 @@ class FreezePredictor(nn.Module):
         self.threshold = threshold  # the decision rule chosen with the weights, stored with them
         self.patience, self.decisions_per_epoch, self.decisions_per_run = 2, 1, 0  # 0: no per-run floor
         self.veto_tau: float | None = None  # the functional veto's tau (smartfrz.veto); None: no veto
+        self.veto_probe_rows: int | None = None  # rows of the probe the veto reads (its cost); None: all
         self.members = nn.ModuleList(_Member(d_model, heads, layers, hidden, num_features) for _ in range(members))
         self.register_buffer("calibration", torch.tensor([1.0, 0.0]))  # Platt scale and bias, fitted after training
 
@@ -119,6 +120,7 @@ class FreezePredictor(nn.Module):
         meta = {"hparams": json.dumps(self.hparams), "threshold": repr(float(self.threshold)),
                 "patience": str(int(self.patience)), "decisions_per_epoch": str(int(self.decisions_per_epoch)),
                 "decisions_per_run": str(int(self.decisions_per_run)), "veto_tau": repr(self.veto_tau),
+                "veto_probe_rows": repr(self.veto_probe_rows),
                 "feature_version": FEATURE_VERSION, **{k: str(v) for k, v in (extra or {}).items()}}
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(str(path) + ".tmp")
@@ -165,6 +167,8 @@ class FreezePredictor(nn.Module):
         model.patience, model.decisions_per_epoch = int(meta.get("patience", 2)), int(meta.get("decisions_per_epoch", 1))
         model.decisions_per_run = int(meta.get("decisions_per_run", 0))
         model.veto_tau = None if meta.get("veto_tau", "None") == "None" else float(meta["veto_tau"])
+        rows = meta.get("veto_probe_rows", "None")
+        model.veto_probe_rows = None if rows == "None" else int(rows)
         model.metadata = meta
         return model.to(device).eval()
 

@@ -34,6 +34,17 @@ def logits(model: torch.nn.Module, batch: Any) -> torch.Tensor:
     return first_tensor(getattr(out, "logits", out)).float()
 
 
+def first_rows(batch: Any, n: int) -> Any:
+    """The first n examples of a batch: a tensor, or a dict, list or tuple of them (other values as they are)."""
+    if isinstance(batch, torch.Tensor):
+        return batch[:n] if batch.dim() else batch
+    if isinstance(batch, dict):
+        return {k: first_rows(v, n) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(first_rows(v, n) for v in batch)
+    return batch
+
+
 def changed_share(ref: torch.Tensor, new: torch.Tensor) -> float:
     """Share of changed predictions (classification); regression: mean |change| over the outputs' std."""
     if ref.shape[-1] > 1:
@@ -45,8 +56,8 @@ class FunctionalVeto:
     """``allow(model, start, stop)``: how far the frozen prefix may grow, given the units' weights at the
     previous decision (``snapshot``). A unit with no earlier weights yet is never allowed."""
 
-    def __init__(self, units: Sequence[Unit], probe: Any, tau: float):
-        self.units, self.probe, self.tau = list(units), probe, tau
+    def __init__(self, units: Sequence[Unit], probe: Any, tau: float, rows: int | None = None):
+        self.units, self.probe, self.tau = list(units), probe if rows is None else first_rows(probe, rows), tau
         self.previous: dict[int, list] = {}  # unit index -> its weights at the previous decision
         self.at: int | None = None  # the step they were taken at
         self.vetoed = 0  # decisions the veto cut short

@@ -24,6 +24,20 @@ def test_experiment_accounts_costs(tmp_path):
     assert ks[0] == 0 and 0 < ks[-1] <= len(r.frozen_units)  # a freeze at the last step never runs
     assert r.prefix_step_flops == sorted(r.prefix_step_flops, reverse=True)
     assert r.wall_s > 0 and r.peak_mem_bytes > 0 and r.energy_j is None  # no NVML energy on CPU
+    assert r.decision_flops == 0 and r.net_flops_saved == r.flops_saved  # linear decides without forwards
+
+
+def test_decision_flops_are_the_vetos_probe_forwards():
+    """SmartFRZ's veto runs forwards on its probe at decisions: counted, and charged against the saving."""
+    from smartfrz.lab.costs import probe_forward_flops
+    from smartfrz.lab.experiment import build
+    cfg = ExperimentConfig(policy="smartfrz", epochs=4, out_dir=None, progress=False, veto_probe=64)
+    r = run(cfg)
+    model, *_, probe, _ = build(cfg, "cpu")
+    assert probe.shape[0] == 64
+    forwards = r.decision_flops / probe_forward_flops(model, probe)
+    assert forwards >= 1 and forwards == int(forwards)
+    assert r.net_flops_saved == pytest.approx(r.flops_saved - r.decision_flops / r.full_train_flops)
 
 
 def test_integrate_counts_freeze_from_next_step():
@@ -63,7 +77,7 @@ def test_per_seed_deltas_pair_each_run_with_none_of_its_own_seed():
     from smartfrz.lab.bench import markdown
     bench.update(suite="s", device="cpu", started="now", read_back=3, trained=3)
     table = markdown(bench)
-    assert "| t | smartfrz | 3 | accuracy 70 | -1.00 | -1.00 / -10.00 / -1.00 | 0.0% | n/a\\* |" in table
+    assert "| t | smartfrz | 3 | accuracy 70 | -1.00 | -1.00 / -10.00 / -1.00 | 0.0% | n/m | n/a\\* |" in table
     assert "different loads" in table and "different loads" not in markdown({**bench, "read_back": 0})
 
 

@@ -32,11 +32,13 @@ def train(lr, steps=12, kick=0.0, **kw):
 def test_units_that_no_longer_change_predictions_freeze_at_their_step():
     _, _, frz = train(lr=0.0)
     assert [(e["unit"], e["step"]) for e in frz.timeline] == [("0.0", 3), ("1.0", 3)] and frz.veto.vetoed == 0
+    assert frz.veto.forwards == 3  # its cost: one reference forward, then one per unit put back
 
 
 def test_units_that_still_change_predictions_are_held_back():
     _, _, frz = train(lr=0.0, kick=1.0)
     assert frz.num_frozen == 0 and frz.veto.vetoed == 10  # asked at steps 3..12, held back each time
+    assert frz.veto.forwards == 2 * 10  # each time: the reference, then the first unit put back, and no further
     _, _, calm = train(lr=0.0, kick=1e-4)  # moving, but not mattering: let through
     assert [e["step"] for e in calm.timeline] == [3, 3]
 
@@ -48,6 +50,7 @@ def test_veto_state_survives_a_weights_only_checkpoint(tmp_path):
     m2, _, fresh = train(lr=0.5, steps=0)
     fresh.load_state_dict(state)
     assert fresh.veto.at == frz.veto.at and sorted(fresh.veto.previous) == sorted(frz.veto.previous)
+    assert fresh.veto.forwards == frz.veto.forwards > 0
     assert all(torch.equal(a, b) for i in frz.veto.previous
                for sa, sb in zip(frz.veto.previous[i], fresh.veto.previous[i]) for a, b in zip(sa.values(), sb.values()))
 
@@ -62,22 +65,36 @@ def test_the_predictor_file_carries_the_veto_and_an_option_overrides_it(tmp_path
     """The veto is part of the decision rule stored with the predictor, so every run gets the same default."""
     from smartfrz import FreezePredictor
     pred = FreezePredictor.load()
-    pred.veto_tau = 0.03
+    pred.veto_tau, pred.veto_probe_rows = 0.03, 4
     path = tmp_path / "p.safetensors"
     pred.save(path, extra={k: v for k, v in pred.metadata.items() if k in ("window", "sample_size")})
-    assert FreezePredictor.load(path).veto_tau == 0.03
+    assert FreezePredictor.load(path).veto_tau == 0.03 and FreezePredictor.load(path).veto_probe_rows == 4
     m = nn.Sequential(nn.Linear(2, 4), nn.Linear(4, 4), nn.Linear(4, 2))
     x = torch.randn(8, 2)
     on = SmartFRZ(m, None, example_input=x, predictor_path=str(path), window=2, record_every=1)
     off = SmartFRZ(m, None, example_input=x, predictor_path=str(path), window=2, record_every=1, veto_tau=1.0)
     peer = SmartFRZ(m, None, example_input=x, policy="linear", total_steps=10)
-    assert on.veto is not None and on.veto.tau == 0.03 and torch.equal(on.veto.probe, x)
+    assert on.veto is not None and on.veto.tau == 0.03 and torch.equal(on.veto.probe, x[:4])  # the rule's rows
+    wide = SmartFRZ(m, None, example_input=x, predictor_path=str(path), window=2, record_every=1, veto_probe_rows=6)
+    assert torch.equal(wide.veto.probe, x[:6])
     assert off.veto is None and peer.veto is None
+
+
+def test_the_veto_reads_the_first_rows_of_any_batch_shape():
+    from smartfrz.veto import first_rows
+    ids, mask = torch.arange(20).view(10, 2), torch.ones(10, 2)
+    cut = first_rows({"input_ids": ids, "attention_mask": mask, "return_dict": True}, 3)
+    assert torch.equal(cut["input_ids"], ids[:3]) and cut["attention_mask"].shape == (3, 2) and cut["return_dict"]
+    a, b = first_rows((ids, [mask, torch.tensor(1.0)]), 2)
+    assert torch.equal(a, ids[:2]) and b[0].shape == (2, 2) and b[1] == 1.0
+    with pytest.raises(ValueError, match="veto_probe_rows must be a positive integer"):
+        SmartFRZ(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)), None, example_input=torch.randn(1, 2), policy="none",
+                 veto_probe_rows=0)
 
 
 class Confident(torch.nn.Module):
     """A predictor that calls every window settled: what is left to decide is the veto's and patience's."""
-    threshold, patience, decisions_per_epoch, decisions_per_run, veto_tau = 0.5, 2, 1, 0, 0.05
+    threshold, patience, decisions_per_epoch, decisions_per_run, veto_tau, veto_probe_rows = 0.5, 2, 1, 0, 0.05, None
     metadata = {"window": "2", "sample_size": "8"}
 
     def predict_proba(self, windows):

@@ -112,20 +112,6 @@ def integrate_cached_train_flops(timeline: Sequence[dict], total_steps: int, pre
 
 
 @torch.no_grad()
-def probe_forward_flops(model: nn.Module, probe: Any) -> int:
-    """FLOPs of one functional-veto forward on its probe batch (the veto counts how many it runs)."""
-    from ..veto import logits
-    was = model.training
-    model.eval()
-    try:
-        with FlopCounterMode(display=False) as counter:
-            logits(model, probe)
-    finally:
-        model.train(was)
-    return int(counter.get_total_flops())
-
-
-@torch.no_grad()
 def forward_flops(model: nn.Module, batch: Any, loss_fn: Callable) -> int:
     """FLOPs of one forward pass (with the loss), in eval mode."""
     was = model.training
@@ -136,6 +122,12 @@ def forward_flops(model: nn.Module, batch: Any, loss_fn: Callable) -> int:
     finally:
         model.train(was)
     return int(counter.get_total_flops())
+
+
+def probe_forward_flops(model: nn.Module, probe: Any) -> int:
+    """FLOPs of one functional-veto forward on its probe batch (the veto counts how many it runs)."""
+    from ..veto import logits
+    return forward_flops(model, probe, logits)
 
 
 class PeakMemory:
