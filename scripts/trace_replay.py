@@ -73,12 +73,12 @@ def saving(trace: dict, steps: dict[int, int]) -> float:
     return saved
 
 
-def per_task_mean(by_trace: dict[str, float]) -> float:
-    """The mean over tasks of the mean over a task's seeds (trace names end in _s<seed>): each task counts once."""
+def by_task(by_trace: dict[str, float]) -> dict[str, float]:
+    """Each task's mean over its seeds (trace names end in _s<seed>)."""
     tasks: dict[str, list[float]] = {}
     for name, v in by_trace.items():
         tasks.setdefault(name.rsplit("_s", 1)[0], []).append(v)
-    return sum(sum(v) / len(v) for v in tasks.values()) / len(tasks)
+    return {k: sum(v) / len(v) for k, v in tasks.items()}
 
 
 def main(argv=None):
@@ -93,14 +93,14 @@ def main(argv=None):
     ap.add_argument("--show", nargs="*", default=None, help="rules THR,PAT,PER,TAU to print freeze epochs for")
     ap.add_argument("--earliest", nargs="*", default=[],
                     help="TASK=EPOCH: no unit of a trace whose name starts with TASK may freeze before EPOCH (a "
-                         "freeze step measured safe there); with it, the grid's rules are ranked by mean saving over "
-                         "tasks (each task's seeds averaged first)")
+                         "freeze step measured safe there); with it, the admissible rules are ranked by their net "
+                         "saving (after the veto's forwards) as a share of each task's best, averaged over tasks")
     a = ap.parse_args(argv)
     traces = {Path(p).stem: json.loads(Path(p).read_text()) for p in a.traces}
     if a.earliest:
         floors = {k: float(v) for k, v in (e.split("=") for e in a.earliest)}
         floor = {n: next((e for k, e in floors.items() if n.startswith(k)), 0.0) for n in traces}
-        ranked = []
+        admissible = {}  # rule -> {task: mean net saving over its seeds}
         for thr, pat, per, tau, probe in itertools.product(a.thresholds, a.patience, a.per_epoch, [None, *a.taus],
                                                           a.probes):
             probe = None if probe == "all" else int(probe)
@@ -108,14 +108,18 @@ def main(argv=None):
                 continue  # no veto, no probe
             st = {n: replay_with_cost(t, thr, pat, per, tau, probe) for n, t in traces.items()}
             if all(min(s.values(), default=1e18) / traces[n]["steps_per_epoch"] >= floor[n] for n, (s, _) in st.items()):
-                mean = per_task_mean({n: saving(traces[n], s) for n, (s, _) in st.items()})
-                costs = {n: decision_cost(traces[n], f, probe) for n, (_, f) in st.items()}
-                cost = None if None in costs.values() else per_task_mean(costs)
-                ranked.append((mean - (cost or 0.0), mean, cost, thr, pat, per, tau, probe or "all"))
-        for net, mean, cost, thr, pat, per, tau, probe in sorted(ranked, key=lambda r: r[0], reverse=True)[:15]:
-            price = "not priced" if cost is None else f"veto~{cost:6.1%}, net~{net:6.1%}"
-            print(f"mean saving~{mean:6.1%} ({price})  threshold {thr} patience {pat} per-epoch {per} tau {tau} "
-                  f"probe {probe}")
+                net = {n: saving(traces[n], s) - (decision_cost(traces[n], f, probe) or 0.0) for n, (s, f) in st.items()}
+                admissible[(thr, pat, per, tau, probe or "all")] = by_task(net)
+        # each task counts once, and relative to the best any admissible rule nets there: large absolute savings
+        # on one task must not outvote another
+        best = {k: max(r[k] for r in admissible.values()) for k in next(iter(admissible.values()), {})}
+        score = {rule: sum(r[k] / best[k] if best[k] > 0 else 1.0 for k in best) / len(best)
+                 for rule, r in admissible.items()}
+        for rule in sorted(score, key=score.get, reverse=True)[:15]:
+            thr, pat, per, tau, probe = rule
+            nets = ", ".join(f"{k} {v:.1%}" for k, v in admissible[rule].items())
+            print(f"{score[rule]:.2f} of each task's best  (net: {nets})  threshold {thr} patience {pat} "
+                  f"per-epoch {per} tau {tau} probe {probe}")
         return
     if a.show:
         for rule in a.show:
