@@ -106,12 +106,20 @@ class SmartFRZPolicy(Policy):
         settled = k  # units k..settled-1 look settled now, each with every active unit before it
         while settled < limit and scores.get(settled, 0.0) >= self.threshold:
             settled += 1
-        if engine.veto is not None:
-            settled = engine.veto.allow(engine.model, k, settled)
+        if engine.veto is not None and settled > k:
+            settled = k if self._too_late(engine, k) else engine.veto.allow(engine.model, k, settled)
         self.streak = {u: self.streak.get(u, 0) + 1 if u < settled else 0 for u in range(k, limit)}
         while k < limit and self.streak.get(k, 0) >= self.patience:
             k += 1
         return k, scores
+
+    def _too_late(self, engine, k: int) -> bool:
+        """Whether unit k's streak can no longer reach patience by the planned last step (total_steps): no
+        freeze can follow then, so the veto's forwards would buy nothing (the freeze timeline is the same)."""
+        total, every = engine.config.total_steps, engine.decide_every
+        if not total or not every or engine.step_count > total:
+            return False
+        return (total - engine.step_count) // every < self.patience - self.streak.get(k, 0) - 1
 
     def state_dict(self):
         return {"streak": {str(u): s for u, s in self.streak.items()}}

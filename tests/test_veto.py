@@ -121,3 +121,24 @@ def test_smartfrz_counts_a_units_patience_only_while_the_veto_lets_it_through():
             assert frz.num_frozen == 0 and frz.policy.streak == {0: 0, 1: 0} and frz.veto.vetoed == 1
     # windows full at step 2 (veto snapshot from step 1): passes at 2, vetoed at 3, passes at 4 and 5
     assert [(e["unit"], e["step"]) for e in frz.timeline] == [("0", 5), ("2", 5)]
+
+
+def test_the_veto_is_not_run_when_no_freeze_could_complete_before_the_planned_end():
+    """A streak that cannot reach patience by total_steps freezes nothing whatever the veto says: its forwards
+    are skipped, and the freeze timeline is the one the veto would have given."""
+    from smartfrz.policies import SmartFRZPolicy
+
+    def run(total, steps=8):
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
+        frz = SmartFRZ(m, None, example_input=torch.randn(64, 6), policy=SmartFRZPolicy(predictor=Confident()),
+                       decide_every=1, record_every=1, units=["0", "2", "4"], total_steps=total)
+        for _ in range(steps):
+            frz.step()
+        return [(e["unit"], e["step"]) for e in frz.timeline], frz.veto.forwards
+
+    unplanned, planned = run(None), run(8)
+    assert planned[0] == unplanned[0] == [("0", 3), ("2", 3)] and planned[1] == unplanned[1]
+    assert run(2, steps=2) == ([], 0)  # windows full at step 2, the last: patience 2 cannot be met
+    late, _ = run(3, steps=3)
+    assert late == [("0", 3), ("2", 3)]  # at step 2 one decision is left, enough for a streak of 2
