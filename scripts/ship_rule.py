@@ -1,7 +1,7 @@
 """Write a decision rule into a predictor file, its weights unchanged: the rule ships with the weights, so every
 run gets the same default (smartfrz.policies.SmartFRZPolicy reads it back).
 
-    python scripts/ship_rule.py --threshold 0.1 --patience 4 --per-epoch 4 --tau 0.05 --probe-rows 32 \
+    python scripts/ship_rule.py --threshold 0.1 --patience 4 --per-epoch 2 --tau 0.1 --probe-rows 64 \
         --chosen-on "decision traces of ... (scripts/trace_replay.py)"
 
 Choose the rule first with scripts/trace_replay.py on traces of tasks outside the headroom suite.

@@ -64,8 +64,7 @@ class SmartFRZ:
             if probe is None:
                 raise ValueError("the functional veto needs a probe batch: pass veto_probe= (or example_input=), "
                                  "or veto_tau=1.0 to turn it off")
-            rows = cfg.veto_probe_rows or getattr(self.policy, "veto_probe_rows", None)
-            self.veto = FunctionalVeto(self.units, probe, tau, rows)
+            self.veto = FunctionalVeto(self.units, probe, tau, cfg.veto_probe_rows or getattr(self.policy, "veto_probe_rows", None))
         self.policy.bind(self)
 
     def _window_problem(self, total_steps: int | None) -> str | None:

@@ -114,8 +114,7 @@ class SmartFRZPolicy(Policy):
         return k, scores
 
     def _too_late(self, engine, k: int) -> bool:
-        """Whether unit k's streak can no longer reach patience by the planned last step (total_steps): no
-        freeze can follow then, so the veto's forwards would buy nothing (the freeze timeline is the same)."""
+        """Unit k's streak can't reach patience by total_steps: no freeze can follow, the veto would buy nothing."""
         total, every = engine.config.total_steps, engine.decide_every
         if not total or not every or engine.step_count > total:
             return False

@@ -167,8 +167,7 @@ class FreezePredictor(nn.Module):
         model.patience, model.decisions_per_epoch = int(meta.get("patience", 2)), int(meta.get("decisions_per_epoch", 1))
         model.decisions_per_run = int(meta.get("decisions_per_run", 0))
         model.veto_tau = None if meta.get("veto_tau", "None") == "None" else float(meta["veto_tau"])
-        rows = meta.get("veto_probe_rows", "None")
-        model.veto_probe_rows = None if rows == "None" else int(rows)
+        model.veto_probe_rows = None if meta.get("veto_probe_rows", "None") == "None" else int(meta["veto_probe_rows"])
         model.metadata = meta
         return model.to(device).eval()
 

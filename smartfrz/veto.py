@@ -36,13 +36,11 @@ def logits(model: torch.nn.Module, batch: Any) -> torch.Tensor:
 
 def first_rows(batch: Any, n: int) -> Any:
     """The first n examples of a batch: a tensor, or a dict, list or tuple of them (other values as they are)."""
-    if isinstance(batch, torch.Tensor):
-        return batch[:n] if batch.dim() else batch
     if isinstance(batch, dict):
         return {k: first_rows(v, n) for k, v in batch.items()}
     if isinstance(batch, (list, tuple)):
         return type(batch)(first_rows(v, n) for v in batch)
-    return batch
+    return batch[:n] if isinstance(batch, torch.Tensor) and batch.dim() else batch
 
 
 def changed_share(ref: torch.Tensor, new: torch.Tensor) -> float:
@@ -97,8 +95,7 @@ class FunctionalVeto:
         return ok
 
     def state_dict(self) -> dict:
-        return {"previous": {str(i): s for i, s in self.previous.items()}, "vetoed": self.vetoed, "at": self.at,
-                "forwards": self.forwards}
+        return {"previous": {str(i): s for i, s in self.previous.items()}, "vetoed": self.vetoed, "at": self.at, "forwards": self.forwards}
 
     def load_state_dict(self, state: dict) -> None:
         self.previous = {int(i): s for i, s in state.get("previous", {}).items()}
