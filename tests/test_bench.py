@@ -118,7 +118,7 @@ def test_killed_suite_resumes_in_parallel_and_equals_an_uninterrupted_run(tmp_pa
     proc = subprocess.Popen(cmd, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             env={**os.environ, "PYTHONPATH": str(repo)})
     deadline = time.time() + 300
-    while not list(runs.glob("*.json")):
+    while not (list(runs.glob("*.json")) and out.is_file()):  # a run's file is written just before the suite's
         assert proc.poll() is None, f"the suite ended before its first run was written: {proc.stderr.read()[-2000:]}"
         assert time.time() < deadline, "no run was written within 5 minutes"
         time.sleep(0.02)
@@ -127,7 +127,7 @@ def test_killed_suite_resumes_in_parallel_and_equals_an_uninterrupted_run(tmp_pa
     done_before = len(list(runs.glob("*.json")))
     assert 1 <= done_before < len(POLICY_ORDER)
     partial = json.loads(out.read_text())  # the suite's JSON was written after its first run, not only at the end
-    assert partial["complete"] is False and len(partial["runs"]) == done_before
+    assert partial["complete"] is False and 1 <= len(partial["runs"]) <= done_before  # (a kill may fall between)
 
     resumed = run_suite("smoke", seeds=[0], runs_dir=runs, jobs=2, progress=False)
     assert resumed["read_back"] == done_before and resumed["trained"] == len(POLICY_ORDER) - done_before
