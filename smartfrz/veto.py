@@ -95,7 +95,8 @@ class FunctionalVeto:
         return ok
 
     def state_dict(self) -> dict:
-        return {"previous": {str(i): s for i, s in self.previous.items()}, "vetoed": self.vetoed, "at": self.at, "forwards": self.forwards}
+        return {"previous": {str(i): s for i, s in self.previous.items()}, "vetoed": self.vetoed, "at": self.at,
+                "forwards": self.forwards}
 
     def load_state_dict(self, state: dict) -> None:
         self.previous = {int(i): s for i, s in state.get("previous", {}).items()}

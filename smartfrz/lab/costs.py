@@ -130,6 +130,11 @@ def probe_forward_flops(model: nn.Module, probe: Any) -> int:
     return forward_flops(model, probe, logits)
 
 
+def decision_flops(model: nn.Module, veto: Any) -> float:
+    """What a run's functional veto (or None) spent: its forwards, priced once on its probe."""
+    return float(veto.forwards * probe_forward_flops(model, veto.probe)) if veto is not None and veto.forwards else 0.0
+
+
 class PeakMemory:
     """Peak memory of a block: CUDA max allocated on GPU, sampled process RSS on CPU."""
 

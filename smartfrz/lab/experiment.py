@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from .costs import (EnergyMeter, PeakMemory, Stopwatch, forward_flops, integrate_cached_train_flops,
-                    integrate_train_flops, prefix_forward_flops, prefix_step_flops, probe_forward_flops)
+from .costs import (EnergyMeter, PeakMemory, Stopwatch, decision_flops, forward_flops, integrate_cached_train_flops,
+                    integrate_train_flops, prefix_forward_flops, prefix_step_flops)
 from ..engine import SmartFRZ
 from .train import batch_loss, example_input, fit, to_device
 from ..predictor_training.labels import DEFAULT_LABEL
@@ -336,9 +336,6 @@ def run(cfg: ExperimentConfig | dict) -> ExperimentResult:
         res.cache.update(fill_flops=fill_flops, forward_flops=boundary_flops, full_forward_flops=full_forward)
     full_flops = float(sum(prefix_flops[0] * s for s in scales))
     check = _check_flops(model, frz, prefix_flops, first)
-    decision_flops = 0.0
-    if frz.veto is not None and frz.veto.forwards:
-        decision_flops = float(frz.veto.forwards * probe_forward_flops(model, frz.veto.probe))
     cka = None
     if cfg.record_cka and grams:
         from ..predictor_training.labels import cka_curves, harm_probe, rewind_harm
@@ -361,7 +358,7 @@ def run(cfg: ExperimentConfig | dict) -> ExperimentResult:
                     "total": record_watch.seconds + decide_watch.seconds}, cka=cka, cache=res.cache,
         cadence={"window": frz.window, "sample_size": frz.sample_size, "record_every": frz.record_every,
                  "decide_every": frz.decide_every, "windows_recorded": frz.recorder is not None},
-        decision_flops=decision_flops)
+        decision_flops=decision_flops(model, frz.veto))
     if logger is not None:
         logger.log_fit(res, frz=frz, total_steps=res.steps)
         logger.log_summary({"final/metric": result.metric, "train_flops": train_flops, "flops_saved": result.flops_saved,

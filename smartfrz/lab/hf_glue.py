@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import torch
 
 from . import data as D
-from .costs import EnergyMeter, PeakMemory, Stopwatch, integrate_train_flops, prefix_step_flops, probe_forward_flops
+from .costs import EnergyMeter, PeakMemory, Stopwatch, decision_flops, integrate_train_flops, prefix_step_flops
 from .experiment import ExperimentResult, _check_flops, device_name, resolve_device
 from .train import batch_loss, synchronize
 
@@ -113,8 +113,6 @@ def run_glue(task: str = "mrpc", model_name: str = "minilm", policy: str = "smar
     scales = [t / ref for t in trainer.tokens] if len(trainer.tokens) == steps else None
     train_flops = integrate_train_flops(engine.timeline, steps, costs.prefix, scales)
     full_flops = float(sum(costs.prefix[0] * s for s in scales) if scales else costs.prefix[0] * steps)
-    veto = engine.veto
-    decision_flops = float(veto.forwards * probe_forward_flops(model, veto.probe)) if veto and veto.forwards else 0.0
     result = ExperimentResult(
         config=config, run=run_name, device=device_name(device), metric_name=info["main"],
         metric=float(evals[-1]["metric"]) if evals else float("nan"), final=evals[-1] if evals else {},
@@ -124,7 +122,8 @@ def run_glue(task: str = "mrpc", model_name: str = "minilm", policy: str = "smar
         prefix_step_flops=costs.prefix, flops_check=_check_flops(model, engine, costs.prefix, costs.batch),
         wall_s=costs.train_s - trainer.eval_s, peak_mem_bytes=int(mem.peak), energy_j=energy.joules,
         overhead_s={"record": costs.record.seconds, "decide": costs.decide.seconds,
-                    "total": costs.record.seconds + costs.decide.seconds}, decision_flops=decision_flops)
+                    "total": costs.record.seconds + costs.decide.seconds},
+        decision_flops=decision_flops(model, engine.veto))
     if wandb:
         from .wandb_logging import WandbLogger
         logger = WandbLogger(project="smartfrz", group=name, name=run_name, method=policy, config=config)
