@@ -1,7 +1,8 @@
 """Write a decision rule into a predictor file, its weights unchanged: the rule ships with the weights, so every
 run gets the same default (smartfrz.policies.SmartFRZPolicy reads it back).
 
-    python scripts/ship_rule.py --threshold 0.1 --patience 4 --per-epoch 2 --tau 0.1 --probe-rows 64 \
+    python scripts/ship_rule.py --threshold 0.1 --patience 2 --per-epoch 4 --per-run 16 --tau 0.2 --probe-rows 32 \
+        --decide-from 0.6 \
         --chosen-on "decision traces of ... (scripts/trace_replay.py)"
 
 Choose the rule first with scripts/trace_replay.py on traces of tasks outside the headroom suite.
@@ -14,7 +15,7 @@ import hashlib
 from smartfrz.predictor import DEFAULT_PATH, FreezePredictor
 
 RULE_KEYS = ("threshold", "patience", "decisions_per_epoch", "decisions_per_run", "veto_tau", "veto_probe_rows",
-             "feature_version", "hparams")
+             "decide_from", "feature_version", "hparams")
 
 
 def main(argv=None):
@@ -26,19 +27,22 @@ def main(argv=None):
     ap.add_argument("--per-run", type=int, default=0, help="a floor of decisions a run (0: none)")
     ap.add_argument("--tau", type=float, default=None, help="the functional veto's tau (default: no veto)")
     ap.add_argument("--probe-rows", type=int, default=None, help="probe rows the veto reads (default: all)")
+    ap.add_argument("--decide-from", type=float, default=0.0, help="share of the planned run before any decision")
     ap.add_argument("--chosen-on", required=True, help="what the rule was chosen on, kept in the file")
     a = ap.parse_args(argv)
     if not 0 < a.threshold < 1 or a.patience < 1 or a.per_epoch < 1 or a.per_run < 0:
         ap.error("need 0 < threshold < 1, patience >= 1, per-epoch >= 1, per-run >= 0")
     if a.tau is not None and not 0 < a.tau <= 1 or a.probe_rows is not None and a.probe_rows < 1:
         ap.error("need 0 < tau <= 1 and probe-rows >= 1")
+    if not 0 <= a.decide_from < 1:
+        ap.error("need 0 <= decide-from < 1")
     pred = FreezePredictor.load(a.path)
     before = hashlib.sha256(open(a.path, "rb").read()).hexdigest()[:12]
-    old = {k: pred.metadata.get(k) for k in ("threshold", "patience", "decisions_per_epoch", "veto_tau",
-                                             "veto_probe_rows")}
+    old = {k: pred.metadata.get(k) for k in ("threshold", "patience", "decisions_per_epoch", "decisions_per_run",
+                                             "veto_tau", "veto_probe_rows", "decide_from")}
     pred.threshold, pred.patience, pred.decisions_per_epoch, pred.decisions_per_run = \
         a.threshold, a.patience, a.per_epoch, a.per_run
-    pred.veto_tau, pred.veto_probe_rows = a.tau, a.probe_rows
+    pred.veto_tau, pred.veto_probe_rows, pred.decide_from = a.tau, a.probe_rows, a.decide_from
     extra = {k: v for k, v in pred.metadata.items() if k not in RULE_KEYS}
     extra.update(rule_chosen_on=a.chosen_on, earlier_rule=str(old))
     pred.save(a.path, extra=extra)

@@ -19,37 +19,60 @@ from pathlib import Path
 
 
 def replay(trace: dict, threshold: float, patience: int, per_epoch: int, tau: float | None,
-           probe: int | None = None) -> dict[int, int]:
+           probe: int | None = None, per_run: int = 0, start: float = 0.0) -> dict[int, int]:
     """Unit index -> the step it freezes at under the rule; ``probe``: the veto reads only that many of the
-    probe's first examples (traces record 32 and 64)."""
-    return replay_with_cost(trace, threshold, patience, per_epoch, tau, probe)[0]
+    probe's first examples (traces record 32 and 64); ``per_run``: at least that many decisions a run."""
+    return replay_with_cost(trace, threshold, patience, per_epoch, tau, probe, per_run, start)[0]
+
+
+def stride_for(trace: dict, per_epoch: int, per_run: int = 0) -> int:
+    """Traced decisions between the rule's decisions: the engine's cadence (Policy.cadence), in trace rows."""
+    rows, spe, total = trace["decisions"], trace["steps_per_epoch"], trace["total_steps"]
+    traced_every = max(1, rows[1]["step"] - rows[0]["step"]) if len(rows) > 1 else spe
+    every = [spe // per_epoch] if per_epoch else []
+    if per_run:
+        every.append(total // per_run)
+    return max(1, round(max(1, min(every)) / traced_every))
+
+
+def veto_search(share: dict, start: int, stop: int, tau: float) -> tuple[int, int]:
+    """(the longest prefix start..passed-1 the veto allows, the probe forwards it runs), as smartfrz.veto does:
+    one reference forward, then one per unit put back, front first, up to the first that fails. (A bisection
+    from the whole prefix, tried 2026-12-05, ran more: the front unit is the one that usually fails.)"""
+    passed = start
+    while passed < stop and share.get(str(passed), 1.0) <= tau:
+        passed += 1
+    return passed, 1 + min(passed - start + 1, stop - start)
 
 
 def replay_with_cost(trace: dict, threshold: float, patience: int, per_epoch: int, tau: float | None,
-                     probe: int | None = None) -> tuple[dict[int, int], int]:
-    """(replay's freeze steps, the veto forwards the engine would run for them): at a decision whose front
-    units score >= threshold, one reference forward and one per unit put back, up to the first that fails."""
+                     probe: int | None = None, per_run: int = 0, start: float = 0.0) -> tuple[dict[int, int], int]:
+    """(replay's freeze steps, the veto forwards the engine would run for them), decision by decision as
+    SmartFRZPolicy.decide: the front units scoring >= threshold, cut to what the veto allows, extend their
+    streaks; a unit freezes at ``patience``."""
     rows = trace["decisions"]
-    traced = max(1, round(trace["steps_per_epoch"] / max(1, rows[1]["step"] - rows[0]["step"]))) if len(rows) > 1 else 1
-    stride = max(1, traced // per_epoch)
+    stride = stride_for(trace, per_epoch, per_run)
+    every = stride * (max(1, rows[1]["step"] - rows[0]["step"]) if len(rows) > 1 else trace["steps_per_epoch"])
     n_units = len(trace["units"]) - 1  # the head stays
     streak, frozen, out, forwards = [0] * n_units, 0, {}, 0
     for j, r in enumerate(rows):
         if (j + 1) % stride:
             continue
         share = r["share"] if probe is None else r["share_n"][str(probe)]
-        scored = frozen
-        while scored < n_units and r["p"].get(str(scored), 0.0) >= threshold:
-            scored += 1
-        if tau is not None and scored > frozen:
-            passed = frozen
-            while passed < scored and share.get(str(passed), 1.0) <= tau:
-                passed += 1
-            forwards += 1 + min(passed - frozen + 1, scored - frozen)
-        run = True  # a unit's streak: decisions at which it and every active unit before it looked settled and
-        for u in range(frozen, n_units):  # (veto) stopped mattering; the engine checks no further than that run
-            run = run and r["p"].get(str(u), 0.0) >= threshold and (tau is None or share.get(str(u), 1.0) <= tau)
-            streak[u] = streak[u] + 1 if run else 0
+        if r["step"] < start * trace["total_steps"]:
+            continue  # before the rule's start: no decision at all
+        settled = frozen
+        while settled < n_units and r["p"].get(str(settled), 0.0) >= threshold:
+            settled += 1
+        if tau is not None and settled > frozen:
+            late = (trace["total_steps"] - r["step"]) // every < patience - streak[frozen] - 1
+            if late:  # the engine skips a veto no freeze could follow
+                settled = frozen
+            else:
+                settled, f = veto_search(share, frozen, settled, tau)
+                forwards += f
+        for u in range(frozen, n_units):
+            streak[u] = streak[u] + 1 if u < settled else 0
         k = frozen
         while k < n_units and streak[k] >= patience:
             k += 1
@@ -87,10 +110,14 @@ def main(argv=None):
     ap.add_argument("--thresholds", nargs="*", type=float, default=[0.2, 0.3, 0.36, 0.5])
     ap.add_argument("--patience", nargs="*", type=int, default=[1, 2, 3])
     ap.add_argument("--per-epoch", nargs="*", type=int, default=[1, 2, 4, 8])
+    ap.add_argument("--per-run", nargs="*", type=int, default=[0], help="at least this many decisions a run (0: none)")
+    ap.add_argument("--starts", nargs="*", type=float, default=[0.0],
+                    help="shares of the planned run before which no decision is made")
     ap.add_argument("--taus", nargs="*", type=float, default=[0.0, 0.01, 0.02, 0.05])
     ap.add_argument("--probes", nargs="*", default=["all"],
                     help="veto probe sizes to rank: all (the traced probe) or 32 / 64 (its first examples)")
-    ap.add_argument("--show", nargs="*", default=None, help="rules THR,PAT,PER,TAU to print freeze epochs for")
+    ap.add_argument("--show", nargs="*", default=None,
+                    help="rules THR,PAT,PER,TAU[,PROBE[,PER_RUN[,START]]] to print freeze epochs and decision cost for")
     ap.add_argument("--earliest", nargs="*", default=[],
                     help="TASK=EPOCH: no unit of a trace whose name starts with TASK may freeze before EPOCH (a "
                          "freeze step measured safe there); with it, the admissible rules are ranked by their net "
@@ -101,36 +128,38 @@ def main(argv=None):
         floors = {k: float(v) for k, v in (e.split("=") for e in a.earliest)}
         floor = {n: next((e for k, e in floors.items() if n.startswith(k)), 0.0) for n in traces}
         admissible = {}  # rule -> {task: mean net saving over its seeds}
-        for thr, pat, per, tau, probe in itertools.product(a.thresholds, a.patience, a.per_epoch, [None, *a.taus],
-                                                          a.probes):
+        for thr, pat, per, tau, probe, prun, start in itertools.product(
+                a.thresholds, a.patience, a.per_epoch, [None, *a.taus], a.probes, a.per_run, a.starts):
             probe = None if probe == "all" else int(probe)
-            if tau is None and probe is not None:
-                continue  # no veto, no probe
-            st = {n: replay_with_cost(t, thr, pat, per, tau, probe) for n, t in traces.items()}
+            if (tau is None and probe is not None) or not (per or prun):
+                continue  # no veto, no probe; no cadence
+            st = {n: replay_with_cost(t, thr, pat, per, tau, probe, prun, start) for n, t in traces.items()}
             if all(min(s.values(), default=1e18) / traces[n]["steps_per_epoch"] >= floor[n] for n, (s, _) in st.items()):
                 net = {n: saving(traces[n], s) - (decision_cost(traces[n], f, probe) or 0.0) for n, (s, f) in st.items()}
-                admissible[(thr, pat, per, tau, probe or "all")] = by_task(net)
+                admissible[(thr, pat, per, tau, probe or "all", prun, start)] = by_task(net)
         # each task counts once, and relative to the best any admissible rule nets there: large absolute savings
         # on one task must not outvote another
         best = {k: max(r[k] for r in admissible.values()) for k in next(iter(admissible.values()), {})}
         score = {rule: sum(r[k] / best[k] if best[k] > 0 else 1.0 for k in best) / len(best)
                  for rule, r in admissible.items()}
         for rule in sorted(score, key=score.get, reverse=True)[:15]:
-            thr, pat, per, tau, probe = rule
+            thr, pat, per, tau, probe, prun, start = rule
             nets = ", ".join(f"{k} {v:.1%}" for k, v in admissible[rule].items())
             print(f"{score[rule]:.2f} of each task's best  (net: {nets})  threshold {thr} patience {pat} "
-                  f"per-epoch {per} tau {tau} probe {probe}")
+                  f"per-epoch {per} per-run {prun} tau {tau} probe {probe} start {start}")
         return
     if a.show:
         for rule in a.show:
-            thr, pat, per, tau = rule.split(",")
+            thr, pat, per, tau, probe, prun, start = (rule.split(",") + ["all", "0", "0"][rule.count(",") - 3:])[:7]
             tau = None if tau == "none" else float(tau)
-            print(f"rule threshold {thr} patience {pat} per-epoch {per} tau {tau}")
+            probe = None if probe == "all" else int(probe)
+            print(f"rule threshold {thr} patience {pat} per-epoch {per} per-run {prun} tau {tau} probe {probe or 'all'} "
+                  f"start {start}")
             for name, t in traces.items():
-                st = replay(t, float(thr), int(pat), int(per), tau)
-                spe = t["steps_per_epoch"]
-                print(f"  {name:45s} saved~{saving(t, st):6.1%}  freeze epochs "
-                      + " ".join(f"{st[u] / spe:.2f}" for u in sorted(st)))
+                st, fw = replay_with_cost(t, float(thr), int(pat), int(per), tau, probe, int(prun), float(start))
+                cost, spe = decision_cost(t, fw, probe), t["steps_per_epoch"]
+                print(f"  {name:45s} saved~{saving(t, st):6.1%}  deciding {'n/m' if cost is None else f'{cost:.1%}'}"
+                      f"  freeze epochs " + " ".join(f"{st[u] / spe:.2f}" for u in sorted(st)))
         return
     print("thr  pat per  tau   " + "  ".join(f"{n[:22]:>22s}" for n in traces))
     for thr, pat, per, tau in itertools.product(a.thresholds, a.patience, a.per_epoch, [None, *a.taus]):

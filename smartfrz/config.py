@@ -27,6 +27,9 @@ class SmartFRZConfig:
     # the veto reads at most this many rows of its probe: each decision runs it a few times, so this is its cost.
     # None: the predictor's rule (its file says), else the whole probe
     veto_probe_rows: int | None = None
+    # no freeze is decided before this share of the planned run (total_steps; unknown: from the first full window):
+    # no accuracy-safe freeze came earlier on the tasks the rule was chosen on. None: the predictor's rule
+    decide_from: float | None = None
     predictor_path: str | None = None  # None: the shipped predictor
     units: Sequence[str] | None = None  # explicit unit names; None: structural discovery
     seed: int = 0
@@ -49,6 +52,8 @@ class SmartFRZConfig:
             raise ValueError(f"window must be at least 2 snapshots; got {self.window}")
         if self.veto_tau is not None and not 0.0 < self.veto_tau <= 1.0:
             raise ValueError(f"veto_tau must lie in (0, 1] (1.0: off), or be None; got {self.veto_tau}")
+        if self.decide_from is not None and not 0.0 <= self.decide_from < 1.0:
+            raise ValueError(f"decide_from must lie in [0, 1) (a share of total_steps), or be None; got {self.decide_from}")
         if self.threshold is not None and not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must lie strictly between 0 and 1; got {self.threshold}")
         if isinstance(self.min_active_units, bool) or not isinstance(self.min_active_units, int) or self.min_active_units < 0:

@@ -74,7 +74,7 @@ class SmartFRZPolicy(Policy):
     reads_veto = True
 
     def __init__(self, predictor=None, threshold: float | None = None, path: str | None = None,
-                 patience: int | None = None):
+                 patience: int | None = None, decide_from: float | None = None):
         from .predictor import FreezePredictor
 
         self.predictor = predictor if predictor is not None else FreezePredictor.load(path)
@@ -84,6 +84,7 @@ class SmartFRZPolicy(Policy):
         self.decisions_per_run = int(getattr(self.predictor, "decisions_per_run", 0))
         self.veto_tau = getattr(self.predictor, "veto_tau", None)  # the engine's default veto, part of the rule
         self.veto_probe_rows = getattr(self.predictor, "veto_probe_rows", None)  # and what it may spend
+        self.decide_from = decide_from if decide_from is not None else float(getattr(self.predictor, "decide_from", 0.0))
         meta = getattr(self.predictor, "metadata", {})  # what it read in training; windows of other shapes shift its inputs
         self.window, self.sample_size = int(meta.get("window", self.window)), int(meta.get("sample_size", self.sample_size))
         self.streak: dict[int, int] = {}
@@ -91,6 +92,9 @@ class SmartFRZPolicy(Policy):
     def bind(self, engine):
         super().bind(engine)
         self.predictor.to(engine.recorder.buffer.device)
+        if self.decide_from and not engine.config.total_steps:
+            warnings.warn(f"the rule decides nothing before {self.decide_from:.0%} of the planned run, but total_steps "
+                          "is not given: decisions start at the first full window instead", UserWarning, stacklevel=3)
 
     def decide(self, engine):
         k, limit, rec = engine.num_frozen, engine.max_frozen, engine.recorder
@@ -103,6 +107,9 @@ class SmartFRZPolicy(Policy):
         if not bool(finite.all()):
             warnings.warn("non-finite weights in a recorded window: no freeze decision is made from them")
         scores = dict(zip(candidates, probs))
+        total = engine.config.total_steps
+        if total and engine.step_count < self.decide_from * total:
+            return k, scores  # scored for the timeline, nothing decided yet
         settled = k  # units k..settled-1 look settled now, each with every active unit before it
         while settled < limit and scores.get(settled, 0.0) >= self.threshold:
             settled += 1
@@ -246,5 +253,6 @@ def make_policy(policy: "str | Policy", config) -> Policy:
     if policy not in _REGISTRY:
         raise ValueError(f"unknown policy {policy!r}; allowed: {sorted(_REGISTRY)} or a Policy instance")
     if policy == "smartfrz":
-        return SmartFRZPolicy(threshold=config.threshold, path=config.predictor_path, patience=config.patience)
+        return SmartFRZPolicy(threshold=config.threshold, path=config.predictor_path, patience=config.patience,
+                              decide_from=config.decide_from)
     return _REGISTRY[policy]()
