@@ -58,6 +58,8 @@ def replay_with_cost(trace: dict, threshold: float, patience: int, per_epoch: in
     for j, r in enumerate(rows):
         if (j + 1) % stride:
             continue
+        if probe is not None and "share_n" not in r:
+            raise SystemExit(f"a trace of {trace.get('task')} predates the small-probe shares: read it with probe all")
         share = r["share"] if probe is None else r["share_n"][str(probe)]
         if r["step"] < start * trace["total_steps"]:
             continue  # before the rule's start: no decision at all
@@ -96,6 +98,18 @@ def saving(trace: dict, steps: dict[int, int]) -> float:
     return saved
 
 
+def within_safe(name: str, trace: dict, steps: dict[int, int], safe: dict) -> bool:
+    """Some schedule measured safe on the trace's task (reports/bench/trace/safe_schedules.json) freezes every unit
+    the rule freezes no later than the rule does: per seed where the trace's seed has one, else its latest."""
+    task, seed = name.rsplit("_s", 1)
+    spe = trace["steps_per_epoch"]
+    for sched in safe["tasks"][task].values():
+        s = sched.get("per_seed", {}).get(seed, sched["latest"])
+        if all(u < len(s) and s[u] is not None and step / spe >= s[u] - 1e-9 for u, step in steps.items()):
+            return True
+    return False
+
+
 def by_task(by_trace: dict[str, float]) -> dict[str, float]:
     """Each task's mean over its seeds (trace names end in _s<seed>)."""
     tasks: dict[str, list[float]] = {}
@@ -122,9 +136,15 @@ def main(argv=None):
                     help="TASK=EPOCH: no unit of a trace whose name starts with TASK may freeze before EPOCH (a "
                          "freeze step measured safe there); with it, the admissible rules are ranked by their net "
                          "saving (after the veto's forwards) as a share of each task's best, averaged over tasks")
+    ap.add_argument("--safe", default=None,
+                    help="safe schedules (reports/bench/trace/safe_schedules.json): with it, a rule is admissible only "
+                         "where some measured-safe schedule freezes each unit it freezes no later; rules are ranked as "
+                         "with --earliest")
+    ap.add_argument("--top", type=int, default=15, help="ranked rules to print (--earliest)")
     a = ap.parse_args(argv)
     traces = {Path(p).stem: json.loads(Path(p).read_text()) for p in a.traces}
-    if a.earliest:
+    safe = json.loads(Path(a.safe).read_text()) if a.safe else None
+    if a.earliest or safe:
         floors = {k: float(v) for k, v in (e.split("=") for e in a.earliest)}
         floor = {n: next((e for k, e in floors.items() if n.startswith(k)), 0.0) for n in traces}
         admissible = {}  # rule -> {task: mean net saving over its seeds}
@@ -134,7 +154,8 @@ def main(argv=None):
             if (tau is None and probe is not None) or not (per or prun):
                 continue  # no veto, no probe; no cadence
             st = {n: replay_with_cost(t, thr, pat, per, tau, probe, prun, start) for n, t in traces.items()}
-            if all(min(s.values(), default=1e18) / traces[n]["steps_per_epoch"] >= floor[n] for n, (s, _) in st.items()):
+            if all(min(s.values(), default=1e18) / traces[n]["steps_per_epoch"] >= floor[n]
+                   and (safe is None or within_safe(n, traces[n], s, safe)) for n, (s, _) in st.items()):
                 net = {n: saving(traces[n], s) - (decision_cost(traces[n], f, probe) or 0.0) for n, (s, f) in st.items()}
                 admissible[(thr, pat, per, tau, probe or "all", prun, start)] = by_task(net)
         # each task counts once, and relative to the best any admissible rule nets there: large absolute savings
@@ -142,7 +163,7 @@ def main(argv=None):
         best = {k: max(r[k] for r in admissible.values()) for k in next(iter(admissible.values()), {})}
         score = {rule: sum(r[k] / best[k] if best[k] > 0 else 1.0 for k in best) / len(best)
                  for rule, r in admissible.items()}
-        for rule in sorted(score, key=score.get, reverse=True)[:15]:
+        for rule in sorted(score, key=score.get, reverse=True)[:a.top]:
             thr, pat, per, tau, probe, prun, start = rule
             nets = ", ".join(f"{k} {v:.1%}" for k, v in admissible[rule].items())
             print(f"{score[rule]:.2f} of each task's best  (net: {nets})  threshold {thr} patience {pat} "

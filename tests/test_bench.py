@@ -252,7 +252,14 @@ def test_trace_replay_is_the_engines_rule_on_a_traced_run():
     assert replay.replay(trace, 0.5, 3, 5, 0.1) == {}  # unit 0 dips at step 6: its count and unit 1's start again
     assert replay.replay(trace, 0.5, 1, 1, 0.1) == {0: 10, 1: 10}  # one decision an epoch: the 5th row only
     assert replay.replay(trace, 0.5, 1, 2, 0.1) == {0: 4, 1: 4}  # two: every 2nd row (steps 4 and 8)
+    assert replay.replay(trace, 0.5, 1, 1, 0.1, per_run=15) == {0: 2, 1: 4}  # >= 15 a run: every 30 // 15 steps
+    assert replay.replay(trace, 0.5, 2, 5, None, start=0.2) == {0: 10, 1: 10}  # nothing decided before step 6
     assert abs(replay.saving(trace, {0: 4}) - 2 / 3 * 0.5 * 26 / 30) < 1e-12
+    # admissible when some measured-safe schedule freezes each unit the rule freezes no later (epochs; its seed's own)
+    safe = {"tasks": {"t": {"oracle": {"latest": [0.4, None], "per_seed": {"0": [0.2, 0.6]}}}}}
+    assert replay.within_safe("t_s0", trace, {0: 4}, safe) and not replay.within_safe("t_s0", trace, {0: 4, 1: 4}, safe)
+    assert replay.within_safe("t_s1", trace, {0: 4}, safe) and not replay.within_safe("t_s1", trace, {0: 3}, safe)
+    assert not replay.within_safe("t_s1", trace, {0: 8, 1: 8}, safe)  # never frozen in any safe schedule
 
 
 def test_frontier_confirms_the_largest_safe_grid_point_on_every_seed(tmp_path, monkeypatch):

@@ -67,10 +67,11 @@ def test_save_load_round_trip(tmp_path):
     """The decision rule chosen with the weights travels with them, and the engine follows it."""
     from smartfrz import SmartFRZ
     pred = FreezePredictor(d_model=16, heads=2, layers=1, hidden=32, threshold=0.7)
-    pred.patience, pred.decisions_per_epoch, pred.decisions_per_run = 3, 2, 12
+    pred.patience, pred.decisions_per_epoch, pred.decisions_per_run, pred.decide_from = 3, 2, 12, 0.25
     pred.save(tmp_path / "p.safetensors")
     back = FreezePredictor.load(tmp_path / "p.safetensors")
     assert (back.threshold, back.patience, back.decisions_per_epoch, back.decisions_per_run) == (0.7, 3, 2, 12)
+    assert back.decide_from == 0.25
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     frz = SmartFRZ(model, opt, example_input=torch.randn(2, 4), predictor_path=str(tmp_path / "p.safetensors"),

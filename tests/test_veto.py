@@ -142,3 +142,29 @@ def test_the_veto_is_not_run_when_no_freeze_could_complete_before_the_planned_en
     assert run(2, steps=2) == ([], 0)  # windows full at step 2, the last: patience 2 cannot be met
     late, _ = run(3, steps=3)
     assert late == [("0", 3), ("2", 3)]  # at step 2 one decision is left, enough for a streak of 2
+
+
+def test_no_freeze_is_decided_before_the_rules_start():
+    """decide_from: before that share of total_steps the windows are scored for the timeline but no count starts;
+    the first freeze comes `patience` decisions after it. Without total_steps it cannot apply, and says so."""
+    from smartfrz.policies import SmartFRZPolicy
+
+    def run(decide_from, total=8, steps=8):
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
+        policy = SmartFRZPolicy(predictor=Confident(), decide_from=decide_from)
+        frz = SmartFRZ(m, None, example_input=torch.randn(64, 6), policy=policy, decide_every=1, record_every=1,
+                       units=["0", "2", "4"], total_steps=total)
+        for _ in range(steps):
+            frz.step()
+        return [(e["unit"], e["step"]) for e in frz.timeline], frz.veto.forwards
+
+    assert run(None)[0] == [("0", 3), ("2", 3)]  # the predictor's own start: 0 for Confident
+    late, forwards = run(0.5)
+    assert late == [("0", 5), ("2", 5)] and forwards > 0  # counts from step 4
+    assert run(0.5, steps=3) == ([], 0)  # no veto forward before it either
+    with pytest.warns(UserWarning, match="total_steps is not given"):
+        assert run(0.5, total=None)[0] == [("0", 3), ("2", 3)]
+    with pytest.raises(ValueError, match="decide_from must lie in"):
+        SmartFRZ(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)), None, example_input=torch.randn(1, 2), policy="none",
+                 decide_from=1.0)
