@@ -34,15 +34,20 @@ def frontier(task: str) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def sources():
+    """(suite, bench file, which policies' rows it gives): a suite's smartfrz rows come from its re-runs if any."""
+    for suite in SUITES:
+        reruns = [f for f in RERUNS.get(suite, ()) if (ROOT / "reports" / "bench" / f"{f}.json").is_file()]
+        yield suite, suite, (lambda p: p not in SMARTFRZ) if reruns else (lambda p: True)
+        for name in reruns:
+            yield suite, name, lambda p: p in SMARTFRZ
+
+
 def table() -> str:
     lines = ["| suite | task (`none`'s metric) | policy | Δ vs none | FLOPs saved | decision FLOPs | of the frontier |",
              "|---|---|---|---|---|---|---|"]
     notes = []
-    reruns = {s: [f for f in files if (ROOT / "reports" / "bench" / f"{f}.json").is_file()] for s, files in RERUNS.items()}
-    sources = [(suite, name, keep) for suite in SUITES for name, keep in
-               [(suite, (lambda p, s=suite: not (reruns.get(s) and p in SMARTFRZ)))]
-               + [(f, lambda p: p in SMARTFRZ) for f in reruns.get(suite, [])]]
-    for suite, name, keep in sources:
+    for suite, name, keep in sources():
         path = ROOT / "reports" / "bench" / f"{name}.json"
         if not path.is_file():
             continue
