@@ -50,16 +50,85 @@ def changed_share(ref: torch.Tensor, new: torch.Tensor) -> float:
     return float((ref - new).abs().mean() / ref.std().clamp_min(1e-12))
 
 
+PART_ROWS = 16  # rows per probe part: small enough that a check stops early, large enough to batch well
+
+
+def take_rows(batch: Any, index: torch.Tensor | slice, columns: int | None = None, full: tuple | None = None) -> Any:
+    """Rows ``index`` of a batch; tensors whose leading shape is ``full`` (rows, columns) are also cut to their
+    first ``columns`` columns (the padding past a part's longest sequence)."""
+    if isinstance(batch, dict):
+        return {k: take_rows(v, index, columns, full) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(take_rows(v, index, columns, full) for v in batch)
+    if not (isinstance(batch, torch.Tensor) and batch.dim()):
+        return batch
+    if columns is not None and batch.dim() >= 2 and tuple(batch.shape[:2]) == full:
+        batch = batch[:, :columns]
+    return batch[index if isinstance(index, slice) else index.to(batch.device)]
+
+
+def probe_parts(probe: Any, rows: int = PART_ROWS) -> list:
+    """The probe as parts of at most ``rows`` rows. A right-padded text batch (a dict with a 2-D
+    ``attention_mask``) is ordered by length and each part cut to its own longest sequence, so the veto pays for
+    tokens rather than padding; any other batch is cut in order. Masked padding does not change a row's logits."""
+    mask = probe.get("attention_mask") if isinstance(probe, dict) else None
+    if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+        lengths = mask.ne(0).sum(1)
+        right_padded = bool(mask.ne(0).eq(torch.arange(mask.shape[1], device=mask.device) < lengths[:, None]).all())
+        if right_padded:
+            lengths = lengths.cpu()
+            return [take_rows(probe, idx, int(lengths[idx].max().clamp_min(1)), tuple(mask.shape))
+                    for idx in torch.argsort(lengths, stable=True).split(rows)]
+    n = next((t.shape[0] for t in _tensors(probe) if t.dim()), None)
+    if n is None:
+        return [probe]
+    return [take_rows(probe, slice(a, a + rows)) for a in range(0, n, rows)]
+
+
+def _tensors(batch: Any):
+    if isinstance(batch, dict):
+        for v in batch.values():
+            yield from _tensors(v)
+    elif isinstance(batch, (list, tuple)):
+        for v in batch:
+            yield from _tensors(v)
+    elif isinstance(batch, torch.Tensor):
+        yield batch
+
+
 class FunctionalVeto:
     """``allow(model, start, stop)``: how far the frozen prefix may grow, given the units' weights at the
-    previous decision (``snapshot``). A unit with no earlier weights yet is never allowed."""
+    previous decision (``snapshot``). A unit with no earlier weights yet is never allowed.
+
+    A check runs the probe part by part (``probe_parts``) and stops as soon as the changed predictions exceed tau:
+    the answer is the whole probe's, the cost only what settles it."""
 
     def __init__(self, units: Sequence[Unit], probe: Any, tau: float, rows: int | None = None):
         self.units, self.probe, self.tau = list(units), probe if rows is None else first_rows(probe, rows), tau
+        self.parts = probe_parts(self.probe)
         self.previous: dict[int, list] = {}  # unit index -> its weights at the previous decision
         self.at: int | None = None  # the step they were taken at
         self.vetoed = 0  # decisions the veto cut short
-        self.forwards = 0  # probe forwards run: the veto's cost, counted so savings can be reported net of it
+        self.forwards = 0  # probe checks run (the reference, then one per prefix put back)
+        self.part_forwards = [0] * len(self.parts)  # forwards of each part: the veto's cost, priced per part
+
+    def _outputs(self, model: torch.nn.Module, j: int) -> torch.Tensor:
+        self.part_forwards[j] += 1
+        return logits(model, self.parts[j])
+
+    def _exceeds(self, model: torch.nn.Module, ref: list) -> bool:
+        """Whether the model's predictions differ from ``ref`` by more than tau (``changed_share`` on the whole
+        probe), stopping at the first part past which no later part could bring it back under."""
+        classes = ref[0].shape[-1] > 1
+        total = sum(r.shape[0] if classes else r.numel() for r in ref)
+        scale = 1.0 if classes else float(torch.cat(ref).std().clamp_min(1e-12))
+        changed = 0.0
+        for j, r in enumerate(ref):
+            new = self._outputs(model, j)
+            changed += float((r.argmax(-1) != new.argmax(-1)).sum()) if classes else float((r - new).abs().sum())
+            if changed / total / scale > self.tau:
+                return True
+        return False
 
     def snapshot(self, start: int, stop: int, step: int, every: int = 1) -> None:
         """Keeps units start..stop-1 as they are now, at most once every ``every`` steps (a policy that decides
@@ -76,7 +145,7 @@ class FunctionalVeto:
         current = {}  # copied only for the units actually put back
         ok = start
         try:
-            ref = logits(model, self.probe)
+            ref = [self._outputs(model, j) for j in range(len(self.parts))]
             self.forwards += 1
             for i in range(start, stop):
                 if i not in self.previous:
@@ -84,7 +153,7 @@ class FunctionalVeto:
                 current[i] = unit_state(self.units[i])
                 load_unit_state(self.units[i], self.previous[i])  # units start..i together, as the label rewinds a prefix
                 self.forwards += 1
-                if changed_share(ref, logits(model, self.probe)) > self.tau:
+                if self._exceeds(model, ref):
                     break
                 ok = i + 1
         finally:
@@ -96,10 +165,12 @@ class FunctionalVeto:
 
     def state_dict(self) -> dict:
         return {"previous": {str(i): s for i, s in self.previous.items()}, "vetoed": self.vetoed, "at": self.at,
-                "forwards": self.forwards}
+                "forwards": self.forwards, "part_forwards": list(self.part_forwards)}
 
     def load_state_dict(self, state: dict) -> None:
         self.previous = {int(i): s for i, s in state.get("previous", {}).items()}
         self.vetoed = int(state.get("vetoed", 0))
         self.forwards = int(state.get("forwards", 0))
+        parts = [int(n) for n in state.get("part_forwards", [])]  # before parts, every forward ran the whole probe
+        self.part_forwards = parts if len(parts) == len(self.parts) else [self.forwards] * len(self.parts)
         self.at = None if state.get("at") is None else int(state["at"])

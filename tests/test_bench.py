@@ -31,12 +31,15 @@ def test_decision_flops_are_the_vetos_probe_forwards():
     """SmartFRZ's veto runs forwards on its probe at decisions: counted, and charged against the saving."""
     from smartfrz.lab.costs import probe_forward_flops
     from smartfrz.lab.experiment import build
+    from smartfrz.veto import probe_parts
     cfg = ExperimentConfig(policy="smartfrz", epochs=4, out_dir=None, progress=False, veto_probe=64)
     r = run(cfg)
     model, *_, probe, _ = build(cfg, "cpu")
     assert probe.shape[0] == 64
-    forwards = r.decision_flops / probe_forward_flops(model, probe)
-    assert forwards >= 1 and forwards == int(forwards)
+    part = probe_forward_flops(model, probe_parts(probe)[0])  # 4 equal parts of 16 images
+    assert part * 4 == probe_forward_flops(model, probe)
+    forwards = r.decision_flops / part  # each check's parts, a failing one stopping at the part that settles it
+    assert forwards >= 4 and forwards == int(forwards)
     assert r.net_flops_saved == pytest.approx(r.flops_saved - r.decision_flops / r.full_train_flops)
 
 

@@ -92,6 +92,73 @@ def test_the_veto_reads_the_first_rows_of_any_batch_shape():
                  veto_probe_rows=0)
 
 
+class TinyEncoder(nn.Module):
+    """A masked mean of token embeddings: its logits do not depend on a row's padding, as in any encoder."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb, self.head = nn.Embedding(50, 8), nn.Linear(8, 3)
+        self.widths = []  # the sequence width of every forward
+
+    def forward(self, input_ids, attention_mask):
+        self.widths.append(input_ids.shape[1])
+        m = attention_mask.unsqueeze(-1).float()
+        return self.head((self.emb(input_ids) * m).sum(1) / m.sum(1))
+
+
+def text_probe(rows=40, width=30, left=False):
+    g = torch.Generator().manual_seed(1)
+    lengths = torch.randint(2, width + 1, (rows,), generator=g)
+    mask = (torch.arange(width) < lengths[:, None]).long()
+    mask = mask.flip(1) if left else mask
+    return {"input_ids": torch.randint(1, 50, (rows, width), generator=g) * mask, "attention_mask": mask}
+
+
+def test_the_probe_runs_in_parts_cut_to_their_own_longest_sequence():
+    """Right-padded text is ordered by length and each part cut to its longest row: the same logits for far
+    fewer tokens. Left padding and plain tensors are cut into parts in order, columns untouched."""
+    from smartfrz.veto import logits, probe_parts
+    model, probe = TinyEncoder(), text_probe()
+    parts = probe_parts(probe, rows=16)
+    lengths = probe["attention_mask"].sum(1)
+    order = torch.argsort(lengths, stable=True)
+    assert [p["input_ids"].shape[0] for p in parts] == [16, 16, 8]
+    assert [p["input_ids"].shape[1] for p in parts] == [int(lengths[i].max()) for i in order.split(16)]
+    assert sum(p["input_ids"].numel() for p in parts) < 0.8 * probe["input_ids"].numel()
+    assert torch.allclose(torch.cat([logits(model, p) for p in parts]), logits(model, probe)[order], atol=1e-6)
+    left = text_probe(left=True)
+    assert [p["input_ids"].shape for p in probe_parts(left, rows=16)] == [(16, 30), (16, 30), (8, 30)]
+    assert torch.equal(torch.cat([p["input_ids"] for p in probe_parts(left, rows=16)]), left["input_ids"])
+    x = torch.randn(40, 6)
+    assert torch.equal(torch.cat([p for p in probe_parts(x, rows=16)]), x)
+    assert torch.equal(probe_parts((x, 3), rows=64)[0][0], x)
+
+
+def test_a_check_stops_at_the_part_that_settles_it_with_the_whole_probes_answer():
+    """The veto's answer is changed_share on the whole probe against tau; a check that has already changed more
+    than tau of all rows runs no further part, and the cost counts only the parts run."""
+    from smartfrz.units import find_units
+    from smartfrz.veto import FunctionalVeto, changed_share, logits
+    model, probe = TinyEncoder(), text_probe(rows=64)
+    units = find_units(model, example_input=probe)
+    veto = FunctionalVeto(units, probe, tau=0.1)
+    assert len(veto.parts) == 4
+    before = logits(model, probe)
+    veto.snapshot(0, len(units), step=0)
+    with torch.no_grad():
+        model.emb.weight.copy_(5 * torch.randn(50, 8, generator=torch.Generator().manual_seed(2)))  # moved, and it matters
+    share = changed_share(logits(model, probe), before)
+    assert share > 0.1
+    assert veto.allow(model, 0, 1) == 0 and veto.forwards == 2
+    ran = veto.part_forwards
+    assert ran[0] == 2 and sum(ran) < 2 * len(veto.parts)  # the reference in full, the check stopped early
+    with torch.no_grad():
+        model.emb.weight.copy_(veto.previous[0][0]["weight"])  # back where it was: nothing changes
+    veto.part_forwards = [0] * 4
+    assert veto.allow(model, 0, 1) == 1 and veto.part_forwards == [2, 2, 2, 2]
+
+
 class Confident(torch.nn.Module):
     """A predictor that calls every window settled: what is left to decide is the veto's and patience's."""
     threshold, patience, decisions_per_epoch, decisions_per_run, veto_tau, veto_probe_rows = 0.5, 2, 1, 0, 0.05, None

@@ -110,6 +110,7 @@ LINEAR_DEFAULTS = {"freeze_start": 0.5, "freeze_level": 0.8}
 REFERENCE_FORMAT = 2  # what a `none` run records for the oracle: 2 = step-0 probe, CKA and rewind harms
 PREFIX_CACHE_FORMAT = 4  # how +cache runs fill and verify: 4 = in training steps, a part-filled store completed
 # with its missing examples at each epoch start (3: whole batches; 2: in training steps only); 8 verification rows
+VETO_FORMAT = 2  # how the smartfrz veto runs its probe: 2 = in length-ordered parts, a check stopping once settled
 
 
 def run_key(cfg: ExperimentConfig, threads: int | None) -> str:
@@ -134,6 +135,7 @@ def run_key(cfg: ExperimentConfig, threads: int | None) -> str:
     if cfg.policy == "smartfrz":
         from ..predictor import DEFAULT_PATH
         d["windows"] = "as trained"  # the engine records the predictor file's window shape (before: 30 x 1,024)
+        d["veto_format"] = VETO_FORMAT
         d["predictor_sha256"] = hashlib.sha256(Path(cfg.frz.get("predictor_path") or DEFAULT_PATH).read_bytes()).hexdigest()
     digest = hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return f"{cfg.run_name}-{digest}"

@@ -131,8 +131,10 @@ def probe_forward_flops(model: nn.Module, probe: Any) -> int:
 
 
 def decision_flops(model: nn.Module, veto: Any) -> float:
-    """What a run's functional veto (or None) spent: its forwards, priced once on its probe."""
-    return float(veto.forwards * probe_forward_flops(model, veto.probe)) if veto is not None and veto.forwards else 0.0
+    """What a run's functional veto (or None) spent: the forwards of each probe part, each part priced once."""
+    if veto is None:
+        return 0.0
+    return float(sum(n * probe_forward_flops(model, part) for n, part in zip(veto.part_forwards, veto.parts) if n))
 
 
 class PeakMemory:
