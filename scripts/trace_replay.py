@@ -6,7 +6,8 @@ P(freeze) >= threshold and (with a veto) passed it: putting the prefix through i
 changed at most tau of the probe's predictions (the engine's rule, smartfrz.policies.SmartFRZPolicy). Savings are estimated as 2/3 of the frozen prefix's forward
 FLOP share (its backward) over the remaining steps: a first-order figure along the unfrozen trajectory, for
 choosing which rules to train, never a result. Traces that price the veto (probe_flops) rank rules net of its
-forwards.
+forwards: each check at the price of a whole probe forward (traces recorded before the veto ran its probe in
+length-ordered parts price the padded probe; a failing check now stops early), so the cost is an upper bound.
 
     python scripts/trace_replay.py reports/bench/trace/cpu_*.json
 """
@@ -37,12 +38,26 @@ def stride_for(trace: dict, per_epoch: int, per_run: int = 0) -> int:
 
 def veto_search(share: dict, start: int, stop: int, tau: float) -> tuple[int, int]:
     """(the longest prefix start..passed-1 the veto allows, the probe forwards it runs), as smartfrz.veto does:
-    one reference forward, then one per unit put back, front first, up to the first that fails. (A bisection
-    from the whole prefix, tried 2026-12-05, ran more: the front unit is the one that usually fails.)"""
-    passed = start
-    while passed < stop and share.get(str(passed), 1.0) <= tau:
+    a reference forward, the front unit put back, then the whole prefix; only a failing whole is searched unit by
+    unit, front first. ``share[i]``: the change with units start..i put back (a unit without one has no earlier
+    weights, so the search stops before it, and runs nothing when that is the front unit)."""
+    known = start
+    while known < stop and str(known) in share:
+        known += 1
+    if known == start:
+        return start, 0
+    fits = lambda i: share[str(i)] <= tau  # the prefix through unit i
+    if not fits(start):
+        return start, 2
+    if known == start + 1 or fits(known - 1):
+        return known, 2 if known == start + 1 else 3
+    passed, forwards = start + 1, 3
+    while passed + 1 < known:
+        forwards += 1
+        if not fits(passed):
+            break
         passed += 1
-    return passed, 1 + min(passed - start + 1, stop - start)
+    return passed, forwards
 
 
 def replay_with_cost(trace: dict, threshold: float, patience: int, per_epoch: int, tau: float | None,

@@ -98,7 +98,8 @@ def _tensors(batch: Any):
 
 class FunctionalVeto:
     """``allow(model, start, stop)``: how far the frozen prefix may grow, given the units' weights at the
-    previous decision (``snapshot``). A unit with no earlier weights yet is never allowed.
+    previous decision (``snapshot``), units start..i put back together as the label rewinds a prefix. A unit
+    with no earlier weights yet is never allowed.
 
     A check runs the probe part by part (``probe_parts``) and stops as soon as the changed predictions exceed tau:
     the answer is the whole probe's, the cost only what settles it."""
@@ -138,29 +139,51 @@ class FunctionalVeto:
 
     @torch.no_grad()
     def allow(self, model: torch.nn.Module, start: int, stop: int) -> int:
-        if stop <= start:
-            return start
-        was = model.training
-        model.eval()
-        current = {}  # copied only for the units actually put back
+        known = start  # units with earlier weights to put back
+        while known < stop and known in self.previous:
+            known += 1
         ok = start
-        try:
-            ref = [self._outputs(model, j) for j in range(len(self.parts))]
-            self.forwards += 1
-            for i in range(start, stop):
-                if i not in self.previous:
-                    break
-                current[i] = unit_state(self.units[i])
-                load_unit_state(self.units[i], self.previous[i])  # units start..i together, as the label rewinds a prefix
+        if known > start:
+            was = model.training
+            model.eval()
+            saved: dict[int, list] = {}  # copied only for the units actually put back
+            try:
+                ref = [self._outputs(model, j) for j in range(len(self.parts))]
                 self.forwards += 1
-                if self._exceeds(model, ref):
-                    break
-                ok = i + 1
-        finally:
-            for i, s in current.items():
-                load_unit_state(self.units[i], s)
-            model.train(was)
+                ok = self._search(model, ref, start, known, saved)
+            finally:
+                for i, s in saved.items():
+                    load_unit_state(self.units[i], s)
+                model.train(was)
         self.vetoed += ok < stop
+        return ok
+
+    def _search(self, model: torch.nn.Module, ref: list, start: int, stop: int, saved: dict) -> int:
+        """The longest prefix start..ok-1 that, put back together, stays within tau. The front unit is checked
+        first (it is the one that usually fails), then the whole prefix (what would freeze): when both pass, the
+        prefix passes in two checks; only a failing whole is searched unit by unit, front first."""
+        back: set[int] = set()
+
+        def passes(upto: int) -> bool:  # units start..upto-1 at their earlier weights, the rest as they are now
+            for i in range(start, stop):
+                if i < upto and i not in back:
+                    if i not in saved:
+                        saved[i] = unit_state(self.units[i])
+                    load_unit_state(self.units[i], self.previous[i])
+                    back.add(i)
+                elif i >= upto and i in back:
+                    load_unit_state(self.units[i], saved[i])
+                    back.discard(i)
+            self.forwards += 1
+            return not self._exceeds(model, ref)
+
+        if not passes(start + 1):
+            return start
+        if stop == start + 1 or passes(stop):
+            return stop
+        ok = start + 1
+        while ok + 1 < stop and passes(ok + 1):
+            ok += 1
         return ok
 
     def state_dict(self) -> dict:

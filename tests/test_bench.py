@@ -296,3 +296,28 @@ def test_frontier_confirms_the_largest_safe_grid_point_on_every_seed(tmp_path, m
     assert out["confirmed"][0]["delta_per_seed"] == pytest.approx([-0.2, -1.0, -0.1])
     assert out["oracles"]["oracle"]["safe"] is False
     assert out["frontier"]["median_flops_saved"] == pytest.approx(0.25) and "first 4 units at epoch 1" in out["frontier"]["source"]
+
+
+def test_label_reach_reads_each_units_freeze_epoch_from_recorded_harms(tmp_path):
+    """scripts/label_reach.py: a label's schedule is read off the `none` runs' harms (median epoch over runs; a
+    unit labelled in fewer than half of them is never frozen), and thresholds above the recorded cap are refused."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("reach", Path(__file__).parents[1] / "scripts" / "label_reach.py")
+    reach = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reach)
+    nan = None
+
+    def none_run(seed, harms):  # 3 checkpoints (steps 10, 20, 30), 2 units, 10 steps an epoch
+        return {"run": f"bench-t-x-none-s{seed}", "config": {"policy": "none", "name": "bench-t", "epochs": 3},
+                "steps": 30, "cka": {"steps": [10, 20, 30], "units": ["a", "b"], "rewind": harms}}
+    runs = [none_run(0, [[0.03, nan], [0.01, 0.04], [0.0, 0.0]]), none_run(1, [[0.0, 0.01], [0.0, 0.0], [0.0, 0.0]]),
+            none_run(2, [[nan, nan], [0.0, nan], [0.0, 0.0]])]
+    for i, r in enumerate(runs):
+        (tmp_path / f"r{i}.json").write_text(json.dumps(r))
+    (tmp_path / "other.json").write_text(json.dumps({**runs[0], "config": {"policy": "linear"}}))
+    found = reach.none_runs(tmp_path)
+    assert list(found) == ["t"] and len(found["t"]) == 3
+    assert reach.schedule(found["t"], 0.05) == [1.0, 2.0]  # a: epochs 1, 1, 2; b: 2, 1, 3
+    assert reach.schedule(found["t"], 0.02) == [2.0, 3.0]  # a: 2, 1, 2; b: 3, 1, 3
+    with pytest.raises(SystemExit, match="above the recorded cap"):
+        reach.main([str(tmp_path), "--taus", "0.1"])

@@ -235,3 +235,35 @@ def test_no_freeze_is_decided_before_the_rules_start():
     with pytest.raises(ValueError, match="decide_from must lie in"):
         SmartFRZ(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)), None, example_input=torch.randn(1, 2), policy="none",
                  decide_from=1.0)
+
+
+def test_the_veto_checks_the_front_unit_then_the_whole_prefix_and_searches_only_a_failing_whole():
+    """Front unit first (the usual failure), then the prefix that would freeze: two checks when both pass. A
+    failing whole is searched front first for how far the prefix may go."""
+    from smartfrz.units import find_units
+    from smartfrz.veto import FunctionalVeto
+    torch.manual_seed(0)
+    m = nn.Sequential(*[nn.Linear(4, 4) for _ in range(5)], nn.Linear(4, 2))
+    x = torch.randn(8, 4)
+    units = find_units(m, example_input=x)
+    veto = FunctionalVeto(units, x, tau=0.1)
+    veto.snapshot(0, len(units), step=0)
+    with torch.no_grad():
+        for layer in m:
+            layer.weight.add_(1.0)
+
+    def put_back() -> int:  # how many front units are at their earlier weights now
+        return next((i for i, u in enumerate(units) if not torch.equal(u.members[0][1].weight, veto.previous[i][0]["weight"])), len(units))
+
+    def allow(failing: set, start=0, stop=4):
+        veto.forwards = 0
+        veto._exceeds = lambda model, ref: put_back() in failing  # which prefixes (by length) change too much
+        out = veto.allow(m, start, stop)
+        assert put_back() == 0 and torch.equal(m[0].weight, veto.previous[0][0]["weight"] + 1.0)  # all restored
+        return out, veto.forwards
+
+    assert allow(set()) == (4, 3)  # the reference, unit 0, units 0-3: passed
+    assert allow({1}) == (0, 2)  # the front unit fails: nothing more is run
+    assert allow({3, 4}) == (2, 5)  # whole fails: then units 0-1 pass, 0-2 fail
+    assert allow({2}) == (4, 3)  # the prefix that freezes passes: a smaller one is not asked
+    assert allow(set(), start=2, stop=3) == (3, 2)

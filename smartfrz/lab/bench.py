@@ -110,7 +110,8 @@ LINEAR_DEFAULTS = {"freeze_start": 0.5, "freeze_level": 0.8}
 REFERENCE_FORMAT = 2  # what a `none` run records for the oracle: 2 = step-0 probe, CKA and rewind harms
 PREFIX_CACHE_FORMAT = 4  # how +cache runs fill and verify: 4 = in training steps, a part-filled store completed
 # with its missing examples at each epoch start (3: whole batches; 2: in training steps only); 8 verification rows
-VETO_FORMAT = 2  # how the smartfrz veto runs its probe: 2 = in length-ordered parts, a check stopping once settled
+VETO_FORMAT = 3  # how the smartfrz veto runs: 3 = front unit, then the whole prefix; probe in length-ordered parts, a check
+# stopping once settled (2: parts, prefixes front to back; before: the whole probe, front to back)
 
 
 def run_key(cfg: ExperimentConfig, threads: int | None) -> str:
