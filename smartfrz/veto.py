@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
+from torch.utils._pytree import tree_flatten
 
 from .units import Unit, call_model, first_tensor
 
@@ -36,11 +37,7 @@ def logits(model: torch.nn.Module, batch: Any) -> torch.Tensor:
 
 def first_rows(batch: Any, n: int) -> Any:
     """The first n examples of a batch: a tensor, or a dict, list or tuple of them (other values as they are)."""
-    if isinstance(batch, dict):
-        return {k: first_rows(v, n) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(first_rows(v, n) for v in batch)
-    return batch[:n] if isinstance(batch, torch.Tensor) and batch.dim() else batch
+    return take_rows(batch, slice(0, n))
 
 
 def changed_share(ref: torch.Tensor, new: torch.Tensor) -> float:
@@ -79,21 +76,10 @@ def probe_parts(probe: Any, rows: int = PART_ROWS) -> list:
             lengths = lengths.cpu()
             return [take_rows(probe, idx, int(lengths[idx].max().clamp_min(1)), tuple(mask.shape))
                     for idx in torch.argsort(lengths, stable=True).split(rows)]
-    n = next((t.shape[0] for t in _tensors(probe) if t.dim()), None)
+    n = next((t.shape[0] for t in tree_flatten(probe)[0] if isinstance(t, torch.Tensor) and t.dim()), None)
     if n is None:
         return [probe]
     return [take_rows(probe, slice(a, a + rows)) for a in range(0, n, rows)]
-
-
-def _tensors(batch: Any):
-    if isinstance(batch, dict):
-        for v in batch.values():
-            yield from _tensors(v)
-    elif isinstance(batch, (list, tuple)):
-        for v in batch:
-            yield from _tensors(v)
-    elif isinstance(batch, torch.Tensor):
-        yield batch
 
 
 class FunctionalVeto:
