@@ -21,14 +21,10 @@ from smartfrz.lab.bench import SUITES
 from smartfrz.lab.costs import probe_forward_flops
 from smartfrz.lab.experiment import ExperimentConfig, run
 from smartfrz.policies import SmartFRZPolicy
-from smartfrz.veto import changed_share, load_unit_state, logits, probe_parts, unit_state
+from smartfrz.veto import changed_share, first_rows, load_unit_state, logits, probe_parts, unit_state
 
 
 SMALL_PROBES = (32, 64)  # the lab's probe batches start with the same examples, so these are their shares
-
-
-def first(probe, n: int):
-    return {k: v[:n] for k, v in probe.items()} if isinstance(probe, dict) else probe[:n]
 
 
 def check_flops(model, probe) -> int:
@@ -49,7 +45,7 @@ def trace_policy(rows: list, units: list, per_epoch: int, probe_flops: dict):
         if not units:
             units.extend({"name": u.name, "flop_share": u.flop_share, "params": u.num_params} for u in engine.units)
             if veto is not None:  # what one veto forward costs, on the whole probe and on its first n examples
-                probe_flops.update({str(n): check_flops(engine.model, first(veto.probe, n)) for n in SMALL_PROBES},
+                probe_flops.update({str(n): check_flops(engine.model, first_rows(veto.probe, n)) for n in SMALL_PROBES},
                                    all=check_flops(engine.model, veto.probe))
         if veto is not None and veto.previous:
             model, was = engine.model, engine.model.training
