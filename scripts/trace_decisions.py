@@ -6,6 +6,11 @@ A trace lets any decision rule (threshold, patience, decisions per epoch, veto t
 against a task's frontier (scripts/frontier.py) instead of training one run per rule. Nothing is frozen
 while tracing, so the trace is the `none` run's trajectory.
 
+The engine's veto puts units back to their weights at the rule's *previous decision*, so a rule that decides
+every k-th traced decision compares weights k traced decisions old. `--lookbacks` records the shares at those
+distances too (on the probe's first 64 and 32 examples, from `--lookback-from` of the run on), so that
+scripts/trace_replay.py reads each rule's veto at the distance the engine would use.
+
     python scripts/trace_decisions.py --suite cpu --task cifar10_resnet20 --seed 0 --data-dir ../shared/data \
         --per-epoch 8 --out reports/bench/trace/cpu_cifar10_resnet20_s0.json
 """
@@ -13,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import deque
 from pathlib import Path
 
 import torch
@@ -33,15 +39,33 @@ def check_flops(model, probe) -> int:
     return sum(probe_forward_flops(model, part) for part in probe_parts(probe))
 
 
-def trace_policy(rows: list, units: list, per_epoch: int, probe_flops: dict):
-    """SmartFRZPolicy.decide, patched to log every score and every prefix's rewind share, and freeze nothing."""
+def prefix_shares(model, units: list, order: list, old: dict, probe) -> dict[int, float]:
+    """Each prefix's changed share on ``probe`` when units ``order[0]..i`` are put back to ``old`` together
+    (the model is left as it was)."""
+    current = {i: unit_state(units[i]) for i in order}
+    ref, out = logits(model, probe), {}
+    try:
+        for i in order:
+            load_unit_state(units[i], old[i])
+            new = logits(model, probe)
+            out[i] = {n: changed_share(ref[:n], new[:n]) for n in SMALL_PROBES}
+    finally:
+        for i, s in current.items():
+            load_unit_state(units[i], s)
+    return out
+
+
+def trace_policy(rows: list, units: list, per_epoch: int, probe_flops: dict, lookbacks=(), lookback_from=0.0):
+    """SmartFRZPolicy.decide, patched to log every score and every prefix's rewind share, and freeze nothing;
+    with ``lookbacks``, also every prefix's share against the weights of k traced decisions earlier."""
     original = SmartFRZPolicy.decide
+    history = deque(maxlen=max(lookbacks, default=1))  # each traced decision's weights, newest last
     SmartFRZPolicy.cadence = lambda self, spe, total: max(1, spe // per_epoch)
 
     @torch.no_grad()
     def decide(self, engine):
         _, scores = original(self, engine)
-        veto, shares, small = engine.veto, {}, {n: {} for n in SMALL_PROBES}
+        veto, shares, small, far = engine.veto, {}, {n: {} for n in SMALL_PROBES}, {}
         if not units:
             units.extend({"name": u.name, "flop_share": u.flop_share, "params": u.num_params} for u in engine.units)
             if veto is not None:  # what one veto forward costs, on the whole probe and on its first n examples
@@ -60,11 +84,25 @@ def trace_policy(rows: list, units: list, per_epoch: int, probe_flops: dict):
                     small[n][i] = changed_share(ref[:n], new[:n])
             for i, s in current.items():
                 load_unit_state(engine.units[i], s)
+            far = {}
+            total = engine.config.total_steps
+            late = total is None or engine.step_count >= lookback_from * total
+            if lookbacks and late:
+                order, probe = sorted(veto.previous), first_rows(veto.probe, max(SMALL_PROBES))
+                for k in lookbacks:
+                    if k <= len(history):
+                        step, old = history[-k]
+                        sh = prefix_shares(model, engine.units, order, old, probe)
+                        far[str(k)] = {"from": step, **{str(n): {str(i): round(v[n], 5) for i, v in sh.items()}
+                                                       for n in SMALL_PROBES}}
+            if lookbacks:
+                history.append((engine.step_count, current))
             model.train(was)
         rows.append({"step": engine.step_count, "epoch": round(engine.epoch, 4), "veto_from": veto.at if veto else None,
                      "p": {str(u): round(float(v), 5) for u, v in scores.items()},
                      "share": {str(u): round(v, 5) for u, v in shares.items()},
-                     "share_n": {str(n): {str(u): round(v, 5) for u, v in sh.items()} for n, sh in small.items()}})
+                     "share_n": {str(n): {str(u): round(v, 5) for u, v in sh.items()} for n, sh in small.items()},
+                     **({"share_k": far} if lookbacks else {})})
         return engine.num_frozen, scores
 
     SmartFRZPolicy.decide = decide
@@ -77,14 +115,21 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--per-epoch", type=int, default=8, help="decisions traced per epoch")
+    ap.add_argument("--lookbacks", nargs="*", type=int, default=[],
+                    help="also record shares against the weights of k traced decisions earlier, for each k (a rule "
+                         "deciding every k-th traced decision compares that far back)")
+    ap.add_argument("--lookback-from", type=float, default=0.0,
+                    help="share of the run from which the --lookbacks shares are recorded (they cost forwards)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
+    if any(k < 1 for k in a.lookbacks):
+        ap.error(f"--lookbacks are counts of traced decisions, 1 or more; got {a.lookbacks}")
     tasks = SUITES[a.suite]["tasks"]
     if a.task not in tasks:
         ap.error(f"unknown task {a.task!r} in suite {a.suite!r}; tasks: {sorted(tasks)}")
     spec = {k: v for k, v in tasks[a.task].items() if k != "extra_policies"}
     rows, units, probe_flops = [], [], {}
-    trace_policy(rows, units, a.per_epoch, probe_flops)
+    trace_policy(rows, units, a.per_epoch, probe_flops, tuple(sorted(set(a.lookbacks))), a.lookback_from)
     torch.set_num_threads(1)
     # the veto's tau is irrelevant: nothing is frozen, its snapshots are what the trace reads (on the whole probe)
     cfg = ExperimentConfig(name="trace", policy="smartfrz", seed=a.seed, data_dir=a.data_dir, out_dir=None,

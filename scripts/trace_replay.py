@@ -3,7 +3,8 @@ about how much that saves, for every rule of a grid, without training.
 
 A unit freezes once, at `patience` consecutive decisions, it and every active unit before it scored
 P(freeze) >= threshold and (with a veto) passed it: putting the prefix through it back to its earlier weights
-changed at most tau of the probe's predictions (the engine's rule, smartfrz.policies.SmartFRZPolicy). Savings are estimated as 2/3 of the frozen prefix's forward
+changed at most tau of the probe's predictions (the engine's rule, smartfrz.policies.SmartFRZPolicy), read as far
+back as the rule's previous decision (`veto_shares`). Savings are estimated as 2/3 of the frozen prefix's forward
 FLOP share (its backward) over the remaining steps: a first-order figure along the unfrozen trajectory, for
 choosing which rules to train, never a result. Traces that price the veto (probe_flops) rank rules net of its
 forwards: each check at the price of a whole probe forward (traces recorded before the veto ran its probe in
@@ -60,6 +61,26 @@ def veto_search(share: dict, start: int, stop: int, tau: float) -> tuple[int, in
     return passed, forwards
 
 
+def veto_shares(trace: dict, row: dict, stride: int, probe: int | None) -> dict:
+    """Each prefix's changed share as the engine's veto would read it at this decision. The engine puts units back
+    to their weights at the rule's previous decision (``stride`` traced decisions back, for rules of at most 4
+    decisions an epoch); traces recorded with ``--lookbacks`` hold that distance. Older traces and the whole
+    probe hold only the traced cadence's own lookback (about a quarter epoch): shorter than a slower rule's, so
+    their veto passes more often than the engine's would."""
+    if probe is None:
+        return row["share"]
+    if "share_n" not in row:
+        raise SystemExit(f"a trace of {trace.get('task')} predates the small-probe shares: read it with probe all")
+    if "share_k" not in row or stride == 1:
+        return row["share_n"][str(probe)]
+    far = row["share_k"].get(str(stride))
+    if far is None:
+        raise SystemExit(f"a trace of {trace.get('task')} has no shares {stride} traced decisions back at step "
+                         f"{row['step']}: record it with --lookbacks {stride} and a --lookback-from no later than "
+                         f"the rule's start")
+    return far[str(probe)]
+
+
 def replay_with_cost(trace: dict, threshold: float, patience: int, per_epoch: int, tau: float | None,
                      probe: int | None = None, per_run: int = 0, start: float = 0.0) -> tuple[dict[int, int], int]:
     """(replay's freeze steps, the veto forwards the engine would run for them), decision by decision as
@@ -73,9 +94,6 @@ def replay_with_cost(trace: dict, threshold: float, patience: int, per_epoch: in
     for j, r in enumerate(rows):
         if (j + 1) % stride:
             continue
-        if probe is not None and "share_n" not in r:
-            raise SystemExit(f"a trace of {trace.get('task')} predates the small-probe shares: read it with probe all")
-        share = r["share"] if probe is None else r["share_n"][str(probe)]
         if r["step"] < start * trace["total_steps"]:
             continue  # before the rule's start: no decision at all
         settled = frozen
@@ -86,7 +104,7 @@ def replay_with_cost(trace: dict, threshold: float, patience: int, per_epoch: in
             if late:  # the engine skips a veto no freeze could follow
                 settled = frozen
             else:
-                settled, f = veto_search(share, frozen, settled, tau)
+                settled, f = veto_search(veto_shares(trace, r, stride, probe), frozen, settled, tau)
                 forwards += f
         for u in range(frozen, n_units):
             streak[u] = streak[u] + 1 if u < settled else 0
@@ -155,6 +173,9 @@ def main(argv=None):
                     help="safe schedules (reports/bench/trace/safe_schedules.json): with it, a rule is admissible only "
                          "where some measured-safe schedule freezes each unit it freezes no later; rules are ranked as "
                          "with --earliest")
+    ap.add_argument("--max-cost", type=float, default=None,
+                    help="with --earliest or --safe: a rule is admissible only where its veto's forwards cost at most "
+                         "this share of the run's training FLOPs on every trace (e.g. 0.01)")
     ap.add_argument("--top", type=int, default=15, help="ranked rules to print (--earliest)")
     a = ap.parse_args(argv)
     traces = {Path(p).stem: json.loads(Path(p).read_text()) for p in a.traces}
@@ -170,7 +191,9 @@ def main(argv=None):
                 continue  # no veto, no probe; no cadence
             st = {n: replay_with_cost(t, thr, pat, per, tau, probe, prun, start) for n, t in traces.items()}
             if all(min(s.values(), default=1e18) / traces[n]["steps_per_epoch"] >= floor[n]
-                   and (safe is None or within_safe(n, traces[n], s, safe)) for n, (s, _) in st.items()):
+                   and (safe is None or within_safe(n, traces[n], s, safe))
+                   and (a.max_cost is None or (decision_cost(traces[n], f, probe) or 0.0) <= a.max_cost)
+                   for n, (s, f) in st.items()):
                 net = {n: saving(traces[n], s) - (decision_cost(traces[n], f, probe) or 0.0) for n, (s, f) in st.items()}
                 admissible[(thr, pat, per, tau, probe or "all", prun, start)] = by_task(net)
         # each task counts once, and relative to the best any admissible rule nets there: large absolute savings

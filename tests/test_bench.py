@@ -265,6 +265,26 @@ def test_trace_replay_is_the_engines_rule_on_a_traced_run():
     assert not replay.within_safe("t_s1", trace, {0: 8, 1: 8}, safe)  # never frozen in any safe schedule
 
 
+def test_trace_replay_reads_the_veto_as_far_back_as_the_rules_previous_decision():
+    """The engine puts units back to their weights at the rule's previous decision: a rule deciding every k-th
+    traced decision reads the shares recorded k decisions back (--lookbacks); a distance the trace did not record
+    is refused, and only a trace that predates --lookbacks is read at the traced cadence's own (shorter) one."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("replay", Path(__file__).parents[1] / "scripts" / "trace_replay.py")
+    replay = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(replay)
+    near, far = {"0": 0.0, "1": 0.0}, {"0": 0.0, "1": 0.3}  # unit 1 moved little since the last look, much over two
+    rows = [{"step": 2 * (i + 1), "p": {"0": 0.9, "1": 0.9}, "share": near, "share_n": {"64": near},
+             "share_k": {"2": {"64": far, "32": far}}} for i in range(6)]
+    trace = {"task": "t", "steps_per_epoch": 12, "total_steps": 12, "units": [{"flop_share": 0.5}] * 3, "decisions": rows}
+    assert replay.replay(trace, 0.5, 1, 6, 0.1, probe=64) == {0: 2, 1: 2}  # every traced decision: one back
+    assert replay.replay(trace, 0.5, 1, 3, 0.1, probe=64) == {0: 4}  # every 2nd: two back, unit 1 vetoed
+    assert replay.replay({**trace, "decisions": [{k: v for k, v in r.items() if k != "share_k"} for r in rows]},
+                         0.5, 1, 3, 0.1, probe=64) == {0: 4, 1: 4}  # a trace that predates --lookbacks: one back
+    with pytest.raises(SystemExit, match="--lookbacks 3"):
+        replay.replay(trace, 0.5, 1, 2, 0.1, probe=64)  # every 3rd: not recorded
+
+
 def test_frontier_confirms_the_largest_safe_grid_point_on_every_seed(tmp_path, monkeypatch):
     """scripts/frontier.py: the grid runs on one seed; the largest saving within the tolerance there is confirmed
     on the others, and the frontier is the best of that and the safe oracles (median of per-seed deltas)."""
@@ -321,3 +341,30 @@ def test_label_reach_reads_each_units_freeze_epoch_from_recorded_harms(tmp_path)
     assert reach.schedule(found["t"], 0.02) == [2.0, 3.0]  # a: 2, 1, 2; b: 3, 1, 3
     with pytest.raises(SystemExit, match="above the recorded cap"):
         reach.main([str(tmp_path), "--taus", "0.1"])
+
+
+def test_trace_prefix_shares_put_units_back_together_and_leave_the_model_as_it_was():
+    """scripts/trace_decisions.py's lookback shares: units order[0]..i go back to the old weights together, each
+    prefix's share is read on the probe's first 32 and 64 rows, and the model ends with its current weights."""
+    import importlib.util
+
+    import torch
+    from torch import nn
+
+    from smartfrz import SmartFRZ
+    from smartfrz.veto import unit_state
+    spec = importlib.util.spec_from_file_location("trace", Path(__file__).parents[1] / "scripts" / "trace_decisions.py")
+    trace = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(trace)
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
+    probe = torch.randn(64, 6)
+    units = SmartFRZ(m, None, example_input=probe[:2], policy="none").units
+    old = {i: unit_state(u) for i, u in enumerate(units)}
+    with torch.no_grad():
+        m[0].weight.add_(3 * torch.randn_like(m[0].weight))  # only the first unit moved since
+    now = [p.detach().clone() for p in m.parameters()]
+    shares = trace.prefix_shares(m, units, [0, 1], old, probe)
+    assert set(shares) == {0, 1} and set(shares[0]) == {32, 64}
+    assert shares[0][64] > 0.1 and shares[1] == shares[0]  # the second unit did not move: same share
+    assert all(torch.equal(a, b) for a, b in zip(now, m.parameters()))
