@@ -39,9 +39,9 @@ def check_flops(model, probe) -> int:
     return sum(probe_forward_flops(model, part) for part in probe_parts(probe))
 
 
-def prefix_shares(model, units: list, order: list, old: dict, probe) -> dict[int, float]:
-    """Each prefix's changed share on ``probe`` when units ``order[0]..i`` are put back to ``old`` together
-    (the model is left as it was)."""
+def prefix_shares(model, units: list, order: list, old: dict, probe) -> dict[int, dict[int, float]]:
+    """Each prefix's changed share on the probe's first n rows (n in SMALL_PROBES) when units ``order[0]..i`` are
+    put back to ``old`` together (the model is left as it was)."""
     current = {i: unit_state(units[i]) for i in order}
     ref, out = logits(model, probe), {}
     try:
@@ -84,7 +84,6 @@ def trace_policy(rows: list, units: list, per_epoch: int, probe_flops: dict, loo
                     small[n][i] = changed_share(ref[:n], new[:n])
             for i, s in current.items():
                 load_unit_state(engine.units[i], s)
-            far = {}
             total = engine.config.total_steps
             late = total is None or engine.step_count >= lookback_from * total
             if lookbacks and late:
