@@ -7,8 +7,7 @@ One row per suite, task and policy: the metric's median, Δ against `none` (the 
 each run against the `none` run of its own seed), FLOPs saved, the decisions' own FLOPs (the veto's probe
 forwards; n/m where the runs predate counting them), and on tasks with a measured frontier
 (reports/bench/bound/frontier_<task>.json) the share of it a policy reaches within the tolerance, net of those
-decision FLOPs where they were counted. Where a suite's smartfrz rows were re-measured under a later rule
-(RERUNS), those rows come from the re-run.
+decision FLOPs where they were counted.
 """
 from __future__ import annotations
 
@@ -22,10 +21,6 @@ from smartfrz.lab.bench import _delta, _share, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 SUITES = ("smoke", "demo", "cpu", "headroom")
-SMARTFRZ = ("smartfrz", "smartfrz+cache")
-# a suite's smartfrz rows come from these later re-runs (`none` and smartfrz, under the shipped rule) when present,
-# and the suite file's own smartfrz rows, measured under an earlier rule, are left out
-RERUNS: dict[str, tuple[str, ...]] = {}  # none now: cpu.json was re-run whole under rule 5 (cpu_*_rule.json: rule 4)
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
@@ -34,21 +29,12 @@ def frontier(task: str) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def sources():
-    """(suite, bench file, which policies' rows it gives): a suite's smartfrz rows come from its re-runs if any."""
-    for suite in SUITES:
-        reruns = [f for f in RERUNS.get(suite, ()) if (ROOT / "reports" / "bench" / f"{f}.json").is_file()]
-        yield suite, suite, (lambda p: p not in SMARTFRZ) if reruns else (lambda p: True)
-        for name in reruns:
-            yield suite, name, lambda p: p in SMARTFRZ
-
-
 def table() -> str:
     lines = ["| suite | task (`none`'s metric) | policy | Δ vs none | FLOPs saved | decision FLOPs | of the frontier |",
              "|---|---|---|---|---|---|---|"]
     notes = []
-    for suite, name, keep in sources():
-        path = ROOT / "reports" / "bench" / f"{name}.json"
+    for suite in SUITES:
+        path = ROOT / "reports" / "bench" / f"{suite}.json"
         if not path.is_file():
             continue
         bench = json.loads(path.read_text())
@@ -56,7 +42,7 @@ def table() -> str:
         base = {r["task"]: r for r in rows if r["policy"] == "none"}
         partial = "" if bench.get("complete", True) else " (partial)"
         for r in rows:
-            if r["policy"] == "none" or not keep(r["policy"]):
+            if r["policy"] == "none":
                 continue
             f, b = frontier(r["task"]), base[r["task"]]
             share = "n/a"
@@ -68,7 +54,7 @@ def table() -> str:
             lines.append(f"| {suite}{partial} | {r['task']} ({b['metric_name']} {b['metric']:.4g}) | {r['policy']} | "
                          f"{_delta(r['metric_delta_median'], r['metric'])} | {100 * r['flops_saved']:.1f}% | "
                          f"{_share(r['decision_flops_share'])} | {share} |")
-        for task in base if name == suite else []:
+        for task in base:
             f = frontier(task)
             if f is not None:
                 fr = f["frontier"]

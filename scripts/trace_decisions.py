@@ -39,16 +39,16 @@ def check_flops(model, probe) -> int:
     return sum(probe_forward_flops(model, part) for part in probe_parts(probe))
 
 
-def prefix_shares(model, units: list, order: list, old: dict, probe) -> dict[int, dict[int, float]]:
-    """Each prefix's changed share on the probe's first n rows (n in SMALL_PROBES) when units ``order[0]..i`` are
-    put back to ``old`` together (the model is left as it was)."""
+def prefix_shares(model, units: list, order: list, old: dict, probe, sizes=SMALL_PROBES) -> dict[int, dict]:
+    """Each prefix's changed share on the probe's first n rows (n in ``sizes``; None: all of them) when units
+    ``order[0]..i`` are put back to ``old`` together (the model is left as it was)."""
     current = {i: unit_state(units[i]) for i in order}
     ref, out = logits(model, probe), {}
     try:
         for i in order:
             load_unit_state(units[i], old[i])
             new = logits(model, probe)
-            out[i] = {n: changed_share(ref[:n], new[:n]) for n in SMALL_PROBES}
+            out[i] = {n: changed_share(ref[:n], new[:n]) for n in sizes}
     finally:
         for i, s in current.items():
             load_unit_state(units[i], s)
@@ -74,20 +74,14 @@ def trace_policy(rows: list, units: list, per_epoch: int, probe_flops: dict, loo
         if veto is not None and veto.previous:
             model, was = engine.model, engine.model.training
             model.eval()
-            current = {i: unit_state(engine.units[i]) for i in veto.previous}
-            ref = logits(model, veto.probe)
-            for i in sorted(veto.previous):
-                load_unit_state(engine.units[i], veto.previous[i])
-                new = logits(model, veto.probe)
-                shares[i] = changed_share(ref, new)
-                for n in SMALL_PROBES:
-                    small[n][i] = changed_share(ref[:n], new[:n])
-            for i, s in current.items():
-                load_unit_state(engine.units[i], s)
+            order = sorted(veto.previous)
+            near = prefix_shares(model, engine.units, order, veto.previous, veto.probe, (None, *SMALL_PROBES))
+            shares = {i: v[None] for i, v in near.items()}
+            small = {n: {i: v[n] for i, v in near.items()} for n in SMALL_PROBES}
             total = engine.config.total_steps
             late = total is None or engine.step_count >= lookback_from * total
             if lookbacks and late:
-                order, probe = sorted(veto.previous), first_rows(veto.probe, max(SMALL_PROBES))
+                probe = first_rows(veto.probe, max(SMALL_PROBES))
                 for k in lookbacks:
                     if k <= len(history):
                         step, old = history[-k]
@@ -95,7 +89,7 @@ def trace_policy(rows: list, units: list, per_epoch: int, probe_flops: dict, loo
                         far[str(k)] = {"from": step, **{str(n): {str(i): round(v[n], 5) for i, v in sh.items()}
                                                        for n in SMALL_PROBES}}
             if lookbacks:
-                history.append((engine.step_count, current))
+                history.append((engine.step_count, {i: unit_state(engine.units[i]) for i in order}))
             model.train(was)
         rows.append({"step": engine.step_count, "epoch": round(engine.epoch, 4), "veto_from": veto.at if veto else None,
                      "p": {str(u): round(float(v), 5) for u, v in scores.items()},
