@@ -1,12 +1,12 @@
-"""When each rewind label would freeze each unit, read from the `none` runs a bench recorded (no training).
+"""When each label would freeze each unit, read from the `none` runs a bench recorded (no training).
 
-Every `none` run of a bench records its rewind harms (``record_cka``), so a label's freeze schedule on a task
-is known before any oracle is trained: this sets it beside the schedules measured safe there (the frontier,
-`reports/bench/bound/frontier_*.json`) to show which thresholds could reach them. Harms above the recording cap
-(`labels.REWIND_CAP`) are not resolved, so no threshold above it can be read.
+Every `none` run of a bench records its rewind harms and CKA curves (``record_cka``), so a label's freeze schedule
+on a task is known before any oracle is trained: this sets it beside the schedules measured safe there (the
+frontier, `reports/bench/bound/frontier_*.json`) to show which labels could reach them. Harms above the recording
+cap (`labels.REWIND_CAP`) are not resolved, so no rewind threshold above it can be read.
 
     python scripts/label_reach.py reports/bench/headroom.runs reports/bench/cpu_resnet20_rule.runs \\
-        reports/bench/cpu_mrpc_rule.runs --taus 0.01 0.02 0.05
+        reports/bench/cpu_mrpc_rule.runs --taus 0.01 0.02 0.05 --labels cka:0.995
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from smartfrz.lab.experiment import oracle_steps
-from smartfrz.predictor_training.labels import REWIND_CAP
+from smartfrz.predictor_training.labels import REWIND_CAP, parse_label
 
 
 def none_runs(folder: Path) -> dict[str, list[dict]]:
@@ -30,11 +30,13 @@ def none_runs(folder: Path) -> dict[str, list[dict]]:
     return tasks
 
 
-def schedule(runs: list[dict], tau: float) -> list[float | None]:
-    """Each unit's freeze epoch under `rewind:tau`, the median over runs (None: not labelled in most runs)."""
+def schedule(runs: list[dict], label: float | str) -> list[float | None]:
+    """Each unit's freeze epoch under ``label`` (RULE:TAU; a number is `rewind:` that), the median over runs
+    (None: not labelled in most runs)."""
     per_epoch = runs[0]["steps"] / runs[0]["config"]["epochs"]
     names = runs[0]["cka"]["units"]
-    steps = [oracle_steps(r, f"rewind:{tau:g}") for r in runs]
+    label = f"rewind:{label:g}" if isinstance(label, (int, float)) else label
+    steps = [oracle_steps(r, label) for r in runs]
     out = []
     for name in names:
         seen = [s[name] / per_epoch for s in steps if s.get(name) is not None]
@@ -45,17 +47,22 @@ def schedule(runs: list[dict], tau: float) -> list[float | None]:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", help="bench runs folders (<out>.runs)")
-    ap.add_argument("--taus", nargs="+", type=float, default=[0.01, 0.02, 0.05])
+    ap.add_argument("--taus", nargs="*", type=float, default=[0.01, 0.02, 0.05], help="rewind thresholds")
+    ap.add_argument("--labels", nargs="*", default=[], help="other labels, RULE:TAU (e.g. cka:0.995 remaining:0.05)")
     a = ap.parse_args(argv)
-    if any(t > REWIND_CAP for t in a.taus):
-        raise SystemExit(f"--taus above the recorded cap {REWIND_CAP} cannot be read: harms above it are not resolved")
+    labels = [f"rewind:{t:g}" for t in a.taus] + a.labels
+    for label in labels:
+        rule, tau = parse_label(label)  # a malformed label raises, naming what is allowed
+        if rule == "rewind" and tau > REWIND_CAP:
+            raise SystemExit(f"{label}: rewind thresholds above the recorded cap {REWIND_CAP} cannot be read: harms "
+                             f"above it are not resolved")
     print("| task | runs | epochs | label | each unit's freeze epoch, front to back (median over runs; - never) |")
     print("|---|---|---|---|---|")
     for folder in a.runs:
         for task, runs in none_runs(Path(folder)).items():
-            for tau in a.taus:
-                epochs = " ".join("-" if e is None else f"{e:.1f}" for e in schedule(runs, tau))
-                print(f"| {task} | {len(runs)} | {runs[0]['config']['epochs']} | `rewind:{tau:g}` | {epochs} |")
+            for label in labels:
+                epochs = " ".join("-" if e is None else f"{e:.1f}" for e in schedule(runs, label))
+                print(f"| {task} | {len(runs)} | {runs[0]['config']['epochs']} | `{label}` | {epochs} |")
 
 
 if __name__ == "__main__":

@@ -204,6 +204,10 @@ def test_label_study_replays_the_oracle_under_other_rules(tmp_path):
     assert by["rewind:0.05"]["flops_saved"] == pytest.approx(oracle["flops_saved"])
     assert len(list((tmp_path / "labels").glob("*.json"))) == 1  # only the new rule was trained
     assert 0 <= by["remaining:0.2"]["flops_saved"] < 1
+    again = study(bench_path, ["digits_cnn=rewind:0.05"], jobs=1, out_dir=tmp_path / "labels")
+    assert [r["metric"] for r in again] == [oracle["metric"]]  # a rule scoped to a task runs there
+    with pytest.raises(ValueError, match="no task 'other'"):
+        study(bench_path, ["other=rewind:0.05"], jobs=1, out_dir=tmp_path / "labels")
 
 
 def test_freeze_all_bound_freezes_every_unit_at_the_step_asked():
@@ -319,8 +323,9 @@ def test_frontier_confirms_the_largest_safe_grid_point_on_every_seed(tmp_path, m
 
 
 def test_label_reach_reads_each_units_freeze_epoch_from_recorded_harms(tmp_path):
-    """scripts/label_reach.py: a label's schedule is read off the `none` runs' harms (median epoch over runs; a
-    unit labelled in fewer than half of them is never frozen), and thresholds above the recorded cap are refused."""
+    """scripts/label_reach.py: a label's schedule is read off the `none` runs' harms or CKA curves (median epoch over
+    runs; a unit labelled in fewer than half of them is never frozen); rewind thresholds above the recorded cap and
+    malformed labels are refused."""
     import importlib.util
     spec = importlib.util.spec_from_file_location("reach", Path(__file__).parents[1] / "scripts" / "label_reach.py")
     reach = importlib.util.module_from_spec(spec)
@@ -329,7 +334,8 @@ def test_label_reach_reads_each_units_freeze_epoch_from_recorded_harms(tmp_path)
 
     def none_run(seed, harms):  # 3 checkpoints (steps 10, 20, 30), 2 units, 10 steps an epoch
         return {"run": f"bench-t-x-none-s{seed}", "config": {"policy": "none", "name": "bench-t", "epochs": 3},
-                "steps": 30, "cka": {"steps": [10, 20, 30], "units": ["a", "b"], "rewind": harms}}
+                "steps": 30, "cka": {"steps": [10, 20, 30], "units": ["a", "b"], "rewind": harms,
+                                     "curves": [[0.96, 0.8], [0.99, 0.9], [1.0, 1.0]]}}
     runs = [none_run(0, [[0.03, nan], [0.01, 0.04], [0.0, 0.0]]), none_run(1, [[0.0, 0.01], [0.0, 0.0], [0.0, 0.0]]),
             none_run(2, [[nan, nan], [0.0, nan], [0.0, 0.0]])]
     for i, r in enumerate(runs):
@@ -339,8 +345,14 @@ def test_label_reach_reads_each_units_freeze_epoch_from_recorded_harms(tmp_path)
     assert list(found) == ["t"] and len(found["t"]) == 3
     assert reach.schedule(found["t"], 0.05) == [1.0, 2.0]  # a: epochs 1, 1, 2; b: 2, 1, 3
     assert reach.schedule(found["t"], 0.02) == [2.0, 3.0]  # a: 2, 1, 2; b: 3, 1, 3
+    assert reach.schedule(found["t"], "rewind:0.02") == [2.0, 3.0]
+    assert reach.schedule(found["t"], "cka:0.95") == [1.0, 3.0]  # CKA(t, end) >= 0.95 from then on: a at 10, b at 30
     with pytest.raises(SystemExit, match="above the recorded cap"):
         reach.main([str(tmp_path), "--taus", "0.1"])
+    with pytest.raises(SystemExit, match="above the recorded cap"):
+        reach.main([str(tmp_path), "--taus", "--labels", "rewind:0.2"])
+    with pytest.raises(ValueError, match="RULE one of"):
+        reach.main([str(tmp_path), "--labels", "cka=0.99"])
 
 
 def test_trace_prefix_shares_put_units_back_together_and_leave_the_model_as_it_was():

@@ -4,7 +4,8 @@ own `none` runs (their probe CKA curves) and measures what each rule costs in ac
     python -m smartfrz.lab.label_study --bench reports/bench/cpu.json \\
         --rules cka:0.95 remaining:0.1 remaining:0.2 --jobs 2 --out reports/bench/labels.json
 
-A rule is ``RULE:TAU`` (``smartfrz.predictor_training.labels.freeze_labels``). Runs resume like the bench's.
+A rule is ``RULE:TAU`` (``smartfrz.predictor_training.labels.freeze_labels``), or ``TASK=RULE:TAU`` to try it on
+that bench task only (a label per kind of run, e.g. from scratch or fine-tuned). Runs resume like the bench's.
 """
 from __future__ import annotations
 
@@ -38,9 +39,18 @@ def study(bench_path, rules, jobs: int = 1, threads: int = 1, out_dir=None, task
     refs = {k: v for k, v in references(Path(bench_path)).items() if tasks is None or k[0] in tasks}
     out_dir, bench_runs = Path(out_dir), Path(bench_path).with_suffix(".runs")
     allowed = {f.name for f in fields(ExperimentConfig)}
+    known = sorted({task for task, _ in refs})
+    scoped = []  # (the one task a rule is for, or None for all; the rule)
+    for entry in rules:
+        only, _, rule = entry.rpartition("=")
+        if only and only not in known:
+            raise ValueError(f"{entry!r}: no task {only!r} among the bench's none runs; tasks: {', '.join(known)}")
+        scoped.append((only or None, rule))
     todo = []
-    for rule in rules:  # rule by rule: the first rule's results come first
+    for only, rule in scoped:  # rule by rule: the first rule's results come first
         for (task, seed), ref in refs.items():
+            if only is not None and task != only:
+                continue
             base = ExperimentConfig(**{k: v for k, v in ref["config"].items() if k in allowed})
             steps = oracle_steps(ref, rule)
             cfg = replace(base, policy="oracle", record_cka=False, oracle_freeze_steps=steps, out_dir=None,
@@ -83,7 +93,8 @@ def table(rows: list[dict]) -> str:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bench", required=True, help="a bench JSON whose <name>.runs/ holds its none runs")
-    ap.add_argument("--rules", nargs="+", default=["rewind:0.05", "rewind:0.02", "cka:0.95"])
+    ap.add_argument("--rules", nargs="+", default=["rewind:0.05", "rewind:0.02", "cka:0.95"],
+                    help="RULE:TAU, or TASK=RULE:TAU for one task only")
     ap.add_argument("--tasks", nargs="*", default=None, help="only these bench tasks")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--out", required=True, help="JSON path; the Markdown table goes beside it")
