@@ -5,7 +5,8 @@
 
 One row per suite, task and policy: the metric's median, Δ against `none` (the median of per-seed deltas,
 each run against the `none` run of its own seed), FLOPs saved, the decisions' own FLOPs (the veto's probe
-forwards; n/m where the runs predate counting them), and on tasks with a measured frontier
+forwards; n/m where the runs predate counting them), the wall-clock time saved against `none` where both were
+trained by one invocation of the bench (else n/a: different loads do not compare), and on tasks with a measured frontier
 (reports/bench/bound/frontier_<task>.json) the share of it a policy reaches within the tolerance, net of those
 decision FLOPs where they were counted.
 """
@@ -30,8 +31,8 @@ def frontier(task: str) -> dict | None:
 
 
 def table() -> str:
-    lines = ["| suite | task (`none`'s metric) | policy | Δ vs none | FLOPs saved | decision FLOPs | of the frontier |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| suite | task (`none`'s metric) | policy | Δ vs none | FLOPs saved | decision FLOPs | time saved (wall) "
+             "| of the frontier |", "|---|---|---|---|---|---|---|---|"]
     notes = []
     for suite in SUITES:
         path = ROOT / "reports" / "bench" / f"{suite}.json"
@@ -51,9 +52,10 @@ def table() -> str:
                                           for x in bench["runs"] if (x["task"], x["policy"]) == (r["task"], r["policy"]))
                 safe = r["metric_delta_median"] >= -f["tolerance"]
                 share = f"{saved / f['frontier']['median_flops_saved']:.0%}" if safe else "lost accuracy"
+            wall = "n/a" if r["speedup"] is None else f"{1 - 1 / r['speedup']:.0%}"
             lines.append(f"| {suite}{partial} | {r['task']} ({b['metric_name']} {b['metric']:.4g}) | {r['policy']} | "
                          f"{_delta(r['metric_delta_median'], r['metric'])} | {100 * r['flops_saved']:.1f}% | "
-                         f"{_share(r['decision_flops_share'])} | {share} |")
+                         f"{_share(r['decision_flops_share'])} | {wall} | {share} |")
         for task in base:
             f = frontier(task)
             if f is not None:
