@@ -54,3 +54,16 @@ def test_core_stays_compact():
     core = [p for p in (REPO / "smartfrz").rglob("*.py") if not {"lab", "predictor_training"} & set(p.parts)]
     lines = sum(len(p.read_text().splitlines()) for p in core)
     assert lines <= 2100, f"the core (smartfrz/ less lab/ and predictor_training/) grew to {lines} lines"
+
+
+def test_readme_results_table_is_the_one_written_from_the_committed_bench_json():
+    """The README's numbers are never typed by hand: they are what scripts/results_table.py writes from
+    reports/bench/*.json, so a re-run bench without a rewritten README (or an edited cell) fails here."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("results_table", REPO / "scripts" / "results_table.py")
+    results = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(results)
+    readme = (REPO / "README.md").read_text()
+    found = re.search(re.escape(results.START) + r"\n(.*?)\n" + re.escape(results.END), readme, flags=re.S)
+    assert found, "README.md lost its results markers"
+    assert found.group(1) == results.table(), "run `python scripts/results_table.py` after a bench"
