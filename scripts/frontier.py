@@ -6,7 +6,8 @@ cache where the suite offers it) and fixed front-to-back freezes, the first K un
 in `GRIDS` below before any run of the task was seen. The grid runs on one seed; the candidates within the
 tolerance there, largest saving first, are confirmed on the suite's other seeds until one is safe by the median
 of its per-seed deltas against `none` of the same seed. Safe: within 0.5 points (accuracy in %), or 0.005 for
-scores in [0, 1].
+scores in [0, 1]. `--labels` adds the oracles of other label rules measured by `smartfrz.lab.label_study` on the
+same `none` runs (every seed): a safe freeze found there raises the frontier, never lowers it.
 
     python scripts/frontier.py --suite headroom --task sst2_minilm --data-dir ../shared/data \\
         --bench reports/bench/headroom.json --out reports/bench/bound/frontier_sst2_minilm.json
@@ -75,6 +76,8 @@ def main(argv=None):
     ap.add_argument("--search-seed", type=int, default=0, help="the seed the grid runs on")
     ap.add_argument("--confirm", type=int, default=1, help="candidates confirmed on the other seeds, at most")
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--labels", nargs="*", default=[],
+                    help="label_study JSONs: their oracles on this task (on every seed) are candidates too")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     if (a.suite, a.task) not in GRIDS:
@@ -115,6 +118,15 @@ def main(argv=None):
               for r in runs if r["policy"] == label and r["seed"] in none]
         if rs:
             oracles[label] = summarize(rs, tol)
+    for path in a.labels:
+        study = json.loads(Path(path).read_text())
+        if Path(study["bench"]).resolve() != Path(a.bench).resolve():
+            ap.error(f"{path} was measured on {study['bench']}, not on {a.bench}: its none runs may differ")
+        for rule in dict.fromkeys(r["rule"] for r in study["rows"] if r["task"] == a.task):
+            rs = [{"seed": r["seed"], "delta": r["metric"] - none[r["seed"]]["metric"], "flops_saved": r["flops_saved"]}
+                  for r in study["rows"] if (r["task"], r["rule"]) == (a.task, rule) and r["seed"] in none]
+            if sorted(r["seed"] for r in rs) == sorted(seeds):
+                oracles[f"oracle with label {rule}"] = summarize(rs, tol)
     safe = [(f"first {chosen['first_units']} units at epoch {chosen['at_epoch']:g}"
              + (" with the prefix cache" if grid["cache"] else ""), chosen)] if chosen else []
     safe += [(label, s) for label, s in oracles.items() if s["safe"]]

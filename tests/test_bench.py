@@ -320,6 +320,27 @@ def test_frontier_confirms_the_largest_safe_grid_point_on_every_seed(tmp_path, m
     assert out["confirmed"][0]["delta_per_seed"] == pytest.approx([-0.2, -1.0, -0.1])
     assert out["oracles"]["oracle"]["safe"] is False
     assert out["frontier"]["median_flops_saved"] == pytest.approx(0.25) and "first 4 units at epoch 1" in out["frontier"]["source"]
+    # label-study oracles on every seed are candidates too: a safe one that saves more raises the frontier, an
+    # unsafe one or one missing a seed does not
+    study = {"bench": str(tmp_path / "b.json"), "rows": [
+        *({"task": "t", "rule": "rewind:0.02", "seed": s, "metric": m, "flops_saved": 0.3}
+          for s, m in ((0, 89.9), (1, 89.7), (2, 90.0))),
+        *({"task": "t", "rule": "cka:0.9", "seed": s, "metric": 85.0, "flops_saved": 0.5} for s in (0, 1, 2)),
+        {"task": "t", "rule": "cka:0.99", "seed": 0, "metric": 90.0, "flops_saved": 0.6},
+        {"task": "other", "rule": "cka:0.999", "seed": 0, "metric": 90.0, "flops_saved": 0.7}]}
+    (tmp_path / "labels.json").write_text(json.dumps(study))
+    fr.main(["--task", "t", "--bench", str(tmp_path / "b.json"), "--labels", str(tmp_path / "labels.json"),
+             "--out", str(tmp_path / "f.json")])
+    out = json.loads((tmp_path / "f.json").read_text())
+    assert set(out["oracles"]) == {"oracle", "oracle with label rewind:0.02", "oracle with label cka:0.9"}
+    assert out["oracles"]["oracle with label cka:0.9"]["safe"] is False
+    assert out["frontier"]["source"] == "oracle with label rewind:0.02"
+    assert out["frontier"]["median_flops_saved"] == pytest.approx(0.3)
+    study["bench"] = "elsewhere.json"
+    (tmp_path / "labels.json").write_text(json.dumps(study))
+    with pytest.raises(SystemExit):
+        fr.main(["--task", "t", "--bench", str(tmp_path / "b.json"), "--labels", str(tmp_path / "labels.json"),
+                 "--out", str(tmp_path / "f.json")])
 
 
 def test_label_reach_reads_each_units_freeze_epoch_from_recorded_harms(tmp_path):
