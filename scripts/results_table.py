@@ -6,9 +6,9 @@
 One row per suite, task and policy: the metric's median, Δ against `none` (the median of per-seed deltas,
 each run against the `none` run of its own seed), FLOPs saved, the decisions' own FLOPs (the veto's probe
 forwards; n/m where the runs predate counting them), the wall-clock time saved against `none` where both were
-trained by one invocation of the bench (else n/a: different loads do not compare), and on tasks with a measured frontier
-(reports/bench/bound/frontier_<task>.json) the share of it a policy reaches within the tolerance, net of those
-decision FLOPs where they were counted.
+trained by one invocation of the bench (else n/a: different loads do not compare), and on tasks with a measured
+frontier (reports/bench/bound/frontier_<task>.json) the share of it a policy reaches within the tolerance, net of
+those decision FLOPs where they were counted.
 """
 from __future__ import annotations
 
