@@ -192,7 +192,7 @@ def test_bad_jobs_and_tasks():
 
 def test_label_study_replays_the_oracle_under_other_rules(tmp_path):
     from smartfrz.lab.bench import _write_json, run_suite
-    from smartfrz.lab.label_study import study
+    from smartfrz.lab.label_study import study, table
     bench_path = tmp_path / "smoke.json"
     bench = run_suite("smoke", seeds=[0], policies=["none", "oracle"], runs_dir=bench_path.with_suffix(".runs"),
                       jobs=1, progress=False)
@@ -208,6 +208,9 @@ def test_label_study_replays_the_oracle_under_other_rules(tmp_path):
     assert [r["metric"] for r in again] == [oracle["metric"]]  # a rule scoped to a task runs there
     with pytest.raises(ValueError, match="no task 'other'"):
         study(bench_path, ["other=rewind:0.05"], jobs=1, out_dir=tmp_path / "labels")
+    rows = [{"task": "t", "rule": "r:1", "seed": s, "metric": m, "none_metric": 90.0, "flops_saved": 0.1,
+             "frozen_units": 2, "first_freeze_epoch": 1.0} for s, m in ((2, 89.0), (0, 90.5), (1, 89.8))]
+    assert "| -0.2 | +0.5 / -0.2 / -1 | 10.0% |" in table(rows)  # the median, then each seed's delta in seed order
 
 
 def test_freeze_all_bound_freezes_every_unit_at_the_step_asked():

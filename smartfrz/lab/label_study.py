@@ -77,14 +77,15 @@ def study(bench_path, rules, jobs: int = 1, threads: int = 1, out_dir=None, task
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| task | label rule | seeds | metric (none) | Δ vs none | FLOPs saved | first freeze (epoch) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| task | label rule | seeds | metric (none) | Δ vs none | Δ per seed | FLOPs saved | first freeze (epoch) |",
+             "|---|---|---|---|---|---|---|---|"]
     for key in dict.fromkeys((r["task"], r["rule"]) for r in rows):
-        rs = [r for r in rows if (r["task"], r["rule"]) == key]
+        rs = sorted((r for r in rows if (r["task"], r["rule"]) == key), key=lambda r: r["seed"])
         first = _median([r["first_freeze_epoch"] for r in rs])
         lines.append(f"| {key[0]} | `{key[1]}` | {len(rs)} | {_median([r['metric'] for r in rs]):.4g} "
                      f"({_median([r['none_metric'] for r in rs]):.4g}) | "
                      f"{_median([r['metric'] - r['none_metric'] for r in rs]):+.3g} | "
+                     + " / ".join(f"{r['metric'] - r['none_metric']:+.3g}" for r in rs) + " | "
                      f"{100 * _median([r['flops_saved'] for r in rs]):.1f}% | "
                      f"{'never' if first is None else f'{first:.2f}'} |")
     return "\n".join(lines) + "\n"
