@@ -5,7 +5,8 @@
 
 One row per suite, task and policy: the metric's median, Δ against `none` (the median of per-seed deltas,
 each run against the `none` run of its own seed), FLOPs saved, the decisions' own FLOPs (the veto's probe
-forwards; n/m where the runs predate counting them), the wall-clock time saved against `none` where both were
+forwards; n/m where the runs predate counting them), the seconds spent recording and deciding as a share of the
+run's wall-clock (the issue's "decision overhead"), the wall-clock time saved against `none` where both were
 trained by one invocation of the bench (else n/a: different loads do not compare), and on tasks with a measured
 frontier (reports/bench/bound/frontier_<task>.json) the share of it a policy reaches within the tolerance, net of
 those decision FLOPs where they were counted.
@@ -31,8 +32,8 @@ def frontier(task: str) -> dict | None:
 
 
 def table() -> str:
-    lines = ["| suite | task (`none`'s metric) | policy | Δ vs none | FLOPs saved | decision FLOPs | time saved (wall) "
-             "| of the frontier |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| suite | task (`none`'s metric) | policy | Δ vs none | FLOPs saved | decision FLOPs | deciding (time) "
+             "| time saved (wall) | of the frontier |", "|---|---|---|---|---|---|---|---|---|"]
     notes = []
     for suite in SUITES:
         path = ROOT / "reports" / "bench" / f"{suite}.json"
@@ -55,7 +56,7 @@ def table() -> str:
             wall = "n/a" if r["speedup"] is None else f"{1 - 1 / r['speedup']:.0%}"
             lines.append(f"| {suite}{partial} | {r['task']} ({b['metric_name']} {b['metric']:.4g}) | {r['policy']} | "
                          f"{_delta(r['metric_delta_median'], r['metric'])} | {100 * r['flops_saved']:.1f}% | "
-                         f"{_share(r['decision_flops_share'])} | {wall} | {share} |")
+                         f"{_share(r['decision_flops_share'])} | {_share(r['overhead_share'])} | {wall} | {share} |")
         for task in base:
             f = frontier(task)
             if f is not None:

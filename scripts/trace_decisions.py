@@ -124,9 +124,11 @@ def main(argv=None):
     rows, units, probe_flops = [], [], {}
     trace_policy(rows, units, a.per_epoch, probe_flops, tuple(sorted(set(a.lookbacks))), a.lookback_from)
     torch.set_num_threads(1)
-    # the veto's tau is irrelevant: nothing is frozen, its snapshots are what the trace reads (on the whole probe)
+    # the veto's tau is irrelevant: nothing is frozen, its snapshots are what the trace reads (on the whole probe);
+    # decide_from 0: every decision is scored, so that rules with any start can be replayed
     cfg = ExperimentConfig(name="trace", policy="smartfrz", seed=a.seed, data_dir=a.data_dir, out_dir=None,
-                           progress=False, frz={"veto_tau": 0.5, "patience": 10 ** 6, "veto_probe_rows": 10 ** 6}, **spec)
+                           progress=False, frz={"veto_tau": 0.5, "patience": 10 ** 6, "veto_probe_rows": 10 ** 6,
+                                                "decide_from": 0.0}, **spec)
     res = run(cfg)
     steps_per_epoch = res.steps // cfg.epochs
     out = Path(a.out)

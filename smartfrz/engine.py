@@ -66,6 +66,9 @@ class SmartFRZ:
                                  "or veto_tau=1.0 to turn it off")
             self.veto = FunctionalVeto(self.units, probe, tau, cfg.veto_probe_rows or getattr(self.policy, "veto_probe_rows", None))
         self.policy.bind(self)
+        self.start_step = self.policy.start_step(cfg.total_steps)
+        # windows are read from the first decision at or after the start on: one window earlier is enough
+        self.record_from = self.start_step - self.window * self.record_every
 
     def _window_problem(self, total_steps: int | None) -> str | None:
         """Why no unit could ever freeze in ``total_steps`` steps (first full window too late), else None."""
@@ -92,7 +95,7 @@ class SmartFRZ:
         self.policy.on_step(self)
         if not self.decide_every and not self._epochs_ended and self.step_count == self.window * self.record_every + 1:
             self._warn_no_cadence()
-        if self.recorder is not None and self.step_count % self.record_every == 0:
+        if self.recorder is not None and self.step_count % self.record_every == 0 and self.step_count >= self.record_from:
             self.recorder.record(range(self.num_frozen, self.max_frozen))
         if self.decide_every and self.step_count % self.decide_every == 0:
             self.decide()
@@ -118,7 +121,10 @@ class SmartFRZ:
         if self.veto is not None:  # before the broadcast: rank 0's answer, veto included, is every rank's
             if not self.policy.reads_veto:
                 n = self.veto.allow(self.model, before, min(max(n, before), self.max_frozen))
-            self.veto.snapshot(n, self.max_frozen, self.step_count, max(1, self.window * self.record_every // 4))
+            every = max(1, self.window * self.record_every // 4)
+            # a snapshot whose every reader decides before the start is kept as a step only (its cadence stays)
+            keep = not self.decide_every or self.step_count + every + self.decide_every >= self.start_step
+            self.veto.snapshot(n, self.max_frozen, self.step_count, every, keep)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             from .distributed import broadcast_int
             n = broadcast_int(n)  # rank 0 decides for all: DDP hangs if ranks freeze different prefixes

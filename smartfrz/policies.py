@@ -39,6 +39,11 @@ class Policy:
     def bind(self, engine: "SmartFRZ") -> None:
         self.engine = engine
 
+    def start_step(self, total_steps: int | None) -> int:
+        """The first step at which ``decide`` may freeze anything: the engine records no window and copies no
+        veto weights that could only serve a decision before it."""
+        return 0
+
     def on_step(self, engine: "SmartFRZ") -> None:
         pass
 
@@ -98,6 +103,8 @@ class SmartFRZPolicy(Policy):
 
     def decide(self, engine):
         k, limit, rec = engine.num_frozen, engine.max_frozen, engine.recorder
+        if engine.step_count < self.start_step(engine.config.total_steps):
+            return k, {}  # nothing is decided yet, so nothing is scored: the decision overhead starts at the start
         candidates = [u for u in range(k, limit) if rec.ready(u)]
         if not candidates:
             return k, {}
@@ -107,9 +114,6 @@ class SmartFRZPolicy(Policy):
         if not bool(finite.all()):
             warnings.warn("non-finite weights in a recorded window: no freeze decision is made from them")
         scores = dict(zip(candidates, probs))
-        total = engine.config.total_steps
-        if total and engine.step_count < self.decide_from * total:
-            return k, scores  # scored for the timeline, nothing decided yet
         settled = k  # units k..settled-1 look settled now, each with every active unit before it
         while settled < limit and scores.get(settled, 0.0) >= self.threshold:
             settled += 1
@@ -119,6 +123,10 @@ class SmartFRZPolicy(Policy):
         while k < limit and self.streak.get(k, 0) >= self.patience:
             k += 1
         return k, scores
+
+    def start_step(self, total_steps):
+        """``decide_from`` of the planned run, as a step (0 when the run's length is not given)."""
+        return math.ceil(self.decide_from * total_steps) if total_steps and self.decide_from else 0
 
     def _too_late(self, engine, k: int) -> bool:
         """Unit k's streak can't reach patience by total_steps: no freeze can follow, the veto would buy nothing."""

@@ -117,11 +117,13 @@ class FunctionalVeto:
                 return True
         return False
 
-    def snapshot(self, start: int, stop: int, step: int, every: int = 1) -> None:
+    def snapshot(self, start: int, stop: int, step: int, every: int = 1, keep: bool = True) -> None:
         """Keeps units start..stop-1 as they are now, at most once every ``every`` steps (a policy that decides
-        at every step compares with weights at least that old, and copies them that seldom)."""
+        at every step compares with weights at least that old, and copies them that seldom). ``keep=False``
+        (no check can read this snapshot) marks the step without copying anything."""
         if self.at is None or step - self.at >= every:
-            self.previous, self.at = {i: unit_state(self.units[i]) for i in range(start, stop)}, step
+            self.previous = {i: unit_state(self.units[i]) for i in range(start, stop)} if keep else {}
+            self.at = step
 
     @torch.no_grad()
     def allow(self, model: torch.nn.Module, start: int, stop: int) -> int:

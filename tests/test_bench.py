@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -58,12 +59,14 @@ def test_smoke_suite(tmp_path):
             "overhead_s", "frozen_units", "timeline"}
     assert all(keys <= set(r) for r in bench["runs"])
     assert {r["policy"] for r in bench["runs"]} == set(POLICY_ORDER)
-    assert len(bench["runs"]) == 2 * len(POLICY_ORDER)
+    assert len(bench["runs"]) == 3 * len(POLICY_ORDER)  # three seeds, as every suite
     rows = {r["policy"]: r for r in summarize(bench)}
     assert rows["none"]["flops_saved"] == 0 and rows["none"]["speedup"] == pytest.approx(1.0)
     assert rows["oracle"]["flops_saved"] > 0  # hindsight CKA froze something
     table = out.with_suffix(".md").read_text()
     assert "| digits_cnn | smartfrz |" in table and "FLOPs saved" in table
+    assert 0 < rows["smartfrz"]["overhead_share"] < 1  # recording and deciding, as a share of the run's time
+    assert re.search(r"\| digits_cnn \| smartfrz \|.*\| \d+\.\d\d \(\d+\.\d%\) \|\n", table)
 
 
 def test_per_seed_deltas_pair_each_run_with_none_of_its_own_seed():

@@ -212,7 +212,7 @@ def test_the_veto_is_not_run_when_no_freeze_could_complete_before_the_planned_en
 
 
 def test_no_freeze_is_decided_before_the_rules_start():
-    """decide_from: before that share of total_steps the windows are scored for the timeline but no count starts;
+    """decide_from: before that share of total_steps nothing is scored and no count starts;
     the first freeze comes `patience` decisions after it. Without total_steps it cannot apply, and says so."""
     from smartfrz.policies import SmartFRZPolicy
 
@@ -267,3 +267,53 @@ def test_the_veto_checks_the_front_unit_then_the_whole_prefix_and_searches_only_
     assert allow({3, 4}) == (2, 5)  # whole fails: then units 0-1 pass, 0-2 fail
     assert allow({2}) == (4, 3)  # the prefix that freezes passes: a smaller one is not asked
     assert allow(set(), start=2, stop=3) == (3, 2)
+
+
+class WindowReader(torch.nn.Module):
+    """P(freeze) from the window itself (its newest step against its span), so a different window changes it."""
+    threshold, patience, decisions_per_epoch, decisions_per_run, veto_tau, veto_probe_rows = 0.1, 2, 1, 0, 0.2, None
+    metadata = {"window": "3", "sample_size": "8"}
+
+    def predict_proba(self, windows):
+        last, span = (windows[:, -1] - windows[:, -2]).norm(dim=-1), (windows[:, -1] - windows[:, 0]).norm(dim=-1)
+        return (1 - last / span.clamp_min(1e-12)).clamp(0, 1)
+
+
+def test_nothing_is_scored_recorded_or_copied_before_the_start_and_the_decisions_stay_the_same(monkeypatch):
+    """The rule's overhead starts one window before its start: windows, veto snapshots and scores that only a
+    decision before decide_from could read are skipped, and every freeze (and veto check) is as when they ran."""
+    import smartfrz.veto as veto_mod
+    from smartfrz.policies import SmartFRZPolicy
+    copies = []
+    unit_state = veto_mod.unit_state
+    monkeypatch.setattr(veto_mod, "unit_state", lambda u: copies.append(1) or unit_state(u))
+
+    def run(skip: bool, steps=40):
+        torch.manual_seed(0)
+        m = nn.Sequential(*[nn.Sequential(nn.Linear(6, 16), nn.ReLU())] + [nn.Sequential(nn.Linear(16, 16), nn.ReLU())
+                                                                           for _ in range(3)], nn.Linear(16, 3))
+        opt = torch.optim.SGD(m.parameters(), lr=0.3)
+        g = torch.Generator().manual_seed(0)
+        probe = torch.randn(64, 6, generator=g)
+        reader, scored = WindowReader(), []
+        predict = reader.predict_proba
+        reader.predict_proba = lambda w: scored.append(frz.step_count) or predict(w)
+        frz = SmartFRZ(m, opt, example_input=probe[:2], veto_probe=probe, total_steps=steps, decide_every=2,
+                       record_every=2, policy=SmartFRZPolicy(predictor=reader, decide_from=0.6))
+        if not skip:  # as before: record from the first step, copy at every snapshot
+            frz.record_from, frz.start_step = 0, 0
+        copies[:], records = [], []
+        record = frz.recorder.record
+        frz.recorder.record = lambda active: records.append(frz.step_count) or record(active)
+        for _ in range(steps):
+            x = torch.randn(32, 6, generator=g)
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(m(x), (x[:, 0] > 0).long() + (x[:, 1] > 0).long()).backward()
+            opt.step()
+            frz.step()
+        return [(e["unit"], e["step"]) for e in frz.timeline], frz.veto.forwards, records, len(copies), scored
+
+    lean, full = run(skip=True), run(skip=False)
+    assert lean[0] and lean[1] > 0 and lean[:2] == full[:2]  # the same freezes at the same steps, the same veto checks
+    assert min(lean[2]) == 24 - 3 * 2 and min(full[2]) == 2  # recording starts one window before step 24
+    assert lean[3] < full[3] and min(lean[4]) == 24  # fewer weight copies; nothing scored before the start

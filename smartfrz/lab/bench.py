@@ -32,7 +32,7 @@ ALL_POLICIES = POLICY_ORDER + CACHE_POLICIES
 
 SUITES: dict[str, dict] = {
     "smoke": {
-        "seeds": (0, 1),
+        "seeds": (0, 1, 2),
         "why": "Seconds on CPU; the tests run it.",
         "tasks": {"digits_cnn": dict(task="digits", model="digits_cnn", epochs=6, batch_size=64, lr=0.05)}},
     "demo": {
@@ -111,8 +111,9 @@ LINEAR_DEFAULTS = {"freeze_start": 0.5, "freeze_level": 0.8}
 REFERENCE_FORMAT = 2  # what a `none` run records for the oracle: 2 = step-0 probe, CKA and rewind harms
 PREFIX_CACHE_FORMAT = 4  # how +cache runs fill and verify: 4 = in training steps, a part-filled store completed
 # with its missing examples at each epoch start (3: whole batches; 2: in training steps only); 8 verification rows
-VETO_FORMAT = 3  # how the smartfrz veto runs: 3 = front unit, then the whole prefix; probe in length-ordered parts, a check
-# stopping once settled (2: parts, prefixes front to back; before: the whole probe, front to back)
+VETO_FORMAT = 4  # how the smartfrz rule runs: 4 = as 3, with nothing scored, recorded or copied that only a decision before
+# the rule's start could read (same decisions, less overhead); 3 = front unit, then the whole prefix; probe in
+# length-ordered parts, a check stopping once settled (2: parts, prefixes front to back; before: the whole probe)
 
 
 def run_key(cfg: ExperimentConfig, threads: int | None) -> str:
@@ -369,6 +370,8 @@ def summarize(bench: dict) -> list[dict]:
                      "speedup": bmed["wall_s"] / med["wall_s"] if med["wall_s"] and _one_invocation(rs + base, bench) else None,
                      "mem_ratio": med["peak_mem_bytes"] / bmed["peak_mem_bytes"] if bmed["peak_mem_bytes"] else None,
                      "overhead_s": _median([r["overhead_s"]["total"] for r in rs]),
+                     # recording and deciding as a share of the run's own wall-clock: what a decision costs in time
+                     "overhead_share": _median([r["overhead_s"]["total"] / r["wall_s"] for r in rs if r["wall_s"]]),
                      **{f"final_{k}": v for k, v in extra.items()}})
     order = {p: i for i, p in enumerate(ALL_POLICIES)}
     return sorted(rows, key=lambda r: (r["task"], order.get(r["policy"], 99)))
@@ -408,9 +411,10 @@ def markdown(bench: dict, command: str | None = None) -> str:
              "and data order), in seed order; Δ vs none is their median.", "",
              "Decision FLOPs: the decisions' own forwards (the functional veto's probe batches) as a share of full "
              "training; FLOPs saved does not subtract them, so a policy's net saving is the difference (n/m: not "
-             "recorded by runs that old).", "",
+             "recorded by runs that old). Overhead: the seconds spent recording weight windows and deciding (the "
+             "predictor, the veto's forwards and copies), and their share of the run's own wall-clock (median).", "",
              "| task | policy | seeds | metric | Δ vs none | Δ per seed | FLOPs saved | decision FLOPs "
-             "| speed-up (wall) | time to target (s) | peak mem ratio | overhead (s) |",
+             "| speed-up (wall) | time to target (s) | peak mem ratio | overhead (s, share of time) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     rows = summarize(bench)
     for r in rows:
@@ -420,7 +424,7 @@ def markdown(bench: dict, command: str | None = None) -> str:
                      f"{_delta(r['metric_delta_median'], r['metric'])} | "
                      f"{' / '.join(_delta(d, r['metric']) for d in r['metric_delta_per_seed'])} | "
                      f"{100 * r['flops_saved']:.1f}% | {_share(r['decision_flops_share'])} | {speed} | {ttt} | "
-                     f"{r['mem_ratio']:.2f} | {r['overhead_s']:.2f} |")
+                     f"{r['mem_ratio']:.2f} | {r['overhead_s']:.2f} ({_share(r['overhead_share'])}) |")
     if any(r["speedup"] is None for r in rows):
         lines += ["", "\\* No wall-clock speed-up: these runs and their `none` runs were not all trained by one "
                   "invocation of the bench, so they ran under different loads. Read the FLOPs."]
