@@ -66,9 +66,7 @@ class SmartFRZ:
                                  "or veto_tau=1.0 to turn it off")
             self.veto = FunctionalVeto(self.units, probe, tau, cfg.veto_probe_rows or getattr(self.policy, "veto_probe_rows", None))
         self.policy.bind(self)
-        self.start_step = self.policy.start_step(cfg.total_steps)
-        # windows are read from the first decision at or after the start on: one window earlier is enough
-        self.record_from = self.start_step - self.window * self.record_every
+        self.record_from = self.policy.start - self.window * self.record_every  # full windows from the start on
 
     def _window_problem(self, total_steps: int | None) -> str | None:
         """Why no unit could ever freeze in ``total_steps`` steps (first full window too late), else None."""
@@ -121,10 +119,9 @@ class SmartFRZ:
         if self.veto is not None:  # before the broadcast: rank 0's answer, veto included, is every rank's
             if not self.policy.reads_veto:
                 n = self.veto.allow(self.model, before, min(max(n, before), self.max_frozen))
-            every = max(1, self.window * self.record_every // 4)
-            # a snapshot whose every reader decides before the start is kept as a step only (its cadence stays)
-            keep = not self.decide_every or self.step_count + every + self.decide_every >= self.start_step
-            self.veto.snapshot(n, self.max_frozen, self.step_count, every, keep)
+            every = max(1, self.window * self.record_every // 4)  # copied only where a check from the start on reads it
+            self.veto.snapshot(n, self.max_frozen, self.step_count, every,
+                               keep=not self.decide_every or self.step_count + every + self.decide_every >= self.policy.start)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             from .distributed import broadcast_int
             n = broadcast_int(n)  # rank 0 decides for all: DDP hangs if ranks freeze different prefixes

@@ -25,6 +25,7 @@ class Policy:
     decides_every_step = False
     decisions_per_epoch, decisions_per_run = 1, 0
     window, sample_size = 30, 1024  # the weight windows recorded when the policy reads them
+    start = 0  # the first step decide() may freeze at: the engine records and copies nothing only earlier ones read
 
     def cadence(self, steps_per_epoch: int | None, total_steps: int | None) -> int | None:
         """Steps between decisions: every step, or the policy's per epoch and at least its per run when the
@@ -38,11 +39,6 @@ class Policy:
 
     def bind(self, engine: "SmartFRZ") -> None:
         self.engine = engine
-
-    def start_step(self, total_steps: int | None) -> int:
-        """The first step at which ``decide`` may freeze anything: the engine records no window and copies no
-        veto weights that could only serve a decision before it."""
-        return 0
 
     def on_step(self, engine: "SmartFRZ") -> None:
         pass
@@ -97,17 +93,17 @@ class SmartFRZPolicy(Policy):
     def bind(self, engine):
         super().bind(engine)
         self.predictor.to(engine.recorder.buffer.device)
-        if self.decide_from and not engine.config.total_steps:
+        total = engine.config.total_steps
+        self.start = math.ceil(self.decide_from * total) if total else 0  # decide_from as a step
+        if self.decide_from and not total:
             warnings.warn(f"the rule decides nothing before {self.decide_from:.0%} of the planned run, but total_steps "
                           "is not given: decisions start at the first full window instead", UserWarning, stacklevel=3)
 
     def decide(self, engine):
         k, limit, rec = engine.num_frozen, engine.max_frozen, engine.recorder
-        if engine.step_count < self.start_step(engine.config.total_steps):
-            return k, {}  # nothing is decided yet, so nothing is scored: the decision overhead starts at the start
-        candidates = [u for u in range(k, limit) if rec.ready(u)]
+        candidates = [u for u in range(k, limit) if rec.ready(u)] if engine.step_count >= self.start else []
         if not candidates:
-            return k, {}
+            return k, {}  # and before the start nothing is scored: no decision would read it
         windows = rec.windows(candidates)
         finite = torch.isfinite(windows).flatten(1).all(1)
         probs = self.predictor.predict_proba(torch.nan_to_num(windows)).masked_fill(~finite, 0.0).tolist()
@@ -123,10 +119,6 @@ class SmartFRZPolicy(Policy):
         while k < limit and self.streak.get(k, 0) >= self.patience:
             k += 1
         return k, scores
-
-    def start_step(self, total_steps):
-        """``decide_from`` of the planned run, as a step (0 when the run's length is not given)."""
-        return math.ceil(self.decide_from * total_steps) if total_steps and self.decide_from else 0
 
     def _too_late(self, engine, k: int) -> bool:
         """Unit k's streak can't reach patience by total_steps: no freeze can follow, the veto would buy nothing."""

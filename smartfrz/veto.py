@@ -122,8 +122,7 @@ class FunctionalVeto:
         at every step compares with weights at least that old, and copies them that seldom). ``keep=False``
         (no check can read this snapshot) marks the step without copying anything."""
         if self.at is None or step - self.at >= every:
-            self.previous = {i: unit_state(self.units[i]) for i in range(start, stop)} if keep else {}
-            self.at = step
+            self.previous, self.at = {i: unit_state(self.units[i]) for i in range(start, stop)} if keep else {}, step
 
     @torch.no_grad()
     def allow(self, model: torch.nn.Module, start: int, stop: int) -> int:
