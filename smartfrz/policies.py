@@ -25,7 +25,7 @@ class Policy:
     decides_every_step = False
     decisions_per_epoch, decisions_per_run = 1, 0
     window, sample_size = 30, 1024  # the weight windows recorded when the policy reads them
-    start = 0  # the first step decide() may freeze at: the engine records and copies nothing only earlier ones read
+    start = 0  # the first step decide() may freeze at; the engine skips recording and copying only earlier steps need
 
     def cadence(self, steps_per_epoch: int | None, total_steps: int | None) -> int | None:
         """Steps between decisions: every step, or the policy's per epoch and at least its per run when the
