@@ -22,9 +22,9 @@
 #
 # **Presets.** `smoke` (default, `make test`): two short runs of the digits CNN recorded into a temp folder,
 # a few predictor epochs; writes `reports/predictor_smoke/` and `artifacts/predictor_smoke.safetensors` (never
-# the shipped file). `full`: regenerates the shipped predictor from the real data: the `cpu` run set (65 runs, 9
-# architectures in 8 families, 6 schedules, digits / CIFAR-10 / MRPC / CoLA; about 80 minutes of one core) into
-# `artifacts/freeze_runs` (runs already there are kept), then `smartfrz/weights/smartfrz_predictor.safetensors`
+# the shipped file). `full`: regenerates the shipped predictor from the real data: the `cpu` run set (77 runs, 9
+# architectures in 8 families, 6 schedules, digits / CIFAR-10 / MRPC / CoLA; about 5 hours of one core) into
+# `artifacts/freeze_runs` (runs already there in the current format are kept), then `smartfrz/weights/smartfrz_predictor.safetensors`
 # and `reports/predictor/` (`papermill ... -p preset full -p data_dir ../shared/data`; `record_presets` can add
 # `gpu` and `gpu_text` on a GPU).
 
@@ -63,7 +63,7 @@ runs_dir = Path(s.runs_dir or tempfile.mkdtemp(prefix="smartfrz-freeze-runs-"))
 for preset_name in s.record_presets:
     for spec in freeze_dataset.preset(preset_name):
         path = runs_dir / f"{spec.name}.safetensors"
-        if path.exists():
+        if path.exists() and freeze_dataset.run_format(path) >= freeze_dataset.RUN_FORMAT:
             print(f"skip {spec.name}: {path} exists")
             continue
         rec = freeze_dataset.record_run(spec, s.data_dir, resolve_device(s.device), progress=s.progress)

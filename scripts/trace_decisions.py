@@ -27,7 +27,8 @@ from smartfrz.lab.bench import SUITES
 from smartfrz.lab.costs import probe_forward_flops
 from smartfrz.lab.experiment import ExperimentConfig, run
 from smartfrz.policies import SmartFRZPolicy
-from smartfrz.veto import changed_share, first_rows, load_unit_state, logits, probe_parts, unit_state
+from smartfrz.predictor_training.labels import prefix_shares
+from smartfrz.veto import first_rows, probe_parts, unit_state
 
 
 SMALL_PROBES = (32, 64)  # the lab's probe batches start with the same examples, so these are their shares
@@ -37,22 +38,6 @@ def check_flops(model, probe) -> int:
     """What one veto check that passes costs: a forward on each of the probe's parts (a failing check stops
     earlier, so this prices it from above)."""
     return sum(probe_forward_flops(model, part) for part in probe_parts(probe))
-
-
-def prefix_shares(model, units: list, order: list, old: dict, probe, sizes=SMALL_PROBES) -> dict[int, dict]:
-    """Each prefix's changed share on the probe's first n rows (n in ``sizes``; None: all of them) when units
-    ``order[0]..i`` are put back to ``old`` together (the model is left as it was)."""
-    current = {i: unit_state(units[i]) for i in order}
-    ref, out = logits(model, probe), {}
-    try:
-        for i in order:
-            load_unit_state(units[i], old[i])
-            new = logits(model, probe)
-            out[i] = {n: changed_share(ref[:n], new[:n]) for n in sizes}
-    finally:
-        for i, s in current.items():
-            load_unit_state(units[i], s)
-    return out
 
 
 def trace_policy(rows: list, units: list, per_epoch: int, probe_flops: dict, lookbacks=(), lookback_from=0.0):
@@ -85,7 +70,7 @@ def trace_policy(rows: list, units: list, per_epoch: int, probe_flops: dict, loo
                 for k in lookbacks:
                     if k <= len(history):
                         step, old = history[-k]
-                        sh = prefix_shares(model, engine.units, order, old, probe)
+                        sh = prefix_shares(model, engine.units, order, old, probe, SMALL_PROBES)
                         far[str(k)] = {"from": step, **{str(n): {str(i): round(v[n], 5) for i, v in sh.items()}
                                                        for n in SMALL_PROBES}}
             if lookbacks:

@@ -380,30 +380,3 @@ def test_label_reach_reads_each_units_freeze_epoch_from_recorded_harms(tmp_path)
         reach.main([str(tmp_path), "--taus", "--labels", "rewind:0.2"])
     with pytest.raises(ValueError, match="RULE one of"):
         reach.main([str(tmp_path), "--labels", "cka=0.99"])
-
-
-def test_trace_prefix_shares_put_units_back_together_and_leave_the_model_as_it_was():
-    """scripts/trace_decisions.py's lookback shares: units order[0]..i go back to the old weights together, each
-    prefix's share is read on the probe's first 32 and 64 rows, and the model ends with its current weights."""
-    import importlib.util
-
-    import torch
-    from torch import nn
-
-    from smartfrz import SmartFRZ
-    from smartfrz.veto import unit_state
-    spec = importlib.util.spec_from_file_location("trace", Path(__file__).parents[1] / "scripts" / "trace_decisions.py")
-    trace = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(trace)
-    torch.manual_seed(0)
-    m = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
-    probe = torch.randn(64, 6)
-    units = SmartFRZ(m, None, example_input=probe[:2], policy="none").units
-    old = {i: unit_state(u) for i, u in enumerate(units)}
-    with torch.no_grad():
-        m[0].weight.add_(3 * torch.randn_like(m[0].weight))  # only the first unit moved since
-    now = [p.detach().clone() for p in m.parameters()]
-    shares = trace.prefix_shares(m, units, [0, 1], old, probe)
-    assert set(shares) == {0, 1} and set(shares[0]) == {32, 64}
-    assert shares[0][64] > 0.1 and shares[1] == shares[0]  # the second unit did not move: same share
-    assert all(torch.equal(a, b) for a, b in zip(now, m.parameters()))

@@ -81,3 +81,56 @@ def test_rewind_scan_stops_where_no_label_can_hold():
     assert (harm[2:] == 0).all()  # the weights of the last two checkpoints are the final ones
     labels = freeze_labels(harm, 0.05, "rewind")
     assert labels[2:].all() and not labels[:2].any()
+
+
+def test_prefix_shares_put_units_back_together_and_leave_the_model_as_it_was():
+    """The veto's share of each prefix (recorded runs and scripts/trace_decisions.py): units order[0]..i go back to
+    the old weights together, each share is read on the probe's first n rows, and the model keeps its weights."""
+    from smartfrz.predictor_training.labels import prefix_shares
+    from smartfrz.veto import unit_state
+    model, units = _chain()
+    model.eval()
+    probe = torch.randn(64, 8, generator=torch.Generator().manual_seed(1))
+    old = {i: unit_state(u) for i, u in enumerate(units)}
+    with torch.no_grad():
+        model[0].weight.add_(3 * torch.randn_like(model[0].weight))  # only the first unit moved since
+    now = {k: v.clone() for k, v in model.state_dict().items()}
+    shares = prefix_shares(model, units, [0, 1], old, probe, (32, 64))
+    assert set(shares) == {0, 1} and set(shares[0]) == {32, 64}
+    assert shares[0][64] > 0.1 and shares[1] == shares[0]  # the second unit did not move: the same share
+    assert all(torch.equal(v, now[k]) for k, v in model.state_dict().items())
+    capped = prefix_shares(model, units, [0, 1], old, probe, (32, 64), cap=0.05)
+    assert set(capped) == {0}  # above the cap on every size: longer prefixes are not evaluated
+
+
+def test_veto_lookbacks_are_the_distances_the_engine_reads_at_each_cadence():
+    from smartfrz.predictor_training.labels import veto_lookbacks
+    assert veto_lookbacks(16, 96) == [4, 6, 8, 16]  # 1, 2, 4 an epoch; with 16 a run: min(16, 6), min(8, 6), min(4, 6)
+    assert veto_lookbacks(115, 345) == [21, 28, 57, 115]  # a 3-epoch fine-tune: the per-run floor is the 21
+
+
+def test_lookback_shares_read_each_checkpoint_against_the_weights_l_steps_before_and_drop_old_copies():
+    """A recorded run's veto shares (smartfrz.predictor_training.freeze_dataset): at a checkpoint, every prefix
+    against its weights exactly L steps earlier; nothing before VETO_FROM of the run; copies kept only as long
+    as a later checkpoint reads them."""
+    from smartfrz.predictor_training.labels import LookbackShares, VETO_ROWS
+    model, units = _chain()
+    probe = torch.randn(64, 8, generator=torch.Generator().manual_seed(1))
+    gen = torch.Generator().manual_seed(3)
+    rec = LookbackShares(units, probe, checkpoints=[2, 4, 8, 12, 16], lookbacks=[2, 4], total_steps=16)
+    out = {}
+    rec.take(0)
+    for step in range(1, 17):
+        with torch.no_grad():  # the first unit moves until step 10, then nothing does
+            if step <= 10:
+                model[0].weight.add_(0.5 * torch.randn(model[0].weight.shape, generator=gen))
+        if step % 4 == 0 or step == 2:
+            out[step] = rec.at_checkpoint(model, step)
+        rec.take(step)
+        assert len(rec.copies) <= 2
+    assert out[2].shape == (2, len(units), len(VETO_ROWS))
+    assert torch.isnan(out[2]).all()  # step 2 < VETO_FROM x 16: not recorded
+    assert not torch.isnan(out[4][1]).any()  # against the weights at step 0
+    assert out[8][1, 0, 0] > 0 and out[12][1, 0, 0] > 0  # the first unit moved over steps 4-8 and 8-10
+    assert (out[12][0] == 0).all() and (out[16] == 0).all()  # nothing moved over steps 10-12 or 12-16
+    assert model.training

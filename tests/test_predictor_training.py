@@ -98,3 +98,35 @@ def test_inner_splits_hold_out_whole_groups_or_random_runs():
     random = inner_splits(runs, ids, 2, seed=3)
     assert sorted(np.concatenate(random).tolist()) == list(range(5)) and len(random) == 2
     assert [list(x) for x in random] == [list(x) for x in inner_splits(runs, ids, 2, seed=3)]  # the seed fixes them
+
+
+def test_replay_follows_the_engine_start_prefix_streak_and_decisions_between_checkpoints():
+    """The replay is SmartFRZPolicy.decide: nothing before the start; a unit's streak counts only decisions at which
+    it and every active unit before it settled; a cadence finer than the checkpoints decides several times on one."""
+    P = np.zeros((len(STEPS), 3))
+    P[:, 1] = 0.9  # unit 1 scores high throughout, unit 0 only from step 20
+    P[9:, 0] = 0.9
+    Y = np.ones_like(P, dtype=bool)
+    r = replay(P, Y, STEPS, META, threshold=0.5, patience=2, per_epoch=4)  # every 2 steps: one decision a checkpoint
+    assert r["pred"] == {0: 22, 1: 22}  # unit 1's own streak before step 20 does not count
+    late = replay(P, Y, STEPS, META, threshold=0.5, patience=2, per_epoch=4, start=0.75)  # from step 30
+    assert late["pred"] == {0: 32, 1: 32}
+    fine = dict(META, steps_per_epoch=16, total_steps=40)  # every 16 // 4 = 4 steps... and 16 a run: every 2
+    coarse_steps = STEPS[1::2]  # a checkpoint every 4 steps
+    both = replay(P[1::2], Y[1::2], coarse_steps, fine, threshold=0.5, patience=2, per_epoch=4, per_run=20)
+    assert both["pred"] == {0: 20, 1: 20}  # two decisions (steps 18 and 20) read the checkpoint at step 20
+
+
+def test_replay_with_the_recorded_veto_cuts_the_prefix_as_the_engine_does():
+    from smartfrz.predictor_training.training import veto_pass
+    assert veto_pass(np.array([0.0, 0.3, 0.3]), 0, 3, 0.1) == 1  # the whole prefix fails: unit by unit from the front
+    assert veto_pass(np.array([0.0, 0.3, 0.0]), 0, 3, 0.1) == 3  # the front and the whole pass: the engine stops there
+    assert veto_pass(np.array([0.3, 0.0, 0.0]), 0, 3, 0.1) == 0  # the front unit fails: nothing settles
+    assert veto_pass(np.array([np.nan, 0.0, 0.0]), 0, 3, 0.1) == 0  # not recorded: fails
+    assert veto_pass(np.array([0.2, 0.0, 0.05]), 1, 3, 0.1) == 3  # from unit 1: prefixes 0..1 and 0..2 pass
+    P = np.full((len(STEPS), 3), 0.9)
+    Y = np.ones_like(P, dtype=bool)
+    veto = np.zeros((len(STEPS), 3))
+    veto[:10, 1] = 0.5  # putting units 0..1 back changes half the predictions until step 20
+    r = replay(P, Y, STEPS, META, threshold=0.5, patience=2, per_epoch=4, veto=(veto, 0.1))
+    assert r["pred"] == {0: 4, 1: 24}  # unit 1 settles from step 22, twice in a row at 24

@@ -1,10 +1,12 @@
 """The predictor's training data: real training runs, recorded and labelled in hindsight.
 
 Each run trains a model with no freezing, records every unit's tailored weight window, and at
-regular checkpoints stores (a) the predictor features of each window, (b) each unit's probe Gram and
-(c) a copy of its weights. At the end, every (checkpoint, unit) gets its rewind harm (the share of
-probe predictions of the final model that change when units 0..k go back to that checkpoint) and
-its CKA against the end. One run is one safetensors file;
+regular checkpoints stores (a) the predictor features of each window, (b) each unit's probe Gram,
+(c) a copy of its weights and (d) the functional veto's share for every prefix, against its weights as
+far back as a rule of each cadence would read (``labels.LookbackShares``), so that the engine's whole
+rule, veto included, replays on held-out runs. At the end, every (checkpoint, unit) gets its rewind harm
+(the share of probe predictions of the final model that change when units 0..k go back to that
+checkpoint) and its CKA against the end. One run is one safetensors file;
 ``python -m smartfrz.predictor_training.freeze_dataset --preset cpu --out DIR`` makes a set.
 """
 from __future__ import annotations
@@ -17,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from .labels import UnitSnapshots, cka_curves, harm_probe, probe_grams, rewind_harm
+from .labels import (VETO_ROWS, LookbackShares, UnitSnapshots, cka_curves, harm_probe, probe_grams,
+                     rewind_harm, veto_lookbacks)
 from ..predictor import window_features
 from ..recorder import WeightRecorder
 from ..lab.train import example_input, fit, to_device
@@ -28,6 +31,7 @@ FAMILIES = {"digits_mlp": "mlp", "digits_cnn": "digits_cnn", "resnet20": "resnet
             "vgg11_bn": "vgg", "mobilenet_v2": "mobilenet", "torchvision:shufflenet_v2_x0_5": "shufflenet",
             "vit_tiny_cifar": "vit", "deit_tiny": "vit", "minilm": "bert", "bert-base-uncased": "bert"}
 SCHEDULES = ("onecycle", "cosine", "linear", "step", "constant", "restarts")
+RUN_FORMAT = 2  # 2: the veto's shares at each checkpoint (``veto_share``), so a rule with a veto replays held out
 
 
 @dataclass
@@ -174,7 +178,9 @@ def record_run(spec: RunSpec, data_dir=None, device="cpu", progress: bool = True
     ckpt_every = max(1, steps_per_epoch // spec.checkpoints_per_epoch)
     rec = WeightRecorder(units, spec.window, spec.sample_size, spec.seed)
     snapshots = UnitSnapshots(units)
-    feats, grams, steps = [], [], []
+    lookbacks = veto_lookbacks(steps_per_epoch, total)
+    shares = LookbackShares(units, probe, sorted({*range(ckpt_every, total + 1, ckpt_every), total}), lookbacks, total)
+    feats, grams, steps, vetos = [], [], [], []
     everyone = list(range(len(units)))
 
     def on_step(step: int) -> None:
@@ -183,8 +189,12 @@ def record_run(spec: RunSpec, data_dir=None, device="cpu", progress: bool = True
         if (step % ckpt_every == 0 or step == total) and rec.ready(0):
             feats.append(window_features(rec.windows(everyone)).half().cpu())
             grams.append(probe_grams(model, units, probe, mask).float())
+            vetos.append(shares.at_checkpoint(model, step))
             snapshots.take(step)
             steps.append(step)
+        shares.take(step)
+
+    shares.take(0)
 
     opt, sched = _optimizer(spec, model.parameters(), total)
     t0 = time.perf_counter()
@@ -199,16 +209,17 @@ def record_run(spec: RunSpec, data_dir=None, device="cpu", progress: bool = True
     meta = {"spec": asdict(spec), "name": spec.name, "family": spec.family, "units": [u.name for u in units],
             "flop_share": [u.flop_share for u in units], "steps_per_epoch": steps_per_epoch,
             "record_every": record_every, "total_steps": total, "wall_s": time.perf_counter() - t0,
+            "format": RUN_FORMAT, "veto_lookbacks": lookbacks, "veto_rows": list(VETO_ROWS),
             "final": {k: v for k, v in res.final.items() if isinstance(v, (int, float, str))},
             "evals": [{k: v for k, v in h.items() if isinstance(v, (int, float, str))} for h in res.history if h.get("eval")]}
     return {"features": torch.stack(feats), "cka": cka.float(), "rewind": harm.float(), "steps": torch.tensor(steps),
-            "meta": meta}
+            "veto_share": torch.stack(vetos).half(), "meta": meta}
 
 
 def save_run(run: dict, path: Path) -> None:
     from safetensors.torch import save_file
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: run[k].contiguous() for k in ("features", "cka", "rewind", "steps")}, str(path),
+    save_file({k: run[k].contiguous() for k in ("features", "cka", "rewind", "steps", "veto_share") if k in run}, str(path),
               metadata={"meta": json.dumps(run["meta"])})
 
 
@@ -218,6 +229,13 @@ def load_run(path: Path) -> dict:
         out = {k: f.get_tensor(k) for k in f.keys()}
         out["meta"] = json.loads(f.metadata()["meta"])
     return out
+
+
+def run_format(path: Path) -> int:
+    """The format a recorded run was saved in (1: before the veto's shares were recorded)."""
+    from safetensors import safe_open
+    with safe_open(str(path), framework="pt") as f:
+        return int(json.loads(f.metadata()["meta"]).get("format", 1))
 
 
 def load_runs(folder) -> list[dict]:
@@ -365,9 +383,12 @@ def main(argv=None) -> None:
         if args.only and args.only not in spec.name:
             continue
         path = out / f"{spec.name}.safetensors"
-        if path.exists():
+        if path.exists() and run_format(path) >= RUN_FORMAT:
             print(f"skip {spec.name}: {path} exists")
             continue
+        if path.exists():
+            print(f"record {spec.name} again: {path} is in format {run_format(path)}, before the veto's shares "
+                  f"(format {RUN_FORMAT}); it is replaced once the new recording is done")
         if args.budget_s and time.perf_counter() - t0 > args.budget_s:
             print(f"skip {spec.name}: time budget of {args.budget_s:.0f}s spent")
             continue

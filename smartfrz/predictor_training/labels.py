@@ -13,12 +13,13 @@ Two measurements per (checkpoint, unit):
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import torch
 
 from ..units import Unit, call_model, first_tensor
-from ..veto import changed_share, load_unit_state, logits, unit_state
+from ..veto import changed_share, first_rows, load_unit_state, logits, unit_state
 
 
 def centered_gram(x: torch.Tensor) -> torch.Tensor:
@@ -157,6 +158,83 @@ def rewind_harm(model: torch.nn.Module, snapshots: UnitSnapshots, probe, cap: fl
             load_unit_state(u, s)
         model.train(was)
     return harm
+
+
+VETO_ROWS = (32,)  # probe rows the recorded veto shares are read on: the shipped rule's (each row costs forwards)
+VETO_FROM = 0.25  # share of a run before which no veto share is recorded (no rule decides that early)
+VETO_CAP = 0.5  # a prefix scan stops above this share (larger prefixes: NaN, read as above it)
+
+
+@torch.no_grad()
+def prefix_shares(model: torch.nn.Module, units: Sequence[Unit], order: Sequence[int], old: dict, probe: Any,
+                  sizes: Sequence[int | None] = VETO_ROWS, cap: float | None = None) -> dict[int, dict]:
+    """Each prefix's changed share on the probe's first n rows (n in ``sizes``; None: all of them) when units
+    ``order[0]..i`` are put back to ``old`` together: what the engine's veto reads. The model is left as it was;
+    with ``cap``, the scan stops after the first prefix whose share on every size exceeds it."""
+    current = {i: unit_state(units[i]) for i in order}
+    ref, out = logits(model, probe), {}
+    try:
+        for i in order:
+            load_unit_state(units[i], old[i])
+            new = logits(model, probe)
+            out[i] = {n: changed_share(ref[:n], new[:n]) for n in sizes}
+            if cap is not None and min(out[i].values()) > cap:
+                break
+    finally:
+        for i, s in current.items():
+            load_unit_state(units[i], s)
+    return out
+
+
+def veto_lookbacks(steps_per_epoch: int, total_steps: int, per_epoch=(1, 2, 4), per_run=(0, 16)) -> list[int]:
+    """The distances (steps) at which rules of these cadences read the veto: each compares with its previous
+    decision, ``min(steps_per_epoch // per_epoch, total_steps // per_run)`` steps back (the engine's cadence)."""
+    return sorted({max(1, min([steps_per_epoch // e] + ([total_steps // r] if r else []))) for e in per_epoch for r in per_run})
+
+
+class LookbackShares:
+    """The veto's shares at each checkpoint, as a rule of each cadence would read them: every prefix put back to
+    its weights ``L`` steps earlier, for each L of ``veto_lookbacks``, on the probe's first ``VETO_ROWS`` rows.
+    Copies are taken only at the steps some later checkpoint will read, and dropped once read."""
+
+    def __init__(self, units: Sequence[Unit], probe: Any, checkpoints: Sequence[int], lookbacks: Sequence[int],
+                 total_steps: int):
+        self.units, self.probe, self.lookbacks = list(units), first_rows(probe, max(VETO_ROWS)), list(lookbacks)
+        self.first = math.ceil(VETO_FROM * total_steps)
+        self.wanted: dict[int, int] = {}  # step -> how many later reads its copy serves
+        for c in checkpoints:
+            for L in self.lookbacks:
+                if c >= self.first and c - L >= 0:
+                    self.wanted[c - L] = self.wanted.get(c - L, 0) + 1
+        self.copies: dict[int, list] = {}
+
+    def take(self, step: int) -> None:
+        """Called after every optimizer step (and with 0 before the first)."""
+        if self.wanted.get(step):
+            self.copies[step] = [unit_state(u) for u in self.units]
+
+    def at_checkpoint(self, model: torch.nn.Module, step: int) -> torch.Tensor:
+        """(lookbacks, units, rows) shares at this checkpoint; NaN where not recorded (too early, above the cap)."""
+        U = len(self.units)
+        out = torch.full((len(self.lookbacks), U, len(VETO_ROWS)), float("nan"))
+        if step < self.first:
+            return out
+        was = model.training
+        model.eval()
+        try:
+            for j, L in enumerate(self.lookbacks):
+                old = self.copies.get(step - L)
+                if old is None:
+                    continue
+                sh = prefix_shares(model, self.units, range(U), dict(enumerate(old)), self.probe, VETO_ROWS, VETO_CAP)
+                for i, v in sh.items():
+                    out[j, i] = torch.tensor([v[n] for n in VETO_ROWS])
+                self.wanted[step - L] -= 1
+        finally:
+            model.train(was)
+        last = step - max(self.lookbacks)  # no later checkpoint reads a copy this old (or one read for the last time)
+        self.copies = {s: c for s, c in self.copies.items() if s > last and self.wanted[s] > 0}
+        return out
 
 
 def remaining_change(cka: torch.Tensor) -> torch.Tensor:

@@ -34,7 +34,8 @@ FOLDS = 2  # out-of-fold splits (by run) whose predictions calibrate the predict
 GROUP_FOLDS = {"family": lambda meta: meta["family"], "schedule": lambda meta: meta["spec"]["schedule"]}
 THRESHOLDS = tuple(np.round(np.linspace(0.30, 0.96, 23), 2))
 DECISIONS_PER_EPOCH = (1, 2, 4)  # 4 = every checkpoint of the recorded runs
-RULE_KEYS = ("threshold", "patience", "decisions_per_epoch", "decisions_per_run")
+RULE_KEYS = ("threshold", "patience", "decisions_per_epoch", "decisions_per_run")  # what the search chooses
+ENGINE_KEYS = ("decide_from", "veto_tau", "veto_probe_rows")  # the rest of a shipped rule (scripts/ship_rule.py)
 OBJECTIVES = ("pooled", "mean_run")
 
 
@@ -116,41 +117,97 @@ def _grid(d: dict, r: int, p: np.ndarray):
     return P, Y, order
 
 
+def cadence(meta: dict, per_epoch: int, per_run: int = 0) -> int:
+    """Steps between the engine's decisions (``Policy.cadence``)."""
+    spe, total = meta["steps_per_epoch"], meta["total_steps"]
+    return max(1, min([spe // per_epoch] + ([total // per_run] if per_run else [])))
+
+
+def veto_pass(shares: np.ndarray, k: int, settled: int, tau: float) -> int:
+    """``FunctionalVeto.allow`` on a recorded run: the longest prefix k..ok-1 whose share stays within tau, searched
+    as the engine does (the front unit, then the whole prefix, then unit by unit). ``shares[i]``: units 0..i put
+    back (in the run nothing was frozen, so the frozen units' own moves count too: it vetoes at least as often)."""
+    passes = lambda upto: bool(shares[upto - 1] <= tau)  # NaN (not recorded, above the cap) fails
+    if not passes(k + 1):
+        return k
+    if settled == k + 1 or passes(settled):
+        return settled
+    ok = k + 1
+    while ok + 1 < settled and passes(ok + 1):
+        ok += 1
+    return ok
+
+
 def replay(P, Y, steps, meta: dict, threshold: float, patience: int, per_epoch: int, per_run: int = 0,
-           min_active: int = 1) -> dict:
-    """The engine's front-to-back rule on one run's checkpoints; freeze steps and what they save.
-    A decision falls at each multiple of the engine's cadence; it reads the first checkpoint at or after it.
+           min_active: int = 1, start: float = 0.0, veto: tuple | None = None) -> dict:
+    """The engine's rule (``SmartFRZPolicy.decide``) on one run's checkpoints; freeze steps and what they save.
+    A decision falls at each multiple of the engine's cadence from ``start`` of the run on; it reads the first
+    checkpoint at or after it (several decisions between two checkpoints read the same one). A unit settles when
+    it and every active unit before it score >= threshold and, with ``veto`` = (shares (checkpoints, units), tau),
+    the recorded veto passes; it freezes after ``patience`` decisions settled in a row.
 
     Saving = sum over units of (share of the step's forward FLOPs) x (share of the run left when frozen):
     what a frozen prefix takes off the backward pass, relative for comparisons with the oracle."""
-    spe, total = meta["steps_per_epoch"], meta["total_steps"]
-    every = max(1, min(spe // per_epoch, total // per_run if per_run else spe))
+    total = meta["total_steps"]
+    every = cadence(meta, per_epoch, per_run)
+    first = math.ceil(start * total)
     U = P.shape[1]
-    k, streak, pred, last = 0, np.zeros(U), {}, 0
+    limit = U - min_active
+    k, streak, pred = 0, np.zeros(U, dtype=int), {}
+    # no decision before the first checkpoint's window was full (the engine has nothing to score then)
+    done = max((first - 1) // every if first else 0, int(steps[0]) // every - 1) if len(steps) else 0
     for t, s in enumerate(steps):
-        if s // every == last // every:
-            continue
-        last = s
-        streak = np.where(P[t] >= threshold, streak + 1, 0)
-        while k < U - min_active and streak[k] >= patience:
-            pred[k] = int(s)
-            k += 1
+        due = [d * every for d in range(done + 1, s // every + 1) if d * every >= first]
+        done = max(done, s // every)
+        for d in due:
+            settled = k
+            while settled < limit and P[t, settled] >= threshold:
+                settled += 1
+            if veto is not None and settled > k:
+                too_late = (total - d) // every < patience - streak[k] - 1
+                settled = k if too_late else veto_pass(veto[0][t], k, settled, veto[1])
+            streak[k:] = np.where(np.arange(k, U) < settled, streak[k:] + 1, 0)
+            while k < limit and streak[k] >= patience:
+                pred[k] = int(s)
+                k += 1
     share = np.asarray(meta["flop_share"], dtype=float)
     label = {}
-    for u in range(U - min_active):
+    for u in range(limit):
         hit = np.nonzero(Y[:, u])[0]
         if len(hit):
             label[u] = int(steps[hit[0]])
     saved = lambda fs: float(sum(share[u] * (total - s) / total for u, s in fs.items()))
     early = [u for u, s in pred.items() if u not in label or s < label[u]]
     return {"pred": pred, "label": label, "saved": saved(pred), "oracle_saved": saved(label), "early": len(early),
-            "units": U - min_active}
+            "units": limit}
 
 
-def replay_all(grids: dict, runs, threshold, patience, per_epoch, per_run=0) -> list[dict]:
-    """``replay`` on each run of ``grids`` (run -> ``_grid``)."""
-    return [{"run": int(r), **replay(P, Y, steps, runs[r]["meta"], threshold, patience, per_epoch, per_run)}
+def recorded_veto(run: dict, meta: dict, per_epoch: int, per_run: int, tau: float, rows: int) -> tuple:
+    """(shares (checkpoints, units), tau) of a recorded run, read at the distance the engine's veto reads: its
+    previous decision, ``cadence`` steps back, on the probe's first ``rows`` rows."""
+    if "veto_share" not in run:
+        raise ValueError(f"run {meta['name']} has no veto shares (recorded before they were, format 1): record it "
+                         "again with python -m smartfrz.predictor_training.freeze_dataset to replay a rule with a veto")
+    L, lookbacks = cadence(meta, per_epoch, per_run), meta["veto_lookbacks"]
+    if L not in lookbacks or rows not in meta["veto_rows"]:
+        raise ValueError(f"run {meta['name']} has veto shares at lookbacks {lookbacks} on {meta['veto_rows']} rows, "
+                         f"not at {L} steps on {rows} rows (the rule's cadence and probe)")
+    return run["veto_share"][:, lookbacks.index(L), :, meta["veto_rows"].index(rows)].float().numpy(), tau
+
+
+def replay_all(grids: dict, runs, threshold, patience, per_epoch, per_run=0, start=0.0, veto=None) -> list[dict]:
+    """``replay`` on each run of ``grids`` (run -> ``_grid``); ``veto``: (tau, probe rows) read from each run."""
+    return [{"run": int(r), **replay(P, Y, steps, runs[r]["meta"], threshold, patience, per_epoch, per_run, start=start,
+                                     veto=veto and recorded_veto(runs[r], runs[r]["meta"], per_epoch, per_run, *veto))}
             for r, (P, Y, steps) in grids.items()]
+
+
+def engine_rule(predictor: FreezePredictor) -> dict:
+    """The whole rule a weights file ships (``SmartFRZPolicy`` reads it): cadence, threshold, patience, start, veto."""
+    return {"threshold": float(predictor.threshold), "patience": int(predictor.patience),
+            "decisions_per_epoch": int(predictor.decisions_per_epoch), "decisions_per_run": int(predictor.decisions_per_run),
+            "decide_from": float(predictor.decide_from), "veto_tau": predictor.veto_tau,
+            "veto_probe_rows": predictor.veto_probe_rows}
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -295,9 +352,10 @@ def heldout(d, runs, model, rule, run_ids) -> dict:
     p = np.zeros(len(d["run"]))
     p[sel] = torch.sigmoid(_logits(model, d["x"][torch.from_numpy(np.nonzero(sel)[0])])).numpy()
     grids = {r: _grid(d, r, p) for r in run_ids}
+    veto = (rule["veto_tau"], rule["veto_probe_rows"]) if rule.get("veto_tau") is not None else None
     rows = replay_all(grids, runs, rule["threshold"], rule["patience"], rule["decisions_per_epoch"],
-                      rule["decisions_per_run"])
-    return {"rule": {k: rule[k] for k in RULE_KEYS},
+                      rule["decisions_per_run"], rule.get("decide_from", 0.0), veto)
+    return {"rule": {k: rule[k] for k in rule if k in RULE_KEYS or k in ENGINE_KEYS},
             **summarize(rows), **classification(p, d, sel, rule["threshold"]),
             "per_run": [{**r, "pred": {str(k): v for k, v in r["pred"].items()},
                          "label": {str(k): v for k, v in r["label"].items()}} for r in rows]}
@@ -306,7 +364,12 @@ def heldout(d, runs, model, rule, run_ids) -> dict:
 def run(runs_dir, out=None, report=None, label: str = LABEL, epochs: int = 6, seed: int = 0, progress: bool = True,
         label_study: list | None = None, held_out: bool = True, previous=None,
         search: RuleSearch = RuleSearch(), members: int = MEMBERS, settled_run_weight: float = SETTLED_RUN_WEIGHT,
-        distil: bool = False, folds: int | str = FOLDS) -> dict:
+        distil: bool = False, folds: int | str = FOLDS, fixed_rule: dict | str | None = "shipped") -> dict:
+    """``fixed_rule``: a whole engine rule (``engine_rule``, or a weights file whose rule to take; "shipped": the
+    packaged one) replayed held out beside each fold's own chosen rule, with each fold's predictor: what the
+    held-out runs would have seen from the engine."""
+    if isinstance(fixed_rule, (str, Path)):
+        fixed_rule = engine_rule(FreezePredictor.load(None if fixed_rule == "shipped" else fixed_rule))
     runs = load_runs(runs_dir)
     metas = [r["meta"] for r in runs]
     d = samples(runs, label, settled_run_weight)
@@ -320,6 +383,12 @@ def run(runs_dir, out=None, report=None, label: str = LABEL, epochs: int = 6, se
                          "units": len(m["units"]), "checkpoints": int(len(r["steps"])), "final": m["final"]}
                         for m, r in zip(metas, runs)],
                "positives": int(d["y_eval"].sum()), "samples": int(len(d["y_eval"])), "held_out": {}}
+    if fixed_rule is not None and fixed_rule.get("veto_tau") is not None and any("veto_share" not in r for r in runs):
+        print(f"not replaying the fixed rule held out: {sum('veto_share' not in r for r in runs)} runs were recorded "
+              "before the veto's shares (format 1); record them again", flush=True)
+        fixed_rule = None
+    if fixed_rule is not None:
+        results["held_out_fixed"] = {"rule": fixed_rule}
     for kind, groups in (("family", run_family), ("schedule", run_schedule)):
         if not held_out or len(np.unique(groups)) < 2:
             continue
@@ -329,9 +398,14 @@ def run(runs_dir, out=None, report=None, label: str = LABEL, epochs: int = 6, se
                                          members=members, distil=distil)
             ev = heldout(d, runs, model, rule, all_ids[groups == g])
             results["held_out"][kind][str(g)] = ev
+            if fixed_rule is not None:
+                results["held_out_fixed"].setdefault(kind, {})[str(g)] = heldout(d, runs, model, fixed_rule,
+                                                                                 all_ids[groups == g])
             if progress:
                 print(f"held out {kind} {g}: {ev['saved_share_of_oracle'] or 0:.2f} of the oracle's saving, "
-                      f"{ev['early']}/{ev['units']} units early (rule {ev['rule']})", flush=True)
+                      f"{ev['early']}/{ev['units']} units early (rule {ev['rule']})" + (
+                          "" if fixed_rule is None else "; the fixed rule: {saved_share_of_oracle:.2f}, {early}/{units} "
+                          "early".format(**results["held_out_fixed"][kind][str(g)])), flush=True)
     if held_out and previous is not None:  # the predictor shipped before, as it shipped (it saw none of these runs)
         old = FreezePredictor.load(previous)
         old_rule = {"threshold": float(old.threshold), "patience": old.patience,
@@ -463,6 +537,21 @@ def write_report(res: dict, runs: list[dict], folder: Path, label_study: list | 
               "(0: none; the engine applies the floor when it knows the run's length from `total_steps`).", ""]
     for kind, block in res["held_out"].items():
         lines += [f"### Leave one {kind} out", ""] + _heldout_table(block, kind) + [""]
+    if "held_out_fixed" in res:
+        r = res["held_out_fixed"]["rule"]
+        lines += ["### The engine's whole rule, held out", "",
+                  f"Each fold's predictor (trained without the held-out group) read through one fixed rule, the one "
+                  f"the weights file ships: no decision before {r['decide_from']:.0%} of the run, "
+                  f"{r['decisions_per_epoch']} decision(s) an epoch and at least {r['decisions_per_run']} a run, "
+                  f"threshold {r['threshold']:g}, patience {r['patience']}, and the functional veto "
+                  + (f"(tau {r['veto_tau']:g} on the probe's first {r['veto_probe_rows']} rows, read from the veto "
+                     "shares each run recorded at the distance of the rule's previous decision; in the run nothing was "
+                     "frozen, so a prefix's share also counts the moves of units the rule had frozen: it vetoes at "
+                     "least as often as the engine would)" if r.get("veto_tau") is not None else "off")
+                  + ". This is the figure the issue's held-out target reads.", ""]
+        for kind, block in res["held_out_fixed"].items():
+            if kind != "rule":
+                lines += [f"Leave one {kind} out:", ""] + _heldout_table(block, kind) + [""]
     if "previous" in res:
         v = res["previous"]
         lines += ["### The previously shipped predictor on the same runs", "",
@@ -518,10 +607,13 @@ def write_card(res: dict, path: Path, window: int, sample_size: int) -> None:
     """The short card that ships next to the weights."""
     sh = res["shipped"]
     folds = []
-    for kind, block in res["held_out"].items():
-        t = fold_totals(block)
-        folds.append(f"| leave one {kind} out | {len(block)} | {_pct(t['saved_share_of_oracle'])} | "
-                     f"{_pct(t['mean_run_share_of_oracle'])} | {t['early']}/{t['units']} |")
+    for what, blocks in (("its own rule", res["held_out"]), ("the shipped rule", res.get("held_out_fixed", {}))):
+        for kind, block in blocks.items():
+            if kind == "rule":
+                continue
+            t = fold_totals(block)
+            folds.append(f"| leave one {kind} out, {what} | {len(block)} | {_pct(t['saved_share_of_oracle'])} | "
+                         f"{_pct(t['mean_run_share_of_oracle'])} | {t['early']}/{t['units']} |")
     path.write_text(f"""# smartfrz_predictor.safetensors
 
 The attention-based freeze predictor that `SmartFRZ(..., policy="smartfrz")` loads by default
@@ -568,6 +660,9 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--previous", default=None, help="a predictor file to score beside the new one (the one shipped before)")
     ap.add_argument("--no-held-out", action="store_true", help="only the shipped fit (the report needs the folds)")
+    ap.add_argument("--fixed-rule", default="shipped",
+                    help="a weights file whose whole rule (start, cadence, threshold, patience, veto) is also replayed held "
+                         "out with each fold's predictor; 'shipped' (default): the packaged one; 'none': skip")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--objective", default="pooled", choices=OBJECTIVES,
                     help="what the rule maximizes: the pooled share of the oracle's saving, or each run's share, averaged")
@@ -593,7 +688,7 @@ def main(argv=None):
     search = RuleSearch(a.objective, tuple(a.patiences), tuple(a.per_run_floors))
     res = run(a.runs, a.out, a.report, a.label, a.epochs, a.seed, label_study=a.label_study, held_out=not a.no_held_out,
               search=search, previous=a.previous, members=a.members, settled_run_weight=a.settled_run_weight,
-              distil=a.distil, folds=folds)
+              distil=a.distil, folds=folds, fixed_rule=None if a.fixed_rule == "none" else a.fixed_rule)
     print(json.dumps(res["shipped"]))
 
 
