@@ -130,3 +130,64 @@ def test_replay_with_the_recorded_veto_cuts_the_prefix_as_the_engine_does():
     veto[:10, 1] = 0.5  # putting units 0..1 back changes half the predictions until step 20
     r = replay(P, Y, STEPS, META, threshold=0.5, patience=2, per_epoch=4, veto=(veto, 0.1))
     assert r["pred"] == {0: 4, 1: 24}  # unit 1 settles from step 22, twice in a row at 24
+
+
+def test_the_rule_search_takes_the_veto_when_only_the_veto_keeps_freezes_after_their_labels():
+    """With recorded veto shares, the search tries starts and veto taus too: here the predictor says "freeze" from
+    the first checkpoint, the label only from step 22, and the veto's share falls exactly then."""
+    import torch
+    from smartfrz.predictor_training.training import RuleSearch, samples, select_rule
+    C, U = len(STEPS), 2
+    rewind = torch.ones(C, U)
+    rewind[10:] = 0.0  # both units freezable from step 22
+    share = torch.zeros(C, 3, U, 1)
+    share[:10] = 0.5  # putting the first unit back changes half the predictions until step 20
+    meta = dict(META, flop_share=[0.6, 0.4], veto_lookbacks=[2, 4, 8], veto_rows=[32], name="toy")
+    runs = [{"rewind": rewind, "features": torch.zeros(C, U, 4, 9), "steps": torch.as_tensor(STEPS), "veto_share": share,
+             "meta": meta}]
+    d = samples(runs, "rewind:0.05")
+    p = np.full(len(d["run"]), 0.9)
+    blind = select_rule(d, runs, np.array([0]), p, RuleSearch(patiences=(1,)))
+    assert blind["saved"] == 0.0 and blind["veto_tau"] is None  # no veto: only a rule that never freezes stays in
+    rule = select_rule(d, runs, np.array([0]), p, RuleSearch(patiences=(1,), taus=(None, 0.1), starts=(0.0, 0.75)))
+    assert rule["veto_tau"] == 0.1 and rule["veto_probe_rows"] == 32 and rule["early"] == 0
+    assert rule["saved_share_of_oracle"] == 1.0 and rule["decide_from"] == 0.0  # a start at 0.75 (step 30) would lose saving
+
+
+def test_the_replay_agrees_with_the_trace_replay_on_the_committed_traces():
+    """Two replays of SmartFRZPolicy.decide written apart: this one (recorded runs, held out) and
+    scripts/trace_replay.py (bench traces, which chose the shipped rule). Where the rule's cadence falls on a
+    trace's grid, both give the same freeze steps, start and veto included."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from smartfrz.predictor_training.training import cadence
+    root = Path(__file__).parents[1]
+    spec = importlib.util.spec_from_file_location("trace_replay", root / "scripts" / "trace_replay.py")
+    TR = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(TR)
+    rules = [(0.1, 2, 2, 16, 0.1, 0.6), (0.1, 2, 1, 16, 0.1, 0.6), (0.3, 2, 4, 0, 0.05, 0.4)]
+    compared = 0
+    for name in ("smoke_digits_cnn_s0", "demo_digits_cnn_demo_s0", "cpu_cifar10_resnet20_s0",
+                 "headroom_cifar10_resnet20_long_s0"):
+        trace = json.loads((root / "reports" / "bench" / "trace" / f"{name}.json").read_text())
+        rows, U = trace["decisions"], len(trace["units"])
+        steps = np.array([r["step"] for r in rows])
+        P = np.array([[r["p"].get(str(u), 0.0) for u in range(U)] for r in rows])
+        meta = {"steps_per_epoch": trace["steps_per_epoch"], "total_steps": trace["total_steps"],
+                "flop_share": [u["flop_share"] for u in trace["units"]]}
+        for thr, patience, per_epoch, per_run, tau, start in rules:
+            stride = TR.stride_for(trace, per_epoch, per_run)
+            if cadence(meta, per_epoch, per_run) != stride * (steps[1] - steps[0]):
+                continue  # off the trace's grid: trace_replay rounds the cadence
+            shares = np.full(P.shape, np.nan)
+            for j, r in enumerate(rows):
+                if r["step"] >= start * trace["total_steps"]:
+                    for u, v in TR.veto_shares(trace, r, stride, 32).items():
+                        shares[j, int(u)] = v
+            ours = replay(P, np.zeros(P.shape, dtype=bool), steps, meta, thr, patience, per_epoch, per_run,
+                          start=start, veto=(shares, tau))["pred"]
+            assert ours == TR.replay(trace, thr, patience, per_epoch, tau, 32, per_run, start), (name, thr, per_epoch)
+            compared += bool(ours)
+    assert compared >= 8  # most comparisons freeze something

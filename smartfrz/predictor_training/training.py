@@ -13,6 +13,7 @@ Held out: one architecture family at a time, and one learning-rate schedule at a
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -43,16 +44,24 @@ OBJECTIVES = ("pooled", "mean_run")
 class RuleSearch:
     """How the decision rule is chosen. ``pooled``: the share of the oracle's FLOP saving summed over runs
     (long runs weigh most); ``mean_run``: the mean of each run's share (each run counts once).
-    ``per_run_floors``: minimum decisions per run tried (0: the per-epoch cadence alone)."""
+    ``per_run_floors``: minimum decisions per run tried (0: the per-epoch cadence alone). ``starts``: shares of the
+    run before which no decision is made; ``taus``: the functional veto's (None: off; any other needs runs that
+    recorded the veto's shares), read on the probe's first ``veto_rows`` rows."""
     objective: str = "pooled"
     patiences: tuple[int, ...] = (1, 2, 3)
     per_run_floors: tuple[int, ...] = (0,)
+    starts: tuple[float, ...] = (0.0,)
+    taus: tuple[float | None, ...] = (None,)
+    veto_rows: int = 32
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}; got {self.objective!r}")
         if not self.patiences or min(self.patiences) < 1 or not self.per_run_floors or min(self.per_run_floors) < 0:
             raise ValueError(f"patiences must be >= 1 and per_run_floors >= 0 (non-empty); got {self}")
+        if not self.starts or not all(0 <= x < 1 for x in self.starts) or not self.taus or \
+                not all(t is None or 0 < t <= 1 for t in self.taus):
+            raise ValueError(f"starts must be in [0, 1) and taus None or in (0, 1] (non-empty); got {self}")
 
 
 def _values(run: dict, rule: str) -> torch.Tensor:
@@ -227,17 +236,18 @@ def select_rule(d, runs, idx_runs, p, search: RuleSearch = RuleSearch()) -> dict
     the fewest early)."""
     score = "saved_share_of_oracle" if search.objective == "pooled" else "mean_run_share_of_oracle"
     best, grids = None, {r: _grid(d, r, p) for r in idx_runs}
-    for per_run in search.per_run_floors:
-        for per_epoch in DECISIONS_PER_EPOCH:
-            for patience in search.patiences:
-                for thr in THRESHOLDS:
-                    s = summarize(replay_all(grids, runs, float(thr), patience, per_epoch, per_run))
-                    ok = s["early_share"] <= MAX_EARLY
-                    key = (ok, (s[score] or 0.0) if ok else -s["early_share"], -per_epoch,
-                           -per_run, patience)
-                    if best is None or key > best[0]:
-                        best = (key, {"threshold": float(thr), "patience": patience, "decisions_per_epoch": per_epoch,
-                                      "decisions_per_run": per_run, **s})
+    for per_run, per_epoch, patience, start, tau, thr in itertools.product(
+            search.per_run_floors, DECISIONS_PER_EPOCH, search.patiences, search.starts, search.taus, THRESHOLDS):
+        veto = None if tau is None else (tau, search.veto_rows)
+        s = summarize(replay_all(grids, runs, float(thr), patience, per_epoch, per_run, start, veto))
+        ok = s["early_share"] <= MAX_EARLY
+        # ties: fewer decisions, a later start, a stricter veto (each costs less or risks less)
+        key = (ok, (s[score] or 0.0) if ok else -s["early_share"], -per_epoch, -per_run, patience, start,
+               -(tau if tau is not None else 2.0))
+        if best is None or key > best[0]:
+            best = (key, {"threshold": float(thr), "patience": patience, "decisions_per_epoch": per_epoch,
+                          "decisions_per_run": per_run, "decide_from": start, "veto_tau": tau,
+                          "veto_probe_rows": None if tau is None else search.veto_rows, **s})
     return best[1]
 
 
@@ -334,7 +344,8 @@ def train_selected(d: dict, runs: list[dict], run_ids: np.ndarray, seed: int = 0
     model.calibration.copy_(torch.tensor([a, b]))
     model.threshold = rule["threshold"]
     model.patience, model.decisions_per_epoch = rule["patience"], rule["decisions_per_epoch"]
-    model.decisions_per_run = rule["decisions_per_run"]
+    model.decisions_per_run, model.decide_from = rule["decisions_per_run"], rule["decide_from"]
+    model.veto_tau, model.veto_probe_rows = rule["veto_tau"], rule["veto_probe_rows"]
     return model, rule
 
 
@@ -408,13 +419,12 @@ def run(runs_dir, out=None, report=None, label: str = LABEL, epochs: int = 6, se
                           "early".format(**results["held_out_fixed"][kind][str(g)])), flush=True)
     if held_out and previous is not None:  # the predictor shipped before, as it shipped (it saw none of these runs)
         old = FreezePredictor.load(previous)
-        old_rule = {"threshold": float(old.threshold), "patience": old.patience,
-                    "decisions_per_epoch": old.decisions_per_epoch, "decisions_per_run": old.decisions_per_run}
+        old_rule = engine_rule(old)
         results["previous"] = {k: v for k, v in heldout(d, runs, old, old_rule, all_ids).items() if k != "per_run"}
         results["previous"]["sha256"] = _sha(previous)
     final, rule = train_selected(d, runs, all_ids, seed, epochs, folds, search=search, members=members, distil=distil)
-    results["shipped"] = {"rule": {k: rule[k] for k in RULE_KEYS},
-                          "out_of_fold": {k: v for k, v in rule.items() if k not in RULE_KEYS},
+    results["shipped"] = {"rule": {k: rule[k] for k in RULE_KEYS + ENGINE_KEYS},
+                          "out_of_fold": {k: v for k, v in rule.items() if k not in RULE_KEYS + ENGINE_KEYS},
                           "calibration": final.calibration.tolist(), "num_params": final.num_params, "hparams": final.hparams}
     if out:
         window, sample_size = window_shape(runs)  # the engine records windows of this shape for the predictor
@@ -434,20 +444,28 @@ def _sha(path) -> str:
 
 # ----------------------------------------------------------------------------- reports
 
+def _start_and_veto(r: dict) -> str:
+    tau = r.get("veto_tau")
+    veto = (f"the functional veto at tau {tau:g} on the probe's first {r['veto_probe_rows']} rows" if tau is not None
+            else "no functional veto")
+    return f"no decision before {r.get('decide_from', 0.0):.0%} of the run, {veto}"
+
+
 def _pct(x):
     return "n/a" if x is None else f"{100 * x:.0f}%"
 
 
 def _heldout_table(block: dict, kind: str) -> list[str]:
     lines = [f"| held-out {kind} | runs | oracle saving (mean) | smartfrz saving (mean) | share of oracle (pooled / mean run) "
-             "| early units | precision / recall | rule (threshold, patience, decisions/epoch, min decisions/run) |",
+             "| early units | precision / recall | rule (threshold, patience, decisions/epoch, min decisions/run, start, veto tau) |",
              "|---|---|---|---|---|---|---|---|"]
     for g, v in block.items():
         r = v["rule"]
         lines.append(f"| {g} | {v['runs']} | {_pct(v['oracle_saved'])} | {_pct(v['saved'])} | "
                      f"{_pct(v['saved_share_of_oracle'])} / {_pct(v['mean_run_share_of_oracle'])} | "
                      f"{v['early']}/{v['units']} | {v['precision']:.2f} / {v['recall']:.2f} | "
-                     f"{r['threshold']:.2f}, {r['patience']}, {r['decisions_per_epoch']}, {r['decisions_per_run']} |")
+                     f"{r['threshold']:.2f}, {r['patience']}, {r['decisions_per_epoch']}, {r['decisions_per_run']}, "
+                     f"{r.get('decide_from', 0.0):g}, {r.get('veto_tau') if r.get('veto_tau') is not None else 'off'} |")
     rows = list(block.values())
     if rows:
         t = fold_totals(block)
@@ -533,8 +551,10 @@ def write_report(res: dict, runs: list[dict], folder: Path, label_study: list | 
               "frozen before its label (or never labelled). The rule of each fold is chosen on out-of-fold predictions "
               f"of its training runs: the largest share of the oracle's saving ({_objective_words(res)}) with at most "
               f"{100 * MAX_EARLY:g}% early units, over patience {list(res['search']['patiences'])}, decisions per "
-              f"epoch {list(DECISIONS_PER_EPOCH)} and minimum decisions per run {list(res['search']['per_run_floors'])} "
-              "(0: none; the engine applies the floor when it knows the run's length from `total_steps`).", ""]
+              f"epoch {list(DECISIONS_PER_EPOCH)}, minimum decisions per run {list(res['search']['per_run_floors'])} "
+              "(0: none; the engine applies the floor when it knows the run's length from `total_steps`), starts "
+              f"{list(res['search'].get('starts', [0.0]))} and veto taus {list(res['search'].get('taus', [None]))} "
+              "(None: no veto).", ""]
     for kind, block in res["held_out"].items():
         lines += [f"### Leave one {kind} out", ""] + _heldout_table(block, kind) + [""]
     if "held_out_fixed" in res:
@@ -565,8 +585,8 @@ def write_report(res: dict, runs: list[dict], folder: Path, label_study: list | 
     lines += ["## Shipped", "",
               f"Trained on all {len(runs)} runs. Rule chosen on their out-of-fold predictions: threshold "
               f"{sh['rule']['threshold']:.2f}, patience {sh['rule']['patience']}, {sh['rule']['decisions_per_epoch']} "
-              f"decision(s) per epoch and at least {sh['rule']['decisions_per_run']} per run when its length is known "
-              f"(stored in the weights file; the engine uses them unless told otherwise). "
+              f"decision(s) per epoch and at least {sh['rule']['decisions_per_run']} per run when its length is known, "
+              f"{_start_and_veto(sh['rule'])} (stored in the weights file; the engine uses them unless told otherwise). "
               f"Out of fold it reached {_pct(oof['saved_share_of_oracle'])} of the oracle's saving pooled, "
               f"{_pct(oof['mean_run_share_of_oracle'])} in the mean run, with "
               f"{oof['early']}/{oof['units']} units early. {_networks_words(res, capital=True)}; {sh['num_params']} parameters.", "",
@@ -591,6 +611,10 @@ def _flags(res: dict) -> str:
         flags.append("--patiences " + " ".join(map(str, s["patiences"])))
     if tuple(s["per_run_floors"]) != RuleSearch.per_run_floors:
         flags.append("--per-run-floors " + " ".join(map(str, s["per_run_floors"])))
+    if tuple(s.get("starts", RuleSearch.starts)) != RuleSearch.starts:
+        flags.append("--starts " + " ".join(f"{x:g}" for x in s["starts"]))
+    if tuple(s.get("taus", RuleSearch.taus)) != RuleSearch.taus:
+        flags.append("--taus " + " ".join("none" if t is None else f"{t:g}" for t in s["taus"]))
     if res.get("settled_run_weight", 1.0) != SETTLED_RUN_WEIGHT:
         flags.append(f"--settled-run-weight {res['settled_run_weight']:g}")
     members = res.get("teachers") or res["shipped"]["hparams"].get("members", 1)
@@ -629,7 +653,8 @@ safetensors, no pickle).
 - Decision rule (stored in the file, chosen by replayed end result on out-of-fold runs): threshold
   {sh['rule']['threshold']:.2f} on Platt-calibrated P(freeze), patience {sh['rule']['patience']},
   {sh['rule']['decisions_per_epoch']} decision(s) per epoch, and at least {sh['rule']['decisions_per_run']} per run
-  when the engine knows the run's length (`total_steps`; the lab and the HF callback pass it).
+  when the engine knows the run's length (`total_steps`; the lab and the HF callback pass it);
+  {_start_and_veto(sh['rule'])}.
 - Training data: {len(res['runs'])} CPU runs, 8 families, 6 schedules, SGD and AdamW, scratch and fine-tuned
   (`reports/predictor/manifest.json`).
 
@@ -667,6 +692,10 @@ def main(argv=None):
     ap.add_argument("--objective", default="pooled", choices=OBJECTIVES,
                     help="what the rule maximizes: the pooled share of the oracle's saving, or each run's share, averaged")
     ap.add_argument("--patiences", nargs="+", type=int, default=list(RuleSearch.patiences))
+    ap.add_argument("--starts", nargs="+", type=float, default=list(RuleSearch.starts),
+                    help="shares of the run before which no decision is made, to try, e.g. 0 0.4 0.6")
+    ap.add_argument("--taus", nargs="+", default=["none"],
+                    help="functional veto taus to try ('none': no veto; others need runs that recorded the veto's shares)")
     ap.add_argument("--per-run-floors", nargs="+", type=int, default=list(RuleSearch.per_run_floors),
                     help="minimum decisions per run to try (0: per-epoch cadence only), e.g. 0 8 12 16")
     ap.add_argument("--members", type=int, default=MEMBERS, help="networks averaged in the predictor (seeds differ)")
@@ -685,7 +714,14 @@ def main(argv=None):
         ap.error(f"--folds must be an integer >= 2 or one of {', '.join(GROUP_FOLDS)}; got {a.folds!r}")
     if not 0 <= a.settled_run_weight <= 1:
         ap.error(f"--settled-run-weight must be in [0, 1]; got {a.settled_run_weight}")
-    search = RuleSearch(a.objective, tuple(a.patiences), tuple(a.per_run_floors))
+    try:
+        taus = tuple(None if t.lower() == "none" else float(t) for t in a.taus)
+    except ValueError:
+        ap.error(f"--taus are numbers in (0, 1] or 'none'; got {a.taus}")
+    try:
+        search = RuleSearch(a.objective, tuple(a.patiences), tuple(a.per_run_floors), tuple(a.starts), taus)
+    except ValueError as e:
+        ap.error(str(e))
     res = run(a.runs, a.out, a.report, a.label, a.epochs, a.seed, label_study=a.label_study, held_out=not a.no_held_out,
               search=search, previous=a.previous, members=a.members, settled_run_weight=a.settled_run_weight,
               distil=a.distil, folds=folds, fixed_rule=None if a.fixed_rule == "none" else a.fixed_rule)
