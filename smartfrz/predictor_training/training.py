@@ -655,8 +655,8 @@ safetensors, no pickle).
   {sh['rule']['decisions_per_epoch']} decision(s) per epoch, and at least {sh['rule']['decisions_per_run']} per run
   when the engine knows the run's length (`total_steps`; the lab and the HF callback pass it);
   {_start_and_veto(sh['rule'])}.
-- Training data: {len(res['runs'])} CPU runs, 8 families, 6 schedules, SGD and AdamW, scratch and fine-tuned
-  (`reports/predictor/manifest.json`).
+- Training data: {len(res['runs'])} runs, {len({r['family'] for r in res['runs']})} families,
+  {len({r['schedule'] for r in res['runs']})} schedules, SGD and AdamW, scratch and fine-tuned (`reports/predictor/manifest.json`).
 
 Held out (replaying the engine's rule; full report: `reports/predictor/report.md`):
 
