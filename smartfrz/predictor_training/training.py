@@ -136,7 +136,7 @@ def veto_pass(shares: np.ndarray, k: int, settled: int, tau: float) -> int:
     """``FunctionalVeto.allow`` on a recorded run: the longest prefix k..ok-1 whose share stays within tau, searched
     as the engine does (the front unit, then the whole prefix, then unit by unit). ``shares[i]``: units 0..i put
     back (in the run nothing was frozen, so the frozen units' own moves count too: it vetoes at least as often)."""
-    passes = lambda upto: bool(shares[upto - 1] <= tau)  # NaN (not recorded, above the cap) fails
+    passes = lambda upto: shares[upto - 1] <= tau  # NaN (not recorded, above the cap) fails
     if not passes(k + 1):
         return k
     if settled == k + 1 or passes(settled):
@@ -162,29 +162,32 @@ def replay(P, Y, steps, meta: dict, threshold: float, patience: int, per_epoch: 
     first = math.ceil(start * total)
     U = P.shape[1]
     limit = U - min_active
-    k, streak, pred = 0, np.zeros(U, dtype=int), {}
-    # no decision before the first checkpoint's window was full (the engine has nothing to score then)
-    done = max((first - 1) // every if first else 0, int(steps[0]) // every - 1) if len(steps) else 0
+    k, streak, pred = 0, [0] * U, {}
+    rows, shares = P.tolist(), None if veto is None else veto[0].tolist()  # plain floats: tiny rows, many replays
+    steps = np.asarray(steps).tolist()
+    # decisions counted so far: none before the start, nor before the first checkpoint's window was full (the
+    # engine has nothing to score then), and at most the last one due by that checkpoint
+    done = max(0, -(-first // every) - 1, steps[0] // every - 1) if steps else 0
     for t, s in enumerate(steps):
-        due = [d * every for d in range(done + 1, s // every + 1) if d * every >= first]
-        done = max(done, s // every)
-        for d in due:
-            settled = k
-            while settled < limit and P[t, settled] >= threshold:
+        last, done = done, max(done, s // every)
+        for d in range(last + 1, done + 1):  # the decisions at d * every steps read this checkpoint
+            settled, row = k, rows[t]
+            while settled < limit and row[settled] >= threshold:
                 settled += 1
             if veto is not None and settled > k:
-                too_late = (total - d) // every < patience - streak[k] - 1
-                settled = k if too_late else veto_pass(veto[0][t], k, settled, veto[1])
-            streak[k:] = np.where(np.arange(k, U) < settled, streak[k:] + 1, 0)
+                too_late = (total - d * every) // every < patience - streak[k] - 1
+                settled = k if too_late else veto_pass(shares[t], k, settled, veto[1])
+            for u in range(k, U):
+                streak[u] = streak[u] + 1 if u < settled else 0
             while k < limit and streak[k] >= patience:
-                pred[k] = int(s)
+                pred[k] = s
                 k += 1
     share = np.asarray(meta["flop_share"], dtype=float)
     label = {}
     for u in range(limit):
         hit = np.nonzero(Y[:, u])[0]
         if len(hit):
-            label[u] = int(steps[hit[0]])
+            label[u] = steps[hit[0]]
     saved = lambda fs: float(sum(share[u] * (total - s) / total for u, s in fs.items()))
     early = [u for u, s in pred.items() if u not in label or s < label[u]]
     return {"pred": pred, "label": label, "saved": saved(pred), "oracle_saved": saved(label), "early": len(early),
