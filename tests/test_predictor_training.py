@@ -191,3 +191,30 @@ def test_the_replay_agrees_with_the_trace_replay_on_the_committed_traces():
             assert ours == TR.replay(trace, thr, patience, per_epoch, tau, 32, per_run, start), (name, thr, per_epoch)
             compared += bool(ours)
     assert compared >= 8  # most comparisons freeze something
+
+
+def test_a_recorded_run_replays_the_shipped_rule_with_its_own_veto_shares(tmp_path, capsys):
+    """freeze_dataset records the veto's shares at the distances the rule reads, and scripts/replay_run.py replays
+    the shipped predictor and whole rule on the run."""
+    import importlib.util
+    from pathlib import Path
+
+    import torch
+    from smartfrz.predictor_training.freeze_dataset import RUN_FORMAT, RunSpec, load_run, record_run, run_format, save_run
+    torch.manual_seed(0)
+    spec = RunSpec("digits_mlp", "digits", epochs=4, lr=0.05, batch_size=32, window=8, sample_size=256, probe_size=64)
+    path = tmp_path / f"{spec.name}.safetensors"
+    save_run(record_run(spec, progress=False), path)
+    run = load_run(path)
+    assert run_format(path) == RUN_FORMAT and run["meta"]["veto_lookbacks"] == [10, 21, 43]  # 43 steps an epoch
+    C, U = run["rewind"].shape
+    assert run["veto_share"].shape == (C, 3, U, 1)
+    late = run["steps"] >= 0.25 * run["meta"]["total_steps"]
+    assert torch.isnan(run["veto_share"][~late].float()).all() and not torch.isnan(run["veto_share"][late, :, 0].float()).all()
+    root = Path(__file__).parents[1]
+    mod_spec = importlib.util.spec_from_file_location("replay_run", root / "scripts" / "replay_run.py")
+    mod = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(mod)
+    mod.main([str(path), "--labels", "rewind:0.05"])
+    out = capsys.readouterr().out
+    assert "'decide_from': 0.6" in out and "rewind:0.05: frozen at" in out and f"/{U - 1} early" in out
