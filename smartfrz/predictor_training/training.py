@@ -135,7 +135,7 @@ def cadence(meta: dict, per_epoch: int, per_run: int = 0) -> int:
 def veto_pass(shares: np.ndarray, k: int, settled: int, tau: float) -> int:
     """``FunctionalVeto.allow`` on a recorded run: the longest prefix k..ok-1 whose share stays within tau, searched
     as the engine does (the front unit, then the whole prefix, then unit by unit). ``shares[i]``: units 0..i put
-    back (in the run nothing was frozen, so the frozen units' own moves count too: it vetoes at least as often)."""
+    back (in the run nothing was frozen, so the frozen units' own moves count too: it tends to veto more)."""
     passes = lambda upto: shares[upto - 1] <= tau  # NaN (not recorded, above the cap) fails
     if not passes(k + 1):
         return k
@@ -569,8 +569,8 @@ def write_report(res: dict, runs: list[dict], folder: Path, label_study: list | 
                   f"threshold {r['threshold']:g}, patience {r['patience']}, and the functional veto "
                   + (f"(tau {r['veto_tau']:g} on the probe's first {r['veto_probe_rows']} rows, read from the veto "
                      "shares each run recorded at the distance of the rule's previous decision; in the run nothing was "
-                     "frozen, so a prefix's share also counts the moves of units the rule had frozen: it vetoes at "
-                     "least as often as the engine would)" if r.get("veto_tau") is not None else "off")
+                     "frozen, so a prefix's share also counts the moves of units the rule had frozen: it tends to veto "
+                     "more often than the engine would)" if r.get("veto_tau") is not None else "off")
                   + ". This is the figure the issue's held-out target reads.", ""]
         for kind, block in res["held_out_fixed"].items():
             if kind != "rule":
