@@ -82,6 +82,16 @@ def probe_parts(probe: Any, rows: int = PART_ROWS) -> list:
     return [take_rows(probe, slice(a, a + rows)) for a in range(0, n, rows)]
 
 
+def longest_passing(passes, start: int, stop: int) -> int:
+    """The veto's search: ``passes(upto)`` says whether units start..upto-1 put back stay within tau. The front
+    unit first (it usually fails), then the whole prefix; only a failing whole is searched unit by unit."""
+    if not passes(start + 1):
+        return start
+    if stop == start + 1 or passes(stop):
+        return stop
+    return next((ok for ok in range(start + 1, stop - 1) if not passes(ok + 1)), stop - 1)  # the first that fails
+
+
 class FunctionalVeto:
     """``allow(model, start, stop)``: how far the frozen prefix may grow, given the units' weights at the
     previous decision (``snapshot``), units start..i put back together as the label rewinds a prefix. A unit
@@ -146,9 +156,7 @@ class FunctionalVeto:
         return ok
 
     def _search(self, model: torch.nn.Module, ref: list, start: int, stop: int, saved: dict) -> int:
-        """The longest prefix start..ok-1 that, put back together, stays within tau. The front unit is checked
-        first (it is the one that usually fails), then the whole prefix (what would freeze): when both pass, the
-        prefix passes in two checks; only a failing whole is searched unit by unit, front first."""
+        """The longest prefix start..ok-1 that, put back together, stays within tau (``longest_passing``)."""
         back: set[int] = set()
 
         def passes(upto: int) -> bool:  # units start..upto-1 at their earlier weights, the rest as they are now
@@ -164,14 +172,7 @@ class FunctionalVeto:
             self.forwards += 1
             return not self._exceeds(model, ref)
 
-        if not passes(start + 1):
-            return start
-        if stop == start + 1 or passes(stop):
-            return stop
-        ok = start + 1
-        while ok + 1 < stop and passes(ok + 1):
-            ok += 1
-        return ok
+        return longest_passing(passes, start, stop)
 
     def state_dict(self) -> dict:
         return {"previous": {str(i): s for i, s in self.previous.items()}, "vetoed": self.vetoed, "at": self.at,

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from .freeze_dataset import load_runs
 from .labels import DEFAULT_LABEL, freeze_labels, parse_label, unit_settled
 from ..predictor import FreezePredictor
+from ..veto import longest_passing
 
 LABEL = DEFAULT_LABEL
 MAX_EARLY = 0.05  # share of units a rule may freeze before their label (on out-of-fold replays)
@@ -136,15 +137,7 @@ def veto_pass(shares: np.ndarray, k: int, settled: int, tau: float) -> int:
     """``FunctionalVeto.allow`` on a recorded run: the longest prefix k..ok-1 whose share stays within tau, searched
     as the engine does (the front unit, then the whole prefix, then unit by unit). ``shares[i]``: units 0..i put
     back (in the run nothing was frozen, so the frozen units' own moves count too: it tends to veto more)."""
-    passes = lambda upto: shares[upto - 1] <= tau  # NaN (not recorded, above the cap) fails
-    if not passes(k + 1):
-        return k
-    if settled == k + 1 or passes(settled):
-        return settled
-    ok = k + 1
-    while ok + 1 < settled and passes(ok + 1):
-        ok += 1
-    return ok
+    return longest_passing(lambda upto: shares[upto - 1] <= tau, k, settled)  # NaN (not recorded) fails
 
 
 def replay(P, Y, steps, meta: dict, threshold: float, patience: int, per_epoch: int, per_run: int = 0,
