@@ -417,7 +417,8 @@ def run(runs_dir, out=None, report=None, label: str = LABEL, epochs: int = 6, se
         old = FreezePredictor.load(previous)
         old_rule = engine_rule(old)
         results["previous"] = {k: v for k, v in heldout(d, runs, old, old_rule, all_ids).items() if k != "per_run"}
-        results["previous"]["sha256"] = _sha(previous)
+        results["previous"].update(sha256=_sha(previous), rule=old_rule, label=old.metadata.get("label", "unrecorded"),
+                                   trained_on=old.metadata.get("trained_on", "unrecorded"))
     final, rule = train_selected(d, runs, all_ids, seed, epochs, folds, search=search, members=members, distil=distil)
     results["shipped"] = {"rule": {k: rule[k] for k in RULE_KEYS + ENGINE_KEYS},
                           "out_of_fold": {k: v for k, v in rule.items() if k not in RULE_KEYS + ENGINE_KEYS},
@@ -571,9 +572,11 @@ def write_report(res: dict, runs: list[dict], folder: Path, label_study: list | 
     if "previous" in res:
         v = res["previous"]
         lines += ["### The previously shipped predictor on the same runs", "",
-                  f"Predictor `{v['sha256']}` (CKA >= 0.95 labels, 15 GPU runs; none of these runs seen), its own rule "
-                  f"(threshold {v['rule']['threshold']:.2f}, patience {v['rule']['patience']}, "
-                  f"{v['rule']['decisions_per_epoch']} decision(s)/epoch), scored against the new labels: "
+                  f"Predictor `{v['sha256']}` (label {v.get('label', 'unrecorded')}, trained on "
+                  f"{v.get('trained_on', 'unrecorded')}: it may have seen some of these runs, so this is no held-out "
+                  f"figure), its whole rule (threshold {v['rule']['threshold']:g}, patience {v['rule']['patience']}, "
+                  f"{v['rule']['decisions_per_epoch']} decision(s) an epoch and at least {v['rule']['decisions_per_run']} a run, "
+                  f"{_start_and_veto(v['rule'])}), scored against these labels: "
                   f"{_pct(v['saved_share_of_oracle'])} of the oracle's saving (mean run {_pct(v['mean_run_share_of_oracle'])}), "
                   f"{v['early']}/{v['units']} units early.", ""]
     sh = res["shipped"]
