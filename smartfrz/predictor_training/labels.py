@@ -186,10 +186,16 @@ def prefix_shares(model: torch.nn.Module, units: Sequence[Unit], order: Sequence
     return out
 
 
+def decision_cadence(steps_per_epoch: int, total_steps: int, per_epoch: int, per_run: int = 0) -> int:
+    """Steps between the engine's decisions (``Policy.cadence``) at ``per_epoch`` an epoch and at least ``per_run``
+    a run (0: no floor)."""
+    return max(1, min([steps_per_epoch // per_epoch] + ([total_steps // per_run] if per_run else [])))
+
+
 def veto_lookbacks(steps_per_epoch: int, total_steps: int, per_epoch=(1, 2, 4), per_run=(0, 16)) -> list[int]:
     """The distances (steps) at which rules of these cadences read the veto: each compares with its previous
     decision, ``min(steps_per_epoch // per_epoch, total_steps // per_run)`` steps back (the engine's cadence)."""
-    return sorted({max(1, min([steps_per_epoch // e] + ([total_steps // r] if r else []))) for e in per_epoch for r in per_run})
+    return sorted({decision_cadence(steps_per_epoch, total_steps, e, r) for e in per_epoch for r in per_run})
 
 
 class LookbackShares:

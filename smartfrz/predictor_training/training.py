@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .freeze_dataset import load_runs
-from .labels import DEFAULT_LABEL, freeze_labels, parse_label, unit_settled
+from .labels import DEFAULT_LABEL, decision_cadence, freeze_labels, parse_label, unit_settled
 from ..predictor import FreezePredictor
 from ..veto import longest_passing
 
@@ -129,8 +129,7 @@ def _grid(d: dict, r: int, p: np.ndarray):
 
 def cadence(meta: dict, per_epoch: int, per_run: int = 0) -> int:
     """Steps between the engine's decisions (``Policy.cadence``)."""
-    spe, total = meta["steps_per_epoch"], meta["total_steps"]
-    return max(1, min([spe // per_epoch] + ([total // per_run] if per_run else [])))
+    return decision_cadence(meta["steps_per_epoch"], meta["total_steps"], per_epoch, per_run)
 
 
 def veto_pass(shares: np.ndarray, k: int, settled: int, tau: float) -> int:
@@ -413,11 +412,11 @@ def run(runs_dir, out=None, report=None, label: str = LABEL, epochs: int = 6, se
                       f"{ev['early']}/{ev['units']} units early (rule {ev['rule']})" + (
                           "" if fixed_rule is None else "; the fixed rule: {saved_share_of_oracle:.2f}, {early}/{units} "
                           "early".format(**results["held_out_fixed"][kind][str(g)])), flush=True)
-    if held_out and previous is not None:  # the predictor shipped before, as it shipped (it saw none of these runs)
+    if held_out and previous is not None:  # a predictor shipped before, with its whole rule (it may have seen these runs)
         old = FreezePredictor.load(previous)
         old_rule = engine_rule(old)
         results["previous"] = {k: v for k, v in heldout(d, runs, old, old_rule, all_ids).items() if k != "per_run"}
-        results["previous"].update(sha256=_sha(previous), rule=old_rule, label=old.metadata.get("label", "unrecorded"),
+        results["previous"].update(sha256=_sha(previous), label=old.metadata.get("label", "unrecorded"),
                                    trained_on=old.metadata.get("trained_on", "unrecorded"))
     final, rule = train_selected(d, runs, all_ids, seed, epochs, folds, search=search, members=members, distil=distil)
     results["shipped"] = {"rule": {k: rule[k] for k in RULE_KEYS + ENGINE_KEYS},
@@ -558,14 +557,14 @@ def write_report(res: dict, runs: list[dict], folder: Path, label_study: list | 
         r = res["held_out_fixed"]["rule"]
         lines += ["### The engine's whole rule, held out", "",
                   f"Each fold's predictor (trained without the held-out group) read through one fixed rule, the one "
-                  f"the weights file ships: no decision before {r['decide_from']:.0%} of the run, "
+                  f"a weights file ships (`--fixed-rule`; by default the packaged one): no decision before {r['decide_from']:.0%} of the run, "
                   f"{r['decisions_per_epoch']} decision(s) an epoch and at least {r['decisions_per_run']} a run, "
                   f"threshold {r['threshold']:g}, patience {r['patience']}, and the functional veto "
                   + (f"(tau {r['veto_tau']:g} on the probe's first {r['veto_probe_rows']} rows, read from the veto "
                      "shares each run recorded at the distance of the rule's previous decision; in the run nothing was "
                      "frozen, so a prefix's share also counts the moves of units the rule had frozen: it tends to veto "
                      "more often than the engine would)" if r.get("veto_tau") is not None else "off")
-                  + ". This is the figure the issue's held-out target reads.", ""]
+                  + ". With the packaged file, this is the engine's default held out.", ""]
         for kind, block in res["held_out_fixed"].items():
             if kind != "rule":
                 lines += [f"Leave one {kind} out:", ""] + _heldout_table(block, kind) + [""]
