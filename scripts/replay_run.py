@@ -19,12 +19,20 @@ from smartfrz.predictor_training.freeze_dataset import load_run
 from smartfrz.predictor_training.labels import freeze_labels, parse_label
 
 
-def replay_one(run: dict, model: FreezePredictor, rule: dict, label: str) -> dict:
+LOOKBACKS = {  # how far back the veto's weights are, in steps: what a rule reads against what it could read
+    "decision": lambda meta, every: every,  # its previous decision (the engine, with decisions >= a quarter epoch apart)
+    "quarter": lambda meta, every: max(every, meta["steps_per_epoch"] // 4),  # the engine's least snapshot spacing
+    "epoch": lambda meta, every: meta["steps_per_epoch"]}  # a veto with an epoch's memory
+
+
+def replay_one(run: dict, model: FreezePredictor, rule: dict, label: str, lookback: str = "decision") -> dict:
     meta, steps = run["meta"], run["steps"].numpy()
     with torch.no_grad():
         P = torch.sigmoid(model(run["features"].float().flatten(0, 1))).view(len(steps), -1).numpy()
+    every = T.cadence(meta, rule["decisions_per_epoch"], rule["decisions_per_run"])
     veto = None if rule["veto_tau"] is None else T.recorded_veto(
-        run, meta, rule["decisions_per_epoch"], rule["decisions_per_run"], rule["veto_tau"], rule["veto_probe_rows"])
+        run, meta, rule["decisions_per_epoch"], rule["decisions_per_run"], rule["veto_tau"], rule["veto_probe_rows"],
+        LOOKBACKS[lookback](meta, every))
     kind, tau = parse_label(label)
     Y = freeze_labels(T._values(run, kind), tau, kind).numpy()
     return T.replay(P, Y, steps, meta, rule["threshold"], rule["patience"], rule["decisions_per_epoch"],
@@ -37,6 +45,9 @@ def main(argv=None):
     ap.add_argument("--predictor", default=None, help="weights file whose predictor and rule to replay (default: shipped)")
     ap.add_argument("--labels", nargs="+", default=[T.LABEL], help="label rules to count early units against")
     ap.add_argument("--quiet", action="store_true", help="only the summary")
+    ap.add_argument("--veto-lookback", choices=list(LOOKBACKS), default="decision",
+                    help="how far back the veto puts a prefix: its previous decision (default), at least a quarter "
+                         "epoch (the engine's snapshot spacing, when decisions come more often), or one epoch")
     a = ap.parse_args(argv)
     model = FreezePredictor.load(a.predictor)
     rule = T.engine_rule(model)
@@ -51,7 +62,7 @@ def main(argv=None):
         if not a.quiet:
             print(f"{meta['name']}: {total} steps, checkpoints at {run['steps'].tolist()}")
         for label in a.labels:
-            out = replay_one(run, model, rule, label)
+            out = replay_one(run, model, rule, label, a.veto_lookback)
             rows[label].append(out)
             share = lambda d: {u: f"{s / total:.2f}" for u, s in d.items()}
             if not a.quiet:

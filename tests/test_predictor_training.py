@@ -1,5 +1,6 @@
 """Choosing the predictor by end result: the replay of the engine's rule that scores it."""
 import numpy as np
+import pytest
 
 from smartfrz.predictor_training.training import replay
 
@@ -218,3 +219,11 @@ def test_a_recorded_run_replays_the_shipped_rule_with_its_own_veto_shares(tmp_pa
     mod.main([str(path), "--labels", "rewind:0.05"])
     out = capsys.readouterr().out
     assert "'decide_from': 0.6" in out and "rewind:0.05: frozen at" in out and f"/{U - 1} early" in out
+    from smartfrz.predictor_training.training import recorded_veto
+    shares, _ = recorded_veto(run, run["meta"], 2, 16, 0.1, 32, lookback=43)  # an epoch back: the third lookback
+    assert torch.allclose(torch.from_numpy(shares), run["veto_share"][:, 2, :, 0].float(), atol=0, equal_nan=True)
+    with pytest.raises(ValueError, match="not at 30 steps"):
+        recorded_veto(run, run["meta"], 2, 16, 0.1, 32, lookback=30)
+    mod.main([str(path), "--veto-lookback", "epoch", "--quiet"])
+    out = capsys.readouterr().out
+    assert out.startswith("rule ") and "early" not in out  # quiet, one run: no per-run line and no summary

@@ -186,13 +186,15 @@ def replay(P, Y, steps, meta: dict, threshold: float, patience: int, per_epoch: 
             "units": limit}
 
 
-def recorded_veto(run: dict, meta: dict, per_epoch: int, per_run: int, tau: float, rows: int) -> tuple:
+def recorded_veto(run: dict, meta: dict, per_epoch: int, per_run: int, tau: float, rows: int,
+                  lookback: int | None = None) -> tuple:
     """(shares (checkpoints, units), tau) of a recorded run, read at the distance the engine's veto reads: its
-    previous decision, ``cadence`` steps back, on the probe's first ``rows`` rows."""
+    previous decision, ``cadence`` steps back (or ``lookback`` steps, one the run recorded), on the probe's first
+    ``rows`` rows."""
     if "veto_share" not in run:
         raise ValueError(f"run {meta['name']} has no veto shares (recorded before they were, format 1): record it "
                          "again with python -m smartfrz.predictor_training.freeze_dataset to replay a rule with a veto")
-    L, lookbacks = cadence(meta, per_epoch, per_run), meta["veto_lookbacks"]
+    L, lookbacks = lookback or cadence(meta, per_epoch, per_run), meta["veto_lookbacks"]
     if L not in lookbacks or rows not in meta["veto_rows"]:
         raise ValueError(f"run {meta['name']} has veto shares at lookbacks {lookbacks} on {meta['veto_rows']} rows, "
                          f"not at {L} steps on {rows} rows (the rule's cadence and probe)")
