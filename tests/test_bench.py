@@ -349,6 +349,36 @@ def test_frontier_confirms_the_largest_safe_grid_point_on_every_seed(tmp_path, m
                  "--out", str(tmp_path / "f.json")])
 
 
+def test_noise_floor_trains_none_at_nudged_learning_rates_against_each_seeds_none(tmp_path, monkeypatch):
+    """scripts/noise_floor.py: `none` at each scaled learning rate (the optimizer's default where the task sets
+    none), every seed, read against the committed `none` of its seed; scale 1 is refused (it is that run)."""
+    import importlib.util
+    import json
+    import sys
+    sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
+    spec = importlib.util.spec_from_file_location("noise_floor", Path(__file__).parents[1] / "scripts" / "noise_floor.py")
+    nf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(nf)
+    seen = []
+    metric = {(0, 0.999): 98.0, (1, 0.999): 98.0, (2, 0.999): 99.0, (0, 1.001): 98.6, (1, 1.001): 98.4, (2, 1.001): 98.0}
+
+    def fake_train(cfgs, runs_dir, jobs):
+        seen.extend(cfgs)
+        return [{"metric": metric[c.seed, round(c.lr / 0.05, 3)]} for c in cfgs]
+    monkeypatch.setattr(nf, "train_all", fake_train)
+    none = [{"task": "digits_cnn_demo", "policy": "none", "seed": s, "metric": 98.5} for s in (0, 1, 2)]
+    (tmp_path / "b.json").write_text(json.dumps({"runs": none}))
+    nf.main(["--suite", "demo", "--task", "digits_cnn_demo", "--bench", str(tmp_path / "b.json"), "--out", str(tmp_path / "n.json")])
+    assert {(c.seed, round(c.lr, 9), c.policy, c.record_cka) for c in seen} == {
+        (s, round(0.05 * x, 9), "none", True) for s in (0, 1, 2) for x in (0.999, 1.001)}  # demo sets no lr: SGD's 0.05
+    out = json.loads((tmp_path / "n.json").read_text())
+    assert out["max_abs_delta"] == pytest.approx(0.5) and out["runs_past_tolerance"] == 0
+    assert out["median_delta_by_scale"] == pytest.approx({"0.999": -0.5, "1.001": -0.1})
+    with pytest.raises(SystemExit):
+        nf.main(["--suite", "demo", "--task", "digits_cnn_demo", "--bench", str(tmp_path / "b.json"), "--lr-scales", "1",
+                 "--out", str(tmp_path / "n.json")])
+
+
 def test_label_reach_reads_each_units_freeze_epoch_from_recorded_harms(tmp_path):
     """scripts/label_reach.py: a label's schedule is read off the `none` runs' harms or CKA curves (median epoch over
     runs; a unit labelled in fewer than half of them is never frozen); rewind thresholds above the recorded cap and

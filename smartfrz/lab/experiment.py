@@ -220,10 +220,15 @@ def build(cfg: ExperimentConfig, device: str):
             D.make_loader(dev, 128, collate_fn=collate), metric, probe, mask)
 
 
+def learning_rate(cfg: ExperimentConfig) -> float:
+    """The config's learning rate, or the default of its optimizer: 0.05 (SGD, vision) or 5e-5 (AdamW, text)."""
+    return cfg.lr if cfg.lr is not None else (0.05 if cfg.task in VISION_TASKS else 5e-5)
+
+
 def make_optimizer(cfg: ExperimentConfig, model, total_steps: int):
     text = cfg.task not in VISION_TASKS
     kind = cfg.optimizer or ("adamw" if text else "sgd")
-    lr = cfg.lr if cfg.lr is not None else (5e-5 if text else 0.05)
+    lr = learning_rate(cfg)
     wd = cfg.weight_decay if cfg.weight_decay is not None else (0.01 if kind == "adamw" else 5e-4)
     if kind == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=wd)
