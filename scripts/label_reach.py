@@ -2,8 +2,9 @@
 
 Every `none` run of a bench records its rewind harms and CKA curves (``record_cka``), so a label's freeze schedule
 on a task is known before any oracle is trained: this sets it beside the schedules measured safe there (the
-frontier, `reports/bench/bound/frontier_*.json`) to show which labels could reach them. Harms above the recording
-cap (`labels.REWIND_CAP`) are not resolved, so no rewind threshold above it can be read.
+frontier, `reports/bench/bound/frontier_*.json`) to show which labels could reach them. Harms above the cap a run
+was recorded with (its `rewind_cap`: 0.05 before 2026-12-05 night, `labels.REWIND_CAP` since) are not resolved, so no
+rewind threshold above it can be read.
 
     python scripts/label_reach.py reports/bench/headroom.runs reports/bench/cpu_resnet20_rule.runs \\
         reports/bench/cpu_mrpc_rule.runs --taus 0.01 0.02 0.05 --labels cka:0.995
@@ -17,7 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from smartfrz.lab.experiment import oracle_steps
-from smartfrz.predictor_training.labels import REWIND_CAP, parse_label
+from smartfrz.predictor_training.labels import check_readable
 
 
 def none_runs(folder: Path) -> dict[str, list[dict]]:
@@ -48,18 +49,22 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", help="bench runs folders (<out>.runs)")
     ap.add_argument("--taus", nargs="*", type=float, default=[0.01, 0.02, 0.05], help="rewind thresholds")
-    ap.add_argument("--labels", nargs="*", default=[], help="other labels, RULE:TAU (e.g. cka:0.995 remaining:0.05)")
+    ap.add_argument("--labels", nargs="*", default=[], help="other labels, RULE:TAU or terms joined by + (e.g. cka:0.995 cka:0.995+rewind:0.1)")
     a = ap.parse_args(argv)
     labels = [f"rewind:{t:g}" for t in a.taus] + a.labels
     for label in labels:
-        rule, tau = parse_label(label)  # a malformed label raises, naming what is allowed
-        if rule == "rewind" and tau > REWIND_CAP:
-            raise SystemExit(f"{label}: rewind thresholds above the recorded cap {REWIND_CAP} cannot be read: harms "
-                             f"above it are not resolved")
+        check_readable(label, 1.0)  # a malformed label raises, naming what is allowed
+    found = {folder: none_runs(Path(folder)) for folder in a.runs}
+    for label in labels:  # each run's harms are resolved up to the cap it was recorded with
+        for runs in (r for tasks in found.values() for r in tasks.values()):
+            try:
+                check_readable(label, min(r["cka"].get("rewind_cap", 0.05) for r in runs))
+            except ValueError as e:
+                raise SystemExit(str(e))
     print("| task | runs | epochs | label | each unit's freeze epoch, front to back (median over runs; - never) |")
     print("|---|---|---|---|---|")
     for folder in a.runs:
-        for task, runs in none_runs(Path(folder)).items():
+        for task, runs in found[folder].items():
             for label in labels:
                 epochs = " ".join("-" if e is None else f"{e:.1f}" for e in schedule(runs, label))
                 print(f"| {task} | {len(runs)} | {runs[0]['config']['epochs']} | `{label}` | {epochs} |")

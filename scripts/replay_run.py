@@ -16,7 +16,6 @@ import torch
 from smartfrz.predictor import FreezePredictor
 from smartfrz.predictor_training import training as T
 from smartfrz.predictor_training.freeze_dataset import load_run
-from smartfrz.predictor_training.labels import freeze_labels, parse_label
 
 
 LOOKBACKS = {  # how far back the veto's weights are, in steps: what a rule reads against what it could read
@@ -33,8 +32,7 @@ def replay_one(run: dict, model: FreezePredictor, rule: dict, label: str, lookba
     veto = None if rule["veto_tau"] is None else T.recorded_veto(
         run, meta, rule["decisions_per_epoch"], rule["decisions_per_run"], rule["veto_tau"], rule["veto_probe_rows"],
         LOOKBACKS[lookback](meta, every))
-    kind, tau = parse_label(label)
-    Y = freeze_labels(T._values(run, kind), tau, kind).numpy()
+    Y = torch.cummin(T.run_settled(run, label).int(), 1).values.bool().numpy()
     return T.replay(P, Y, steps, meta, rule["threshold"], rule["patience"], rule["decisions_per_epoch"],
                     rule["decisions_per_run"], start=rule["decide_from"], veto=veto)
 
@@ -43,7 +41,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", help="recorded runs (python -m smartfrz.predictor_training.freeze_dataset)")
     ap.add_argument("--predictor", default=None, help="weights file whose predictor and rule to replay (default: shipped)")
-    ap.add_argument("--labels", nargs="+", default=[T.LABEL], help="label rules to count early units against")
+    ap.add_argument("--labels", nargs="+", default=[T.LABEL], help="labels to count early units against (RULE:TAU, terms joined by +, or scratch=...,finetune=...)")
     ap.add_argument("--quiet", action="store_true", help="only the summary")
     ap.add_argument("--veto-lookback", choices=list(LOOKBACKS), default="decision",
                     help="how far back the veto puts a prefix: its previous decision (default), at least a quarter "

@@ -404,9 +404,12 @@ def test_label_reach_reads_each_units_freeze_epoch_from_recorded_harms(tmp_path)
     assert reach.schedule(found["t"], 0.02) == [2.0, 3.0]  # a: 2, 1, 2; b: 3, 1, 3
     assert reach.schedule(found["t"], "rewind:0.02") == [2.0, 3.0]
     assert reach.schedule(found["t"], "cka:0.95") == [1.0, 3.0]  # CKA(t, end) >= 0.95 from then on: a at 10, b at 30
-    with pytest.raises(SystemExit, match="above the recorded cap"):
+    with pytest.raises(SystemExit, match="above the cap these harms were recorded with"):  # 0.05 when unrecorded
         reach.main([str(tmp_path), "--taus", "0.1"])
-    with pytest.raises(SystemExit, match="above the recorded cap"):
-        reach.main([str(tmp_path), "--taus", "--labels", "rewind:0.2"])
+    with pytest.raises(SystemExit, match="above the cap these harms were recorded with"):
+        reach.main([str(tmp_path), "--taus", "--labels", "cka:0.95+rewind:0.2"])
     with pytest.raises(ValueError, match="RULE one of"):
         reach.main([str(tmp_path), "--labels", "cka=0.99"])
+    capped = [{**r, "cka": {**r["cka"], "rewind_cap": 0.2}} for r in found["t"]]  # recorded since the cap rose
+    assert reach.schedule(capped, "rewind:0.1") == [1.0, 2.0]
+    assert reach.schedule(capped, "cka:0.95+rewind:0.02") == [2.0, 3.0]  # each unit at the later of its two labels

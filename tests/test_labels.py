@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from smartfrz.predictor_training.labels import freeze_labels, freeze_steps, linear_cka, remaining_change
+from smartfrz.predictor_training.labels import (check_readable, freeze_labels, freeze_steps, labels_under, linear_cka,
+                                               remaining_change)
 
 
 def test_linear_cka_is_invariant_to_rotation_and_scale():
@@ -29,6 +30,22 @@ def test_remaining_change_is_scale_free():
     torch.testing.assert_close(remaining_change(fine), remaining_change(scratch))
     assert freeze_labels(fine, 0.1, "remaining")[:, 0].tolist() == [False, False, True, True]
     assert freeze_labels(fine, 0.95, "cka")[:, 0].all()  # raw CKA: "freezable" from the first checkpoint
+
+
+def test_a_label_of_several_terms_needs_them_all():
+    """"cka:0.995+rewind:0.1": the representation has settled and the final model no longer leans on the
+    prefix's later changes; each unit at the later of the two, and front to back."""
+    cka = torch.tensor([[0.990, 0.999], [0.996, 0.999], [0.999, 0.999], [1.0, 1.0]])
+    harm = torch.tensor([[0.30, 0.40], [0.20, 0.05], [0.08, 0.09], [0.0, 0.0]])
+    values = {"cka": cka, "rewind": harm}.__getitem__
+    assert labels_under("cka:0.995", values)[:, 1].tolist() == [False, True, True, True]
+    both = labels_under("cka:0.995+rewind:0.1", values)
+    assert both[:, 0].tolist() == [False, False, True, True]  # cka holds from t=1, rewind only from t=2
+    assert both[:, 1].tolist() == [False, False, True, True]  # unit 1's own harm passes at t=1, unit 0's does not
+    with pytest.raises(ValueError, match=r"rewind:0.1 is above the cap these harms were recorded with \(0.05\)"):
+        check_readable("cka:0.995+rewind:0.1", 0.05)
+    with pytest.raises(ValueError, match="a label is RULE:TAU"):
+        labels_under("cka:0.995+rewind", values)
 
 
 def test_unknown_rule():
@@ -134,3 +151,17 @@ def test_lookback_shares_read_each_checkpoint_against_the_weights_l_steps_before
     assert out[8][1, 0, 0] > 0 and out[12][1, 0, 0] > 0  # the first unit moved over steps 4-8 and 8-10
     assert (out[12][0] == 0).all() and (out[16] == 0).all()  # nothing moved over steps 10-12 or 12-16
     assert model.training
+
+
+def test_the_oracle_reads_a_label_per_kind_of_run_by_how_the_run_started():
+    from smartfrz.lab.experiment import oracle_steps, run_kind
+
+    cka = {"steps": [10, 20, 30], "units": ["a", "b"], "curves": [[0.9, 0.9], [0.999, 0.999], [1.0, 1.0]],
+           "rewind": [[0.5, 0.5], [0.1, 0.1], [0.0, 0.0]], "rewind_cap": 0.2}
+    label = "scratch=cka:0.995,finetune=rewind:0.02"
+    assert run_kind({"task": "cifar10"}) == "scratch" and run_kind({"task": "sst2"}) == "finetune"
+    assert run_kind({"task": "cifar10", "pretrained": True}) == "finetune"
+    assert oracle_steps({"config": {"task": "cifar10"}, "cka": cka}, label) == {"a": 20, "b": 20}
+    assert oracle_steps({"config": {"task": "mrpc"}, "cka": cka}, label) == {"a": 30, "b": 30}
+    with pytest.raises(ValueError, match="above the cap"):  # bench runs recorded before the cap was kept: 0.05
+        oracle_steps({"config": {"task": "mrpc"}, "cka": {**cka, "rewind_cap": 0.05}}, "rewind:0.1")

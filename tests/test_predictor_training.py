@@ -56,6 +56,25 @@ def test_runs_settled_from_their_first_checkpoint_weigh_what_they_are_told():
     assert samples([settled], "rewind:0.01")["weight"].eq(1.0).all()  # the default keeps every run whole
 
 
+def test_a_label_per_kind_of_run_reads_each_run_with_its_own_part():
+    import pytest
+    import torch
+    from smartfrz.predictor_training.training import samples
+
+    def run(regime, cka, rewind, cap=0.2):
+        C, U = cka.shape
+        return {"cka": cka, "rewind": rewind, "features": torch.zeros(C, U, 4, 9), "steps": torch.arange(1, C + 1),
+                "meta": {"spec": {"regime": regime}, "rewind_cap": cap}}
+    cka = torch.tensor([[0.9], [0.999], [1.0]])  # settled by CKA from checkpoint 1
+    harm = torch.tensor([[0.3], [0.1], [0.0]])  # by rewind:0.02 only at checkpoint 2
+    label = "scratch=cka:0.995,finetune=rewind:0.02"
+    d = samples([run("scratch", cka, harm), run("finetune", cka, harm)], label)
+    assert d["y_eval"][d["run"] == 0].tolist() == [False, True, True]
+    assert d["y_eval"][d["run"] == 1].tolist() == [False, False, True]
+    with pytest.raises(ValueError, match="above the cap these harms were recorded with"):
+        samples([run("scratch", cka, harm, cap=0.05)], "scratch=cka:0.995+rewind:0.1,finetune=rewind:0.02")
+
+
 def test_distil_gives_one_network_that_follows_its_teachers():
     """--distil: an ensemble's P(freeze) from one network, whose scoring fits the cost bound (test_predictor)."""
     import torch

@@ -169,7 +169,10 @@ def resolve_device(device: str) -> str:
 def device_name(device: str) -> str:
     if torch.device(device).type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    # the kernels' instruction set: runs on CPUs of different ones follow different float paths, so a seed
+    # reproduces a run exactly only on the same kind of CPU (docs/results.md, "How much of a delta is noise")
+    isa = torch.backends.cpu.get_cpu_capability()
+    return f"cpu ({platform.processor() or platform.machine()}, {isa}, {torch.get_num_threads()} threads)"
 
 
 def build(cfg: ExperimentConfig, device: str):
@@ -343,13 +346,13 @@ def run(cfg: ExperimentConfig | dict) -> ExperimentResult:
     check = _check_flops(model, frz, prefix_flops, first)
     cka = None
     if cfg.record_cka and grams:
-        from ..predictor_training.labels import cka_curves, harm_probe, rewind_harm
+        from ..predictor_training.labels import REWIND_CAP, cka_curves, harm_probe, rewind_harm
         curves = cka_curves(torch.stack(grams))
         t = time.perf_counter()
         harm = rewind_harm(model, snapshots, harm_probe(final_loader or eval_loader, device))
         cka = {"steps": cka_steps, "curves": curves.tolist(), "units": [u.name for u in frz.units],
                "rewind": [[None if math.isnan(v) else v for v in row] for row in harm.tolist()],
-               "rewind_s": time.perf_counter() - t}
+               "rewind_s": time.perf_counter() - t, "rewind_cap": REWIND_CAP}
     result = ExperimentResult(
         config=asdict(cfg), run=cfg.run_name, device=device_name(device),
         metric_name=res.final.get("metric_name", ""), metric=float(res.final.get("metric", float("nan"))),
@@ -404,18 +407,32 @@ class _Tap:
         return getattr(self.loader, name)
 
 
+VISION_TASKS = ("cifar10", "cifar100", "digits", "imagefolder")
+
+
+def run_kind(config: dict) -> str:
+    """"finetune" or "scratch": how a run started, for a label per kind of run (``labels.label_for``)."""
+    pretrained = config.get("pretrained")
+    if pretrained is None:  # the lab's default: text models pretrained, vision from scratch
+        pretrained = config.get("task") not in VISION_TASKS
+    return "finetune" if pretrained else "scratch"
+
+
 def oracle_steps(reference: ExperimentResult | dict, label: str = DEFAULT_LABEL) -> dict[str, int]:
-    """Hindsight freeze steps from a reference run recorded with ``record_cka=True`` (``label`` = RULE:TAU,
-    see ``smartfrz.predictor_training.labels.freeze_labels``)."""
-    from ..predictor_training.labels import freeze_steps, parse_label
-    rule, tau = parse_label(label)
+    """Hindsight freeze steps from a reference run recorded with ``record_cka=True`` (``label`` = RULE:TAU or
+    terms joined by "+", see ``smartfrz.predictor_training.labels.label_terms``)."""
+    from ..predictor_training.labels import check_readable, first_steps, label_for, label_terms, labels_under
     cka = reference.cka if isinstance(reference, ExperimentResult) else reference["cka"]
+    label = label_for(label, run_kind(reference.config if isinstance(reference, ExperimentResult) else reference["config"]))
     if not cka:
         raise ValueError("the reference run has no CKA curves: run it with record_cka=True")
-    if rule == "rewind":
+    if any(rule == "rewind" for rule, _ in label_terms(label)):
         if "rewind" not in cka:
             raise ValueError("the reference run has no rewind harms (recorded before they existed): run it again")
-        values = torch.tensor([[float("nan") if v is None else v for v in row] for row in cka["rewind"]])
-    else:
-        values = torch.tensor(cka["curves"])
-    return freeze_steps(values, cka["steps"], cka["units"], tau, rule)
+        check_readable(label, cka.get("rewind_cap", 0.05))
+
+    def values_of(rule: str) -> torch.Tensor:
+        if rule == "rewind":
+            return torch.tensor([[float("nan") if v is None else v for v in row] for row in cka["rewind"]])
+        return torch.tensor(cka["curves"])
+    return first_steps(labels_under(label, values_of), cka["steps"], cka["units"])

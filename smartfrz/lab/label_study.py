@@ -4,8 +4,8 @@ own `none` runs (their probe CKA curves) and measures what each rule costs in ac
     python -m smartfrz.lab.label_study --bench reports/bench/cpu.json \\
         --rules cka:0.95 remaining:0.1 remaining:0.2 --jobs 2 --out reports/bench/labels.json
 
-A rule is ``RULE:TAU`` (``smartfrz.predictor_training.labels.freeze_labels``), or ``TASK=RULE:TAU`` to try it on
-that bench task only (a label per kind of run, e.g. from scratch or fine-tuned). Runs resume like the bench's.
+A rule is a label (``RULE:TAU``, terms joined by ``+``, or one per kind of run: ``scratch=...,finetune=...``; see
+``smartfrz.predictor_training.labels``), or ``TASK=LABEL`` to try it on that bench task only. Runs resume like the bench's.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 from .bench import _median, _spawn, _train, _worker_init, _write_json, run_key
+from ..predictor_training.labels import KINDS
 from .experiment import ExperimentConfig, oracle_steps
 
 
@@ -42,7 +43,9 @@ def study(bench_path, rules, jobs: int = 1, threads: int = 1, out_dir=None, task
     known = sorted({task for task, _ in refs})
     scoped = []  # (the one task a rule is for, or None for all; the rule)
     for entry in rules:
-        only, _, rule = entry.rpartition("=")
+        only, _, rule = entry.partition("=")
+        if only in KINDS or not rule:  # a label per kind of run, or one for every task
+            only, rule = "", entry
         if only and only not in known:
             raise ValueError(f"{entry!r}: no task {only!r} among the bench's none runs; tasks: {', '.join(known)}")
         scoped.append((only or None, rule))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .labels import (VETO_ROWS, LookbackShares, UnitSnapshots, cka_curves, harm_probe, probe_grams,
+from .labels import (REWIND_CAP, VETO_ROWS, LookbackShares, UnitSnapshots, cka_curves, harm_probe, probe_grams,
                      rewind_harm, veto_lookbacks)
 from ..predictor import window_features
 from ..recorder import WeightRecorder
@@ -31,7 +31,8 @@ FAMILIES = {"digits_mlp": "mlp", "digits_cnn": "digits_cnn", "resnet20": "resnet
             "vgg11_bn": "vgg", "mobilenet_v2": "mobilenet", "torchvision:shufflenet_v2_x0_5": "shufflenet",
             "vit_tiny_cifar": "vit", "deit_tiny": "vit", "minilm": "bert", "bert-base-uncased": "bert"}
 SCHEDULES = ("onecycle", "cosine", "linear", "step", "constant", "restarts")
-RUN_FORMAT = 2  # 2: the veto's shares at each checkpoint (``veto_share``), so a rule with a veto replays held out
+RUN_FORMAT = 3  # 2: the veto's shares at each checkpoint (``veto_share``), so a rule with a veto replays held out;
+# 3: rewind harms resolved up to labels.REWIND_CAP = 0.2 (``meta["rewind_cap"]``), so looser rewind labels can be read
 
 
 @dataclass
@@ -209,7 +210,7 @@ def record_run(spec: RunSpec, data_dir=None, device="cpu", progress: bool = True
     meta = {"spec": asdict(spec), "name": spec.name, "family": spec.family, "units": [u.name for u in units],
             "flop_share": [u.flop_share for u in units], "steps_per_epoch": steps_per_epoch,
             "record_every": record_every, "total_steps": total, "wall_s": time.perf_counter() - t0,
-            "format": RUN_FORMAT, "veto_lookbacks": lookbacks, "veto_rows": list(VETO_ROWS),
+            "format": RUN_FORMAT, "rewind_cap": REWIND_CAP, "veto_lookbacks": lookbacks, "veto_rows": list(VETO_ROWS),
             "final": {k: v for k, v in res.final.items() if isinstance(v, (int, float, str))},
             "evals": [{k: v for k, v in h.items() if isinstance(v, (int, float, str))} for h in res.history if h.get("eval")]}
     return {"features": torch.stack(feats), "cka": cka.float(), "rewind": harm.float(), "steps": torch.tensor(steps),
@@ -387,8 +388,8 @@ def main(argv=None) -> None:
             print(f"skip {spec.name}: {path} exists")
             continue
         if path.exists():
-            print(f"record {spec.name} again: {path} is in format {run_format(path)}, before the veto's shares "
-                  f"(format {RUN_FORMAT}); it is replaced once the new recording is done")
+            print(f"record {spec.name} again: {path} is in format {run_format(path)}, older than "
+                  f"format {RUN_FORMAT}; it is replaced once the new recording is done")
         if args.budget_s and time.perf_counter() - t0 > args.budget_s:
             print(f"skip {spec.name}: time budget of {args.budget_s:.0f}s spent")
             continue

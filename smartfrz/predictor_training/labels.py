@@ -77,7 +77,8 @@ def cka_curves(grams: torch.Tensor) -> torch.Tensor:
 RULES = ("rewind", "cka", "remaining")
 DEFAULT_RULE, DEFAULT_TAU = "rewind", 0.05  # at most 5% of the probe's predictions change (reports/predictor/report.md)
 DEFAULT_LABEL = f"{DEFAULT_RULE}:{DEFAULT_TAU:g}"
-REWIND_CAP = 0.05  # rewind harms above this are not resolved (the scan stops there)
+REWIND_CAP = 0.2  # rewind harms above this are not resolved (the scan stops there); runs recorded before
+# 2026-12-05 (night) stopped at 0.05 and say so in their `rewind_cap` (absent: 0.05)
 
 
 class UnitSnapshots:
@@ -283,13 +284,79 @@ def freeze_labels(values: torch.Tensor, tau: float, rule: str = DEFAULT_RULE) ->
     return torch.cummin(unit_settled(values, tau, rule).int(), 1).values.bool()
 
 
-def freeze_steps(values: torch.Tensor, steps: Sequence[int], unit_names: Sequence[str], tau: float,
-                 rule: str = DEFAULT_RULE) -> dict[str, int]:
-    """Hindsight freeze step per unit (the oracle's schedule); units that never settle are omitted."""
-    labels = freeze_labels(values, tau, rule)
+KINDS = ("scratch", "finetune")  # the kinds of run a label may differ by (freeze_dataset.RunSpec.regime)
+
+
+def label_for(label: str, kind: str) -> str:
+    """The label a run of this kind is read with: ``label`` itself, or its part for the kind in a label per kind of
+    run, "scratch=LABEL,finetune=LABEL" (a fine-tuned layer's CKA stays near 1 from step 0, so the two kinds may
+    need different measurements)."""
+    if "=" not in label:
+        return label
+    pairs = [p.split("=", 1) for p in label.split(",")]
+    parts = dict(p for p in pairs if len(p) == 2)
+    if len(parts) != len(pairs) or set(parts) - set(KINDS):
+        raise ValueError(f"label {label!r}: a label is RULE:TAU (RULE one of {', '.join(RULES)}), terms joined by +, or "
+                         f"one per kind of run, KIND=LABEL joined by commas with KIND in {', '.join(KINDS)}")
+    if kind not in parts:
+        raise ValueError(f"label {label!r} has no part for runs of kind {kind!r}")
+    return parts[kind]
+
+
+def label_terms(label: str) -> list[tuple[str, float]]:
+    """"RULE:TAU", or several joined by "+" that must all hold (e.g. "cka:0.995+rewind:0.1": the
+    representation has settled *and* the final model no longer leans on the prefix's later changes)."""
+    return [parse_label(term) for term in label.split("+")]
+
+
+def check_readable(label: str, rewind_cap: float) -> None:
+    """A rewind term above the cap the run was recorded with cannot be read: harms above it are not resolved."""
+    terms = [t for kind in KINDS if "=" not in label or f"{kind}=" in label for t in label_terms(label_for(label, kind))]
+    for rule, tau in terms:
+        if rule == "rewind" and tau > rewind_cap + 1e-12:
+            raise ValueError(f"label {label!r}: rewind:{tau:g} is above the cap these harms were recorded with "
+                             f"({rewind_cap:g}); record the runs again (labels.REWIND_CAP is {REWIND_CAP:g})")
+
+
+def settled_under(label: str, values_of) -> torch.Tensor:
+    """Each unit's own label (``unit_settled``) under every term of ``label``; ``values_of(rule)`` gives that
+    rule's (checkpoints, units) measurements."""
+    out = None
+    for rule, tau in label_terms(label):
+        ok = unit_settled(values_of(rule), tau, rule)
+        out = ok if out is None else out & ok
+    return out
+
+
+def labels_under(label: str, values_of) -> torch.Tensor:
+    """``settled_under``, and every earlier unit too (the front-to-back labels)."""
+    return torch.cummin(settled_under(label, values_of).int(), 1).values.bool()
+
+
+def describe_label(label: str) -> str:
+    """The label in words, for reports."""
+    if "=" in label:
+        return "; ".join(f"for runs {'from scratch' if k == 'scratch' else 'fine-tuned'}, "
+                         + describe_label(label_for(label, k)) for k in KINDS if f"{k}=" in label)
+    words = {"rewind": "putting units 0..k of the run's final model back to their weights at t changes at most "
+                       "{p:g}% of the predictions on a fixed probe of held-out examples",
+             "cka": "the unit's output on the probe has linear CKA >= {tau:g} with its output at the end",
+             "remaining": "at most {p:g}% of the unit's representational change (1 - CKA against the end) is still to come"}
+    parts = [words[rule].format(p=100 * tau, tau=tau) for rule, tau in label_terms(label)]
+    return ("; and ".join(parts) + ", at t and at every later checkpoint (and every earlier unit is freezable too)")
+
+
+def first_steps(labels: torch.Tensor, steps: Sequence[int], unit_names: Sequence[str]) -> dict[str, int]:
+    """Hindsight freeze step per unit from (checkpoints, units) labels; units never labelled are omitted."""
     out = {}
     for u, name in enumerate(unit_names):
         hits = torch.nonzero(labels[:, u]).flatten()
         if len(hits) and u < labels.shape[1]:
             out[name] = int(steps[int(hits[0])])
     return out
+
+
+def freeze_steps(values: torch.Tensor, steps: Sequence[int], unit_names: Sequence[str], tau: float,
+                 rule: str = DEFAULT_RULE) -> dict[str, int]:
+    """Hindsight freeze step per unit (the oracle's schedule); units that never settle are omitted."""
+    return first_steps(freeze_labels(values, tau, rule), steps, unit_names)
