@@ -16,8 +16,8 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import fields, replace
 from pathlib import Path
 
-from .bench import _median, _spawn, _train, _worker_init, _write_json, run_key
 from ..predictor_training.labels import KINDS
+from .bench import _median, _spawn, _train, _worker_init, _write_json, run_key
 from .experiment import ExperimentConfig, oracle_steps
 
 

@@ -287,17 +287,22 @@ def freeze_labels(values: torch.Tensor, tau: float, rule: str = DEFAULT_RULE) ->
 KINDS = ("scratch", "finetune")  # the kinds of run a label may differ by (freeze_dataset.RunSpec.regime)
 
 
-def label_for(label: str, kind: str) -> str:
-    """The label a run of this kind is read with: ``label`` itself, or its part for the kind in a label per kind of
-    run, "scratch=LABEL,finetune=LABEL" (a fine-tuned layer's CKA stays near 1 from step 0, so the two kinds may
-    need different measurements)."""
+def labels_by_kind(label: str) -> dict[str, str]:
+    """A label per kind of run, "scratch=LABEL,finetune=LABEL", as {kind: label}; any other label is every kind's.
+    (A fine-tuned layer's CKA stays near 1 from step 0, so the two kinds may need different measurements.)"""
     if "=" not in label:
-        return label
+        return dict.fromkeys(KINDS, label)
     pairs = [p.split("=", 1) for p in label.split(",")]
     parts = dict(p for p in pairs if len(p) == 2)
     if len(parts) != len(pairs) or set(parts) - set(KINDS):
         raise ValueError(f"label {label!r}: a label is RULE:TAU (RULE one of {', '.join(RULES)}), terms joined by +, or "
                          f"one per kind of run, KIND=LABEL joined by commas with KIND in {', '.join(KINDS)}")
+    return parts
+
+
+def label_for(label: str, kind: str) -> str:
+    """The label a run of this kind is read with (``labels_by_kind``)."""
+    parts = labels_by_kind(label)
     if kind not in parts:
         raise ValueError(f"label {label!r} has no part for runs of kind {kind!r}")
     return parts[kind]
@@ -311,8 +316,7 @@ def label_terms(label: str) -> list[tuple[str, float]]:
 
 def check_readable(label: str, rewind_cap: float) -> None:
     """A rewind term above the cap the run was recorded with cannot be read: harms above it are not resolved."""
-    terms = [t for kind in KINDS if "=" not in label or f"{kind}=" in label for t in label_terms(label_for(label, kind))]
-    for rule, tau in terms:
+    for rule, tau in (t for part in labels_by_kind(label).values() for t in label_terms(part)):
         if rule == "rewind" and tau > rewind_cap + 1e-12:
             raise ValueError(f"label {label!r}: rewind:{tau:g} is above the cap these harms were recorded with "
                              f"({rewind_cap:g}); record the runs again (labels.REWIND_CAP is {REWIND_CAP:g})")
