@@ -16,6 +16,41 @@ def test_features_are_scale_and_permutation_invariant():
     assert torch.allclose(f, window_features(w[..., perm]), atol=1e-4)
 
 
+def _features_as_written_first(windows):
+    """window_features as first written, on the padded (n, W, S) steps: the shipped weights learned these values."""
+    from smartfrz.predictor import _log
+    x = windows.float()
+    n, W, _ = x.shape
+    newest = x[:, -1:]
+    scale = newest.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    steps = x.diff(dim=1)
+    steps = torch.cat([steps[:, :1], steps], dim=1)
+    net = newest - x[:, :1]
+    net_norm, step_norm = net.norm(dim=-1, keepdim=True), steps.norm(dim=-1, keepdim=True)
+    dist = (x - newest).norm(dim=-1, keepdim=True) / scale
+    cos_net = (steps * net).sum(-1, keepdim=True) / (step_norm * net_norm).clamp_min(1e-12)
+    prev = torch.cat([steps[:, :1], steps[:, :-1]], dim=1)
+    cos_prev = (steps * prev).sum(-1, keepdim=True) / (step_norm * prev.norm(dim=-1, keepdim=True)).clamp_min(1e-12)
+    agree = ((steps * net) > 0).float().mean(-1, keepdim=True)
+    age = torch.linspace(-1.0, 0.0, W).view(1, W, 1).expand(n, W, 1)
+    path = step_norm[:, 1:].sum(1, keepdim=True)
+    efficiency, net_rel = (net_norm / path.clamp_min(1e-12)).expand(n, W, 1), (net_norm / scale).expand(n, W, 1)
+    feats = torch.cat([_log(dist + 1e-8), _log(step_norm / scale), cos_net, cos_prev, agree, age,
+                       _log(efficiency), _log(net_rel), (_log(step_norm / scale) - _log(net_rel / W))], dim=-1)
+    return torch.nan_to_num(feats, nan=0.0, posinf=0.0, neginf=-8.0)
+
+
+def test_features_read_each_step_once_and_give_the_same_values_bit_for_bit():
+    torch.manual_seed(0)
+    settled = torch.randn(4, 20, 512)
+    settled[:, 10:] = settled[:, 10:11]  # zero steps: cosines and agreement on zero vectors
+    sparse = torch.randn(4, 20, 512)
+    sparse[..., ::3] = 0
+    for w in (torch.randn(100, 30, 1024), torch.randn(7, 2, 64), torch.randn(5, 3, 16), settled, sparse,
+              torch.randn(6, 20, 512).half(), synthetic_windows(8, seed=3)[0]):
+        assert torch.equal(window_features(w), _features_as_written_first(w)), tuple(w.shape)
+
+
 def test_ensemble_averages_its_members_and_round_trips(tmp_path):
     torch.manual_seed(0)
     nets = [FreezePredictor(d_model=16, heads=2, layers=1, hidden=32).eval() for _ in range(2)]
