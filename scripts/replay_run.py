@@ -16,6 +16,7 @@ import torch
 from smartfrz.predictor import FreezePredictor
 from smartfrz.predictor_training import training as T
 from smartfrz.predictor_training.freeze_dataset import load_run
+from smartfrz.predictor_training.labels import front_to_back
 
 
 LOOKBACKS = {  # how far back the veto's weights are, in steps: what a rule reads against what it could read
@@ -32,7 +33,7 @@ def replay_one(run: dict, model: FreezePredictor, rule: dict, label: str, lookba
     veto = None if rule["veto_tau"] is None else T.recorded_veto(
         run, meta, rule["decisions_per_epoch"], rule["decisions_per_run"], rule["veto_tau"], rule["veto_probe_rows"],
         LOOKBACKS[lookback](meta, every))
-    Y = torch.cummin(T.run_settled(run, label).int(), 1).values.bool().numpy()
+    Y = front_to_back(T.run_settled(run, label)).numpy()
     return T.replay(P, Y, steps, meta, rule["threshold"], rule["patience"], rule["decisions_per_epoch"],
                     rule["decisions_per_run"], start=rule["decide_from"], veto=veto)
 

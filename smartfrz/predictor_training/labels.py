@@ -279,9 +279,14 @@ def unit_settled(values: torch.Tensor, tau: float, rule: str = DEFAULT_RULE) -> 
     return torch.flip(torch.cummin(torch.flip(ok.int(), [0]), 0).values, [0]).bool()
 
 
+def front_to_back(settled: torch.Tensor) -> torch.Tensor:
+    """(checkpoints, units) own labels -> labels: a unit is freezable only with every earlier unit."""
+    return torch.cummin(settled.int(), 1).values.bool()
+
+
 def freeze_labels(values: torch.Tensor, tau: float, rule: str = DEFAULT_RULE) -> torch.Tensor:
     """(checkpoints, units) measurements -> bool labels: ``unit_settled``, and every earlier unit too."""
-    return torch.cummin(unit_settled(values, tau, rule).int(), 1).values.bool()
+    return front_to_back(unit_settled(values, tau, rule))
 
 
 KINDS = ("scratch", "finetune")  # the kinds of run a label may differ by (freeze_dataset.RunSpec.regime)
@@ -334,7 +339,7 @@ def settled_under(label: str, values_of) -> torch.Tensor:
 
 def labels_under(label: str, values_of) -> torch.Tensor:
     """``settled_under``, and every earlier unit too (the front-to-back labels)."""
-    return torch.cummin(settled_under(label, values_of).int(), 1).values.bool()
+    return front_to_back(settled_under(label, values_of))
 
 
 def describe_label(label: str) -> str:
