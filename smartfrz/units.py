@@ -4,7 +4,10 @@ Units are found structurally from one traced forward pass, so the same rule cove
 CNNs, timm/torchvision ViTs and Hugging Face encoders without a per-family table:
 
 * a *block* is a module whose class occurs at least twice in the model (ResNet's BasicBlock,
-  MobileNet's InvertedResidual, BERT's BertLayer, ViT's Block), taken at the shallowest such level;
+  MobileNet's InvertedResidual, BERT's BertLayer, ViT's Block), taken at the shallowest such level; a
+  normalisation layer is never one. A *stage*, a block holding a chain of at least two blocks of one class
+  (each fed the previous one's output: RegNet's AnyStage, timm's ConvNeXtStage, T5's encoder stack), gives
+  way to the blocks of its chain;
 * every parameterised module outside blocks becomes its own unit at the shallowest level that
   holds no block (BERT's ``embeddings``, ViT's ``patch_embed``, VGG's conv layers);
 * a normalisation-only unit joins the unit before it (ResNet's ``conv1+bn1`` stem, VGG's conv+BN),
@@ -14,6 +17,7 @@ CNNs, timm/torchvision ViTs and Hugging Face encoders without a per-family table
 """
 from __future__ import annotations
 
+import weakref
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -69,20 +73,31 @@ def call_model(model: nn.Module, example_input: Any):
 
 
 def _trace(model: nn.Module, example_input: Any):
-    """One forward pass: execution order of all modules and forward FLOPs spent inside each."""
+    """One forward pass: execution order of all modules, forward FLOPs spent inside each, and which modules'
+    output each module was first fed (weak references: the pass keeps no activation alive)."""
     order: dict[nn.Module, int] = {}
     flops: dict[nn.Module, int] = {}
     counter = FlopCounterMode(display=False)
     start: dict[nn.Module, list[int]] = {}
+    fed_by: dict[nn.Module, set] = {}  # module -> the modules whose output it was first fed
+    made: dict[int, tuple] = {}  # id of an output -> (a weak reference to it, the modules that returned it)
 
-    def pre(m, *_):
+    def pre(m, args, kwargs):
         order.setdefault(m, len(order))
         start.setdefault(m, []).append(counter.get_total_flops())
+        x = next((a for a in (*args, *kwargs.values()) if torch.is_tensor(a)), None)
+        if m not in fed_by and (hit := made.get(id(x))) and hit[0]() is x:
+            fed_by[m] = hit[1]
 
-    def post(m, *_):
+    def post(m, args, out):
         flops[m] = flops.get(m, 0) + counter.get_total_flops() - start[m].pop()
+        y = out[0] if isinstance(out, (tuple, list)) and out else out
+        if torch.is_tensor(y):
+            if made.get(id(y), (lambda: None,))[0]() is not y:
+                made[id(y)] = (weakref.ref(y), set())
+            made[id(y)][1].add(m)
 
-    handles = [m.register_forward_pre_hook(pre) for m in model.modules()]
+    handles = [m.register_forward_pre_hook(pre, with_kwargs=True) for m in model.modules()]
     handles += [m.register_forward_hook(post) for m in model.modules()]
     was_training = model.training
     try:
@@ -96,7 +111,7 @@ def _trace(model: nn.Module, example_input: Any):
         for h in handles:
             h.remove()
         model.train(was_training)
-    return order, flops, counter.get_total_flops()
+    return order, flops, counter.get_total_flops(), fed_by
 
 
 def _has_direct_params(m: nn.Module) -> bool:
@@ -107,17 +122,40 @@ def _has_params(m: nn.Module) -> bool:
     return any(True for _ in m.parameters())
 
 
-def _structural_units(model: nn.Module, order: dict[nn.Module, int]) -> tuple[list[list[str]], list[str]]:
+def _norm_only(m: nn.Module) -> bool:
+    return isinstance(m, _NORMS) or all(isinstance(c, _NORMS) for c in m.modules() if _has_direct_params(c))
+
+
+def _shallowest(names: set[str]) -> set[str]:
+    return {n for n in names if not any(n.startswith(b + ".") for b in names)}
+
+
+def _chain(m: nn.Module, order: dict, fed_by: dict, blocks: set) -> bool:
+    """Whether ``m`` holds two or more blocks of one class, each with two or more weight layers (not Inception's
+    conv+BN branches), run one after another on each other's output (not side by side, as experts or branches)."""
+    for c in m.modules():
+        kids = sorted((k for k in c.children() if k in order and _has_params(k)), key=order.get)
+        if len(kids) >= 2 and len({type(k) for k in kids}) == 1 and kids[0] in blocks \
+                and sum(_has_direct_params(x) and not _norm_only(x) for x in kids[0].modules()) >= 2 \
+                and all(a in fed_by.get(b, ()) for a, b in zip(kids, kids[1:])):
+            return True
+    return False
+
+
+def _structural_units(model: nn.Module, order: dict, fed_by: dict) -> tuple[list[list[str]], list[str]]:
     """Returns (unit member-name groups in execution order, head module names)."""
     named = dict(model.named_modules())
     executed = {n for n, m in named.items() if m in order and n}
-    class_count = Counter(type(m) for n, m in named.items() if n and _has_params(m) and type(m) not in _CONTAINERS
-                          and any(True for _ in m.children()))
-    is_block = {n for n, m in named.items() if n and class_count[type(m)] >= 2
-                and type(m) not in _CONTAINERS and any(True for _ in m.children()) and _has_params(m)}
-    # keep only the shallowest blocks
-    blocks = {n for n in is_block if not any(n.startswith(b + ".") for b in is_block)}
-    blocks &= executed
+
+    def eligible(m: nn.Module) -> bool:
+        return type(m) not in _CONTAINERS and any(True for _ in m.children()) and _has_params(m) and not _norm_only(m)
+
+    class_count = Counter(type(m) for n, m in named.items() if n and eligible(m))
+    is_block = {n for n, m in named.items() if n and class_count[type(m)] >= 2 and eligible(m)} & executed
+    blocks = _shallowest(is_block)
+    block_modules = {named[n] for n in is_block}
+    while stages := {b for b in blocks if _chain(named[b], order, fed_by, block_modules)}:  # a stage: its blocks
+        blocks = (blocks - stages) | _shallowest({n for n in is_block if any(n.startswith(s + ".") for s in stages)})
 
     def contains_block(n: str) -> bool:
         return any(b == n or b.startswith(n + ".") for b in blocks)
@@ -141,9 +179,7 @@ def _structural_units(model: nn.Module, order: dict[nn.Module, int]) -> tuple[li
         chosen[owner] = min(chosen.get(owner, 1 << 30), order[named[owner]])
     groups: list[list[str]] = []
     for name in sorted(chosen, key=chosen.get):
-        m = named[name]
-        norm_only = isinstance(m, _NORMS) or (all(isinstance(c, _NORMS) for c in m.modules() if _has_direct_params(c)))
-        if norm_only and groups and name not in blocks and not any(n in blocks for n in groups[-1]):
+        if _norm_only(named[name]) and groups and name not in blocks and not any(n in blocks for n in groups[-1]):
             groups[-1].append(name)
         else:
             groups.append([name])
@@ -165,7 +201,7 @@ def find_units(model: nn.Module, example_input: Any, names: Sequence[str] | None
     if not _has_params(model):
         raise ValueError(f"{type(model).__name__} has no parameters: there is nothing to train or freeze.")
     named = dict(model.named_modules())
-    order, flops, total = _trace(model, example_input)
+    order, flops, total, fed_by = _trace(model, example_input)
     if names is not None:
         groups = [str(n).split("+") for n in names]
         unknown = [n for g in groups for n in g if n not in named or n == ""]
@@ -177,7 +213,7 @@ def find_units(model: nn.Module, example_input: Any, names: Sequence[str] | None
             raise ValueError(f"unit(s) {never_run} never ran in the forward pass of example_input, so they cannot be ordered")
         groups.sort(key=lambda g: min(order[named[n]] for n in g))
     else:
-        groups, _ = _structural_units(model, order)
+        groups, _ = _structural_units(model, order, fed_by)
     if not groups:
         raise ValueError(f"found no freezable unit in {type(model).__name__} besides its head; "
                          "pass units=[...] with module names to choose them by hand")

@@ -84,3 +84,64 @@ def test_units_ignore_requires_grad():
     for p in m.layer1.parameters():
         p.requires_grad_(False)
     assert names(m, x32) == before
+
+
+class _Residual(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv1, self.bn1, self.conv2 = nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c), nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x):
+        return x + self.conv2(self.bn1(self.conv1(x)).relu())
+
+
+class _Stage(nn.Module):
+    """A stage class of the kind timm and user code write: a downsampling conv, then a chain of blocks."""
+
+    def __init__(self, c, depth):
+        super().__init__()
+        self.down, self.blocks = nn.Conv2d(c, c, 1), nn.Sequential(*[_Residual(c) for _ in range(depth)])
+
+    def forward(self, x):
+        return self.blocks(self.down(x))
+
+
+class _Experts(nn.Module):
+    """Blocks of one class side by side (experts, branches): each reads the input, none the other's output."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.experts = nn.ModuleList(_Residual(c) for _ in range(3))
+
+    def forward(self, x):
+        return sum(e(x) for e in self.experts)
+
+
+def test_stages_give_way_to_their_blocks():
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), _Stage(8, 3), _Stage(8, 2), nn.Flatten(), nn.LazyLinear(2))
+    net(x32)
+    assert names(net, x32) == ["0", "1.down", "1.blocks.0", "1.blocks.1", "1.blocks.2", "2.down", "2.blocks.0", "2.blocks.1"]
+    side_by_side = nn.Sequential(nn.Conv2d(3, 8, 3), _Experts(8), _Experts(8), nn.Flatten(), nn.LazyLinear(2))
+    side_by_side(x32)
+    assert names(side_by_side, x32) == ["0", "1", "2"]  # parallel blocks are not a chain
+    n = names(torchvision.models.regnet_y_400mf(num_classes=10), x32)  # AnyStage: depths 1, 3, 6, 6
+    assert n[:4] == ["stem", "trunk_output.block1", "trunk_output.block2.block2-0", "trunk_output.block2.block2-1"]
+    assert len(n) == 17 and "trunk_output.block3" not in n
+    n = names(torchvision.models.googlenet(num_classes=10, aux_logits=False, init_weights=True), torch.randn(1, 3, 64, 64))
+    assert n[-1] == "inception5b" and len(n) == 12  # a branch's conv+BN layers are no blocks: Inception stays whole
+
+
+def test_t5_blocks_of_both_stacks_in_order():
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.T5Config(vocab_size=50, d_model=16, d_kv=8, d_ff=32, num_layers=2, num_heads=2,
+                                decoder_start_token_id=0)
+    ids = torch.randint(1, 50, (2, 7))
+    n = names(transformers.T5ForConditionalGeneration(cfg), {"input_ids": ids, "labels": torch.randint(1, 50, (2, 4))})
+    blocks = [u for u in n if ".block." in u]
+    assert blocks == ["encoder.block.0", "encoder.block.1", "decoder.block.0", "decoder.block.1"]
+
+
+def test_timm_norm_act_layer_is_no_block():
+    timm = pytest.importorskip("timm")
+    n = names(timm.create_model("efficientnet_b0", num_classes=10), x32)
+    assert n[0] == "conv_stem+bn1" and "bn1" not in n  # BatchNormAct2d has children, yet is a norm layer
