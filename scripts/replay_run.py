@@ -25,14 +25,14 @@ LOOKBACKS = {  # how far back the veto's weights are, in steps: what a rule read
     "epoch": lambda meta, every: meta["steps_per_epoch"]}  # a veto with an epoch's memory
 
 
-def replay_one(run: dict, model: FreezePredictor, rule: dict, label: str, lookback: str = "decision") -> dict:
+def replay_one(run: dict, model: FreezePredictor, rule: dict, label: str, lookback: str | None = None) -> dict:
     meta, steps = run["meta"], run["steps"].numpy()
     with torch.no_grad():
         P = torch.sigmoid(model(run["features"].float().flatten(0, 1))).view(len(steps), -1).numpy()
     every = T.cadence(meta, rule["decisions_per_epoch"], rule["decisions_per_run"])
     veto = None if rule["veto_tau"] is None else T.recorded_veto(
         run, meta, rule["decisions_per_epoch"], rule["decisions_per_run"], rule["veto_tau"], rule["veto_probe_rows"],
-        LOOKBACKS[lookback](meta, every))
+        LOOKBACKS[lookback or rule.get("veto_lookback") or "decision"](meta, every))
     Y = front_to_back(T.run_settled(run, label)).numpy()
     return T.replay(P, Y, steps, meta, rule["threshold"], rule["patience"], rule["decisions_per_epoch"],
                     rule["decisions_per_run"], start=rule["decide_from"], veto=veto)
@@ -44,9 +44,9 @@ def main(argv=None):
     ap.add_argument("--predictor", default=None, help="weights file whose predictor and rule to replay (default: shipped)")
     ap.add_argument("--labels", nargs="+", default=[T.LABEL], help="labels to count early units against (RULE:TAU, terms joined by +, or scratch=...,finetune=...)")
     ap.add_argument("--quiet", action="store_true", help="only the summary")
-    ap.add_argument("--veto-lookback", choices=list(LOOKBACKS), default="decision",
-                    help="how far back the veto puts a prefix: its previous decision (default), at least a quarter "
-                         "epoch (the engine's snapshot spacing, when decisions come more often), or one epoch")
+    ap.add_argument("--veto-lookback", choices=list(LOOKBACKS), default=None,
+                    help="how far back the veto puts a prefix: its previous decision, at least a quarter epoch (the "
+                         "engine's snapshot spacing, when decisions come more often), or one epoch (default: the rule's)")
     a = ap.parse_args(argv)
     model = FreezePredictor.load(a.predictor)
     rule = T.engine_rule(model)

@@ -15,7 +15,7 @@ import hashlib
 from smartfrz.predictor import DEFAULT_PATH, FreezePredictor
 
 RULE_KEYS = ("threshold", "patience", "decisions_per_epoch", "decisions_per_run", "veto_tau", "veto_probe_rows",
-             "decide_from", "feature_version", "hparams")
+             "veto_lookback", "decide_from", "feature_version", "hparams")
 
 
 def main(argv=None):
@@ -27,6 +27,8 @@ def main(argv=None):
     ap.add_argument("--per-run", type=int, default=0, help="a floor of decisions a run (0: none)")
     ap.add_argument("--tau", type=float, default=None, help="the functional veto's tau (default: no veto)")
     ap.add_argument("--probe-rows", type=int, default=None, help="probe rows the veto reads (default: all)")
+    ap.add_argument("--lookback", choices=["decision", "epoch"], default="decision",
+                    help="how far back the veto's weights are: the previous decision (default) or an epoch")
     ap.add_argument("--decide-from", type=float, default=0.0, help="share of the planned run before any decision")
     ap.add_argument("--chosen-on", required=True, help="what the rule was chosen on, kept in the file")
     a = ap.parse_args(argv)
@@ -39,10 +41,11 @@ def main(argv=None):
     pred = FreezePredictor.load(a.path)
     before = hashlib.sha256(open(a.path, "rb").read()).hexdigest()[:12]
     old = {k: pred.metadata.get(k) for k in ("threshold", "patience", "decisions_per_epoch", "decisions_per_run",
-                                             "veto_tau", "veto_probe_rows", "decide_from")}
+                                             "veto_tau", "veto_probe_rows", "veto_lookback", "decide_from")}
     pred.threshold, pred.patience, pred.decisions_per_epoch, pred.decisions_per_run = \
         a.threshold, a.patience, a.per_epoch, a.per_run
     pred.veto_tau, pred.veto_probe_rows, pred.decide_from = a.tau, a.probe_rows, a.decide_from
+    pred.veto_lookback = a.lookback
     extra = {k: v for k, v in pred.metadata.items() if k not in RULE_KEYS}
     extra.update(rule_chosen_on=a.chosen_on, earlier_rule=str(old))
     pred.save(a.path, extra=extra)

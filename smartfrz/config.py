@@ -27,6 +27,9 @@ class SmartFRZConfig:
     # the veto reads at most this many rows of its probe: each decision runs it a few times, so this is its cost.
     # None: the predictor's rule (its file says), else the whole probe
     veto_probe_rows: int | None = None
+    # how far back the weights the veto puts back are: "decision" (the rule's previous one) or "epoch" (one
+    # window's span: steps_per_epoch, else window * record_every). None: the predictor's rule
+    veto_lookback: str | None = None
     # no freeze is decided before this share of the planned run (total_steps; unknown: from the first full window):
     # no accuracy-safe freeze came earlier on the tasks the rule was chosen on. None: the predictor's rule
     decide_from: float | None = None
@@ -52,6 +55,8 @@ class SmartFRZConfig:
             raise ValueError(f"window must be at least 2 snapshots; got {self.window}")
         if self.veto_tau is not None and not 0.0 < self.veto_tau <= 1.0:
             raise ValueError(f"veto_tau must lie in (0, 1] (1.0: off), or be None; got {self.veto_tau}")
+        if self.veto_lookback not in (None, "decision", "epoch"):
+            raise ValueError(f"veto_lookback must be 'decision', 'epoch' or None; got {self.veto_lookback!r}")
         if self.decide_from is not None and not 0.0 <= self.decide_from < 1.0:
             raise ValueError(f"decide_from must lie in [0, 1) (a share of total_steps), or be None; got {self.decide_from}")
         if self.threshold is not None and not 0.0 < self.threshold < 1.0:

@@ -64,7 +64,9 @@ class SmartFRZ:
             if probe is None:
                 raise ValueError("the functional veto needs a probe batch: pass veto_probe= (or example_input=), "
                                  "or veto_tau=1.0 to turn it off")
-            self.veto = FunctionalVeto(self.units, probe, tau, cfg.veto_probe_rows or getattr(self.policy, "veto_probe_rows", None))
+            epoch = (cfg.veto_lookback or getattr(self.policy, "veto_lookback", "decision")) == "epoch"
+            self.veto = FunctionalVeto(self.units, probe, tau, cfg.veto_probe_rows or getattr(self.policy, "veto_probe_rows", None),
+                                       (cfg.steps_per_epoch or self.window * self.record_every) if epoch else None)
         self.policy.bind(self)
         self.record_from = self.policy.start - self.window * self.record_every  # full windows from the start on
 
@@ -118,10 +120,11 @@ class SmartFRZ:
         n, scores = self.policy.decide(self)
         if self.veto is not None:  # before the broadcast: rank 0's answer, veto included, is every rank's
             if not self.policy.reads_veto:
-                n = self.veto.allow(self.model, before, min(max(n, before), self.max_frozen))
+                n = self.veto.allow(self.model, before, min(max(n, before), self.max_frozen), self.step_count)
             every = max(1, self.window * self.record_every // 4)  # copied only where a check from the start on reads it
-            self.veto.snapshot(n, self.max_frozen, self.step_count, every,
-                               keep=not self.decide_every or self.step_count + every + self.decide_every >= self.policy.start)
+            keep = not self.decide_every or \
+                self.step_count + every + self.decide_every + (self.veto.lookback or 0) >= self.policy.start
+            self.veto.snapshot(n, self.max_frozen, self.step_count, every, keep=keep)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             from .distributed import broadcast_int
             n = broadcast_int(n)  # rank 0 decides for all: DDP hangs if ranks freeze different prefixes

@@ -85,6 +85,7 @@ class SmartFRZPolicy(Policy):
         self.decisions_per_run = int(getattr(self.predictor, "decisions_per_run", 0))
         self.veto_tau = getattr(self.predictor, "veto_tau", None)  # the engine's default veto, part of the rule
         self.veto_probe_rows = getattr(self.predictor, "veto_probe_rows", None)  # and what it may spend
+        self.veto_lookback = getattr(self.predictor, "veto_lookback", "decision")  # and how far back it looks
         self.decide_from = decide_from if decide_from is not None else float(getattr(self.predictor, "decide_from", 0.0))
         meta = getattr(self.predictor, "metadata", {})  # what it read in training; windows of other shapes shift its inputs
         self.window, self.sample_size = int(meta.get("window", self.window)), int(meta.get("sample_size", self.sample_size))
@@ -114,7 +115,7 @@ class SmartFRZPolicy(Policy):
         while settled < limit and scores.get(settled, 0.0) >= self.threshold:
             settled += 1
         if engine.veto is not None and settled > k:
-            settled = k if self._too_late(engine, k) else engine.veto.allow(engine.model, k, settled)
+            settled = k if self._too_late(engine, k) else engine.veto.allow(engine.model, k, settled, engine.step_count)
         self.streak = {u: self.streak.get(u, 0) + 1 if u < settled else 0 for u in range(k, limit)}
         while k < limit and self.streak.get(k, 0) >= self.patience:
             k += 1

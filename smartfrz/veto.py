@@ -47,6 +47,7 @@ def changed_share(ref: torch.Tensor, new: torch.Tensor) -> float:
     return float((ref - new).abs().mean() / ref.std().clamp_min(1e-12))
 
 
+LOOKBACKS = ("decision", "epoch")  # the weights put back: the rule's previous decision's, or an epoch old (a window's span)
 PART_ROWS = 16  # rows per probe part: small enough that a check stops early, large enough to batch well
 
 
@@ -93,15 +94,19 @@ def longest_passing(passes, start: int, stop: int) -> int:
 
 
 class FunctionalVeto:
-    """``allow(model, start, stop)``: how far the frozen prefix may grow, given the units' weights at the
-    previous decision (``snapshot``), units start..i put back together as the label rewinds a prefix. A unit
-    with no earlier weights yet is never allowed.
+    """``allow(model, start, stop, step)``: how far the frozen prefix may grow, given the units' weights at the
+    previous decision (``snapshot``) or, with ``lookback``, the newest kept at least that many steps before
+    ``step``, units start..i put back together as the label rewinds a prefix. A unit with no earlier weights yet
+    is never allowed.
 
     A check runs the probe part by part (``probe_parts``) and stops as soon as the changed predictions exceed tau:
     the answer is the whole probe's, the cost only what settles it."""
 
-    def __init__(self, units: Sequence[Unit], probe: Any, tau: float, rows: int | None = None):
+    def __init__(self, units: Sequence[Unit], probe: Any, tau: float, rows: int | None = None,
+                 lookback: int | None = None):
         self.units, self.probe, self.tau = list(units), probe if rows is None else first_rows(probe, rows), tau
+        self.lookback = lookback
+        self.history: list[tuple[int, dict]] = []  # (step, weights) kept for the lookback, oldest first
         self.parts = probe_parts(self.probe)
         self.previous: dict[int, list] = {}  # unit index -> its weights at the previous decision
         self.at: int | None = None  # the step they were taken at
@@ -131,13 +136,25 @@ class FunctionalVeto:
         """Keeps units start..stop-1 as they are now, at most once every ``every`` steps (a policy that decides
         at every step compares with weights at least that old, and copies them that seldom). ``keep=False``
         (no check can read this snapshot) marks the step without copying anything."""
-        if self.at is None or step - self.at >= every:
+        if self.lookback is not None:  # keep a few, and none older than the newest the lookback reaches
+            if keep and (not self.history or step - self.history[-1][0] >= every):
+                self.history.append((step, {i: unit_state(self.units[i]) for i in range(start, stop)}))
+            while len(self.history) > 1 and self.history[1][0] <= step - self.lookback:
+                self.history.pop(0)
+        elif self.at is None or step - self.at >= every:
             self.previous, self.at = {i: unit_state(self.units[i]) for i in range(start, stop)} if keep else {}, step
 
+    def earlier(self, step: int | None) -> dict:
+        """The weights a check at ``step`` puts back: {unit index: weights}."""
+        if self.lookback is None or step is None:
+            return self.previous
+        return next((w for s, w in reversed(self.history) if s <= step - self.lookback), {})
+
     @torch.no_grad()
-    def allow(self, model: torch.nn.Module, start: int, stop: int) -> int:
+    def allow(self, model: torch.nn.Module, start: int, stop: int, step: int | None = None) -> int:
+        previous = self.earlier(step)
         known = start  # units with earlier weights to put back
-        while known < stop and known in self.previous:
+        while known < stop and known in previous:
             known += 1
         ok = start
         if known > start:
@@ -147,7 +164,7 @@ class FunctionalVeto:
             try:
                 ref = [self._outputs(model, j) for j in range(len(self.parts))]
                 self.forwards += 1
-                ok = self._search(model, ref, start, known, saved)
+                ok = self._search(model, ref, start, known, saved, previous)
             finally:
                 for i, s in saved.items():
                     load_unit_state(self.units[i], s)
@@ -155,7 +172,7 @@ class FunctionalVeto:
         self.vetoed += ok < stop
         return ok
 
-    def _search(self, model: torch.nn.Module, ref: list, start: int, stop: int, saved: dict) -> int:
+    def _search(self, model: torch.nn.Module, ref: list, start: int, stop: int, saved: dict, previous: dict) -> int:
         """The longest prefix start..ok-1 that, put back together, stays within tau (``longest_passing``)."""
         back: set[int] = set()
 
@@ -164,7 +181,7 @@ class FunctionalVeto:
                 if i < upto and i not in back:
                     if i not in saved:
                         saved[i] = unit_state(self.units[i])
-                    load_unit_state(self.units[i], self.previous[i])
+                    load_unit_state(self.units[i], previous[i])
                     back.add(i)
                 elif i >= upto and i in back:
                     load_unit_state(self.units[i], saved[i])
@@ -176,7 +193,8 @@ class FunctionalVeto:
 
     def state_dict(self) -> dict:
         return {"previous": {str(i): s for i, s in self.previous.items()}, "vetoed": self.vetoed, "at": self.at,
-                "forwards": self.forwards, "part_forwards": list(self.part_forwards)}
+                "forwards": self.forwards, "part_forwards": list(self.part_forwards),
+                "history": [[s, {str(i): w for i, w in ws.items()}] for s, ws in self.history]}
 
     def load_state_dict(self, state: dict) -> None:
         self.previous = {int(i): s for i, s in state.get("previous", {}).items()}
@@ -185,3 +203,4 @@ class FunctionalVeto:
         parts = [int(n) for n in state.get("part_forwards", [])]  # before parts, every forward ran the whole probe
         self.part_forwards = parts if len(parts) == len(self.parts) else [self.forwards] * len(self.parts)
         self.at = None if state.get("at") is None else int(state["at"])
+        self.history = [(int(s), {int(i): w for i, w in ws.items()}) for s, ws in state.get("history", [])]

@@ -174,6 +174,34 @@ def test_the_rule_search_takes_the_veto_when_only_the_veto_keeps_freezes_after_t
     assert rule["saved_share_of_oracle"] == 1.0 and rule["decide_from"] == 0.0  # a start at 0.75 (step 30) would lose saving
 
 
+def test_the_rule_search_tries_a_veto_an_epoch_back():
+    """Recorded shares an epoch back (lookback 8 = steps_per_epoch) flag a unit the shares at the previous decision
+    miss: only the search that may read an epoch back keeps the freezes after their labels, and says so."""
+    import pytest
+    import torch
+    from smartfrz.predictor_training.training import RuleSearch, lookback_steps, recorded_veto, samples, select_rule
+    C, U = len(STEPS), 2
+    rewind = torch.ones(C, U)
+    rewind[10:] = 0.0  # both units freezable from step 22
+    share = torch.zeros(C, 3, U, 1)  # lookbacks 2, 4 and 8 steps
+    share[:10, 2] = 0.5  # put back an epoch, the first unit changes half the predictions until step 20
+    meta = dict(META, flop_share=[0.6, 0.4], veto_lookbacks=[2, 4, 8], veto_rows=[32], name="toy")
+    assert META["steps_per_epoch"] == 8 and lookback_steps(meta, "epoch") == 8 and lookback_steps(meta, "decision") is None
+    runs = [{"rewind": rewind, "features": torch.zeros(C, U, 4, 9), "steps": torch.as_tensor(STEPS), "veto_share": share,
+             "meta": meta}]
+    assert recorded_veto(runs[0], meta, 4, 0, 0.1, 32, "epoch")[0][0, 0] == 0.5
+    d = samples(runs, "rewind:0.05")
+    p = np.full(len(d["run"]), 0.9)
+    near = select_rule(d, runs, np.array([0]), p, RuleSearch(patiences=(1,), taus=(0.1,)))
+    assert near["early"] == 0 and near["decisions_per_epoch"] == 1  # only a decision an epoch apart reads the far share
+    assert near["saved_share_of_oracle"] < 1.0
+    rule = select_rule(d, runs, np.array([0]), p, RuleSearch(patiences=(1,), taus=(0.1,), lookbacks=("decision", "epoch")))
+    assert rule["veto_lookback"] == "epoch" and rule["early"] == 0 and rule["saved_share_of_oracle"] == 1.0
+    assert rule["decisions_per_epoch"] == 4 and near["veto_lookback"] == "decision"
+    with pytest.raises(ValueError, match="lookbacks must be among"):
+        RuleSearch(lookbacks=("week",))
+
+
 def test_the_replay_agrees_with_the_trace_replay_on_the_committed_traces():
     """Two replays of SmartFRZPolicy.decide written apart: this one (recorded runs, held out) and
     scripts/trace_replay.py (bench traces, which chose the shipped rule). Where the rule's cadence falls on a

@@ -318,3 +318,39 @@ def test_nothing_is_scored_recorded_or_copied_before_the_start_and_the_decisions
     assert lean[0] and lean[1] > 0 and lean[:2] == full[:2]  # the same freezes at the same steps, the same veto checks
     assert min(lean[2]) == 24 - 3 * 2 and min(full[2]) == 2  # recording starts one window before step 24
     assert lean[3] < full[3] and min(lean[4]) == 24  # fewer weight copies; nothing scored before the start
+
+
+def test_an_epoch_lookback_puts_back_weights_at_least_an_epoch_old(tmp_path):
+    """With ``veto_lookback="epoch"`` a check compares with the newest copy an epoch old or older, not the last one:
+    with no such copy yet nothing is let through, and only a few copies are ever kept."""
+    _, _, near = train(lr=0.0, steps_per_epoch=4)
+    _, _, far = train(lr=0.0, steps_per_epoch=4, veto_lookback="epoch")
+    assert [e["step"] for e in near.timeline] == [3, 3] and near.veto.lookback is None
+    assert far.veto.lookback == 4 and [e["step"] for e in far.timeline] == [5, 5]  # step 1's copy, read at step 5
+    assert [s for s, _ in far.veto.history] == [8, 9, 10, 11, 12] and far.veto.earlier(12) is far.veto.history[0][1]
+    torch.save({"frz": far.state_dict()}, tmp_path / "c.pt")
+    _, _, fresh = train(lr=0.0, steps=0, steps_per_epoch=4, veto_lookback="epoch")
+    fresh.load_state_dict(torch.load(tmp_path / "c.pt", weights_only=True)["frz"])
+    assert [s for s, _ in fresh.veto.history] == [8, 9, 10, 11, 12]
+    assert all(torch.equal(a, b) for (_, wa), (_, wb) in zip(far.veto.history, fresh.veto.history) for i in wa
+               for sa, sb in zip(wa[i], wb[i]) for a, b in zip(sa.values(), sb.values()))
+    with pytest.raises(ValueError, match="veto_lookback must be 'decision', 'epoch' or None"):
+        train(lr=0.0, steps=0, veto_lookback="week")
+
+
+def test_the_predictor_file_carries_the_veto_lookback(tmp_path):
+    from smartfrz import FreezePredictor
+    pred = FreezePredictor.load()
+    assert pred.veto_lookback == "decision"  # written before the lookback was part of the rule
+    pred.veto_tau, pred.veto_lookback = 0.05, "epoch"
+    path = tmp_path / "p.safetensors"
+    pred.save(path, extra={k: v for k, v in pred.metadata.items() if k in ("window", "sample_size")})
+    assert FreezePredictor.load(path).veto_lookback == "epoch"
+    m = nn.Sequential(nn.Linear(2, 4), nn.Linear(4, 4), nn.Linear(4, 2))
+    x = torch.randn(8, 2)
+    assert SmartFRZ(m, None, example_input=x, predictor_path=str(path), window=2, record_every=3,
+                    total_steps=100).veto.lookback == 6
+    assert SmartFRZ(m, None, example_input=x, predictor_path=str(path), window=2, steps_per_epoch=10,
+                    total_steps=100).veto.lookback == 10
+    assert SmartFRZ(m, None, example_input=x, predictor_path=str(path), window=2, record_every=3,
+                    total_steps=100, veto_lookback="decision").veto.lookback is None

@@ -27,7 +27,7 @@ from .freeze_dataset import load_runs
 from .labels import (DEFAULT_LABEL, check_readable, decision_cadence, describe_label, front_to_back, label_for,
                      settled_under)
 from ..predictor import FreezePredictor
-from ..veto import longest_passing
+from ..veto import LOOKBACKS as VETO_LOOKBACKS, longest_passing
 
 LABEL = DEFAULT_LABEL
 MAX_EARLY = 0.05  # share of units a rule may freeze before their label (on out-of-fold replays)
@@ -38,7 +38,7 @@ GROUP_FOLDS = {"family": lambda meta: meta["family"], "schedule": lambda meta: m
 THRESHOLDS = tuple(np.round(np.linspace(0.30, 0.96, 23), 2))
 DECISIONS_PER_EPOCH = (1, 2, 4)  # 4 = every checkpoint of the recorded runs
 RULE_KEYS = ("threshold", "patience", "decisions_per_epoch", "decisions_per_run")  # what the search chooses
-ENGINE_KEYS = ("decide_from", "veto_tau", "veto_probe_rows")  # the rest of a shipped rule (scripts/ship_rule.py)
+ENGINE_KEYS = ("decide_from", "veto_tau", "veto_probe_rows", "veto_lookback")  # the rest of a shipped rule (scripts/ship_rule.py)
 OBJECTIVES = ("pooled", "mean_run")
 
 
@@ -48,13 +48,15 @@ class RuleSearch:
     (long runs weigh most); ``mean_run``: the mean of each run's share (each run counts once).
     ``per_run_floors``: minimum decisions per run tried (0: the per-epoch cadence alone). ``starts``: shares of the
     run before which no decision is made; ``taus``: the functional veto's (None: off; any other needs runs that
-    recorded the veto's shares), read on the probe's first ``veto_rows`` rows."""
+    recorded the veto's shares), read on the probe's first ``veto_rows`` rows; ``lookbacks``: how far back the veto's
+    weights are (``VETO_LOOKBACKS``: the rule's previous decision, or an epoch, the span of one window)."""
     objective: str = "pooled"
     patiences: tuple[int, ...] = (1, 2, 3)
     per_run_floors: tuple[int, ...] = (0,)
     starts: tuple[float, ...] = (0.0,)
     taus: tuple[float | None, ...] = (None,)
     veto_rows: int = 32
+    lookbacks: tuple[str, ...] = ("decision",)
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -64,6 +66,8 @@ class RuleSearch:
         if not self.starts or not all(0 <= x < 1 for x in self.starts) or not self.taus or \
                 not all(t is None or 0 < t <= 1 for t in self.taus):
             raise ValueError(f"starts must be in [0, 1) and taus None or in (0, 1] (non-empty); got {self}")
+        if not self.lookbacks or not set(self.lookbacks) <= set(VETO_LOOKBACKS):
+            raise ValueError(f"lookbacks must be among {VETO_LOOKBACKS} (non-empty); got {self.lookbacks}")
 
 
 def _values(run: dict, rule: str) -> torch.Tensor:
@@ -196,11 +200,20 @@ def replay(P, Y, steps, meta: dict, threshold: float, patience: int, per_epoch: 
             "units": limit}
 
 
+def lookback_steps(meta: dict, lookback: str | None) -> int | None:
+    """Steps back the veto's weights are: None, the rule's previous decision (``cadence``); "epoch": an epoch."""
+    if lookback not in (None, *VETO_LOOKBACKS):
+        raise ValueError(f"veto lookback must be one of {VETO_LOOKBACKS}; got {lookback!r}")
+    return meta["steps_per_epoch"] if lookback == "epoch" else None
+
+
 def recorded_veto(run: dict, meta: dict, per_epoch: int, per_run: int, tau: float, rows: int,
-                  lookback: int | None = None) -> tuple:
+                  lookback: int | str | None = None) -> tuple:
     """(shares (checkpoints, units), tau) of a recorded run, read at the distance the engine's veto reads: its
-    previous decision, ``cadence`` steps back (or ``lookback`` steps, one the run recorded), on the probe's first
-    ``rows`` rows."""
+    previous decision, ``cadence`` steps back (or ``lookback`` steps, one the run recorded, or a name of
+    ``VETO_LOOKBACKS``), on the probe's first ``rows`` rows."""
+    if isinstance(lookback, str):
+        lookback = lookback_steps(meta, lookback)
     if "veto_share" not in run:
         raise ValueError(f"run {meta['name']} has no veto shares (recorded before they were, format 1): record it "
                          "again with python -m smartfrz.predictor_training.freeze_dataset to replay a rule with a veto")
@@ -212,7 +225,7 @@ def recorded_veto(run: dict, meta: dict, per_epoch: int, per_run: int, tau: floa
 
 
 def replay_all(grids: dict, runs, threshold, patience, per_epoch, per_run=0, start=0.0, veto=None) -> list[dict]:
-    """``replay`` on each run of ``grids`` (run -> ``_grid``); ``veto``: (tau, probe rows) read from each run."""
+    """``replay`` on each run of ``grids`` (run -> ``_grid``); ``veto``: (tau, probe rows[, lookback]) read from each run."""
     return [{"run": int(r), **replay(P, Y, steps, runs[r]["meta"], threshold, patience, per_epoch, per_run, start=start,
                                      veto=veto and recorded_veto(runs[r], runs[r]["meta"], per_epoch, per_run, *veto))}
             for r, (P, Y, steps) in grids.items()]
@@ -223,7 +236,7 @@ def engine_rule(predictor: FreezePredictor) -> dict:
     return {"threshold": float(predictor.threshold), "patience": int(predictor.patience),
             "decisions_per_epoch": int(predictor.decisions_per_epoch), "decisions_per_run": int(predictor.decisions_per_run),
             "decide_from": float(predictor.decide_from), "veto_tau": predictor.veto_tau,
-            "veto_probe_rows": predictor.veto_probe_rows}
+            "veto_probe_rows": predictor.veto_probe_rows, "veto_lookback": predictor.veto_lookback}
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -243,18 +256,20 @@ def select_rule(d, runs, idx_runs, p, search: RuleSearch = RuleSearch()) -> dict
     the fewest early)."""
     score = "saved_share_of_oracle" if search.objective == "pooled" else "mean_run_share_of_oracle"
     best, grids = None, {r: _grid(d, r, p) for r in idx_runs}
-    for per_run, per_epoch, patience, start, tau, thr in itertools.product(
-            search.per_run_floors, DECISIONS_PER_EPOCH, search.patiences, search.starts, search.taus, THRESHOLDS):
-        veto = None if tau is None else (tau, search.veto_rows)
+    vetoes = [(tau, search.veto_rows, lb) if tau is not None else None for tau in search.taus
+              for lb in (search.lookbacks if tau is not None else [None])]
+    for per_run, per_epoch, patience, start, veto, thr in itertools.product(
+            search.per_run_floors, DECISIONS_PER_EPOCH, search.patiences, search.starts, vetoes, THRESHOLDS):
         s = summarize(replay_all(grids, runs, float(thr), patience, per_epoch, per_run, start, veto))
         ok = s["early_share"] <= MAX_EARLY
-        # ties: fewer decisions, a later start, a stricter veto (each costs less or risks less)
+        tau, lookback = (None, None) if veto is None else (veto[0], veto[2])
+        # ties: fewer decisions, a later start, a stricter veto, the nearer lookback (each costs less or risks less)
         key = (ok, (s[score] or 0.0) if ok else -s["early_share"], -per_epoch, -per_run, patience, start,
-               -(tau if tau is not None else 2.0))
+               -(tau if tau is not None else 2.0), lookback == "decision")
         if best is None or key > best[0]:
             best = (key, {"threshold": float(thr), "patience": patience, "decisions_per_epoch": per_epoch,
                           "decisions_per_run": per_run, "decide_from": start, "veto_tau": tau,
-                          "veto_probe_rows": None if tau is None else search.veto_rows, **s})
+                          "veto_probe_rows": None if tau is None else search.veto_rows, "veto_lookback": lookback, **s})
     return best[1]
 
 
@@ -353,6 +368,7 @@ def train_selected(d: dict, runs: list[dict], run_ids: np.ndarray, seed: int = 0
     model.patience, model.decisions_per_epoch = rule["patience"], rule["decisions_per_epoch"]
     model.decisions_per_run, model.decide_from = rule["decisions_per_run"], rule["decide_from"]
     model.veto_tau, model.veto_probe_rows = rule["veto_tau"], rule["veto_probe_rows"]
+    model.veto_lookback = rule["veto_lookback"]
     return model, rule
 
 
@@ -370,7 +386,7 @@ def heldout(d, runs, model, rule, run_ids) -> dict:
     p = np.zeros(len(d["run"]))
     p[sel] = torch.sigmoid(_logits(model, d["x"][torch.from_numpy(np.nonzero(sel)[0])])).numpy()
     grids = {r: _grid(d, r, p) for r in run_ids}
-    veto = (rule["veto_tau"], rule["veto_probe_rows"]) if rule.get("veto_tau") is not None else None
+    veto = (rule["veto_tau"], rule["veto_probe_rows"], rule.get("veto_lookback")) if rule.get("veto_tau") is not None else None
     rows = replay_all(grids, runs, rule["threshold"], rule["patience"], rule["decisions_per_epoch"],
                       rule["decisions_per_run"], rule.get("decide_from", 0.0), veto)
     return {"rule": {k: rule[k] for k in rule if k in RULE_KEYS or k in ENGINE_KEYS},
@@ -454,9 +470,16 @@ def _sha(path) -> str:
 
 def _start_and_veto(r: dict) -> str:
     tau = r.get("veto_tau")
-    veto = (f"the functional veto at tau {tau:g} on the probe's first {r['veto_probe_rows']} rows" if tau is not None
-            else "no functional veto")
+    back = "an epoch back" if r.get("veto_lookback") == "epoch" else "at the previous decision"
+    veto = (f"the functional veto at tau {tau:g} on the probe's first {r['veto_probe_rows']} rows, weights {back}"
+            if tau is not None else "no functional veto")
     return f"no decision before {r.get('decide_from', 0.0):.0%} of the run, {veto}"
+
+
+def _veto_words(r: dict) -> str:
+    if r.get("veto_tau") is None:
+        return "off"
+    return f"{r['veto_tau']:g}" + (" (an epoch back)" if r.get("veto_lookback") == "epoch" else "")
 
 
 def _pct(x):
@@ -473,7 +496,7 @@ def _heldout_table(block: dict, kind: str) -> list[str]:
                      f"{_pct(v['saved_share_of_oracle'])} / {_pct(v['mean_run_share_of_oracle'])} | "
                      f"{v['early']}/{v['units']} | {v['precision']:.2f} / {v['recall']:.2f} | "
                      f"{r['threshold']:.2f}, {r['patience']}, {r['decisions_per_epoch']}, {r['decisions_per_run']}, "
-                     f"{r.get('decide_from', 0.0):g}, {r.get('veto_tau') if r.get('veto_tau') is not None else 'off'} |")
+                     f"{r.get('decide_from', 0.0):g}, {_veto_words(r)} |")
     rows = list(block.values())
     if rows:
         t = fold_totals(block)
@@ -559,8 +582,8 @@ def write_report(res: dict, runs: list[dict], folder: Path, label_study: list | 
               f"{100 * MAX_EARLY:g}% early units, over patience {list(res['search']['patiences'])}, decisions per "
               f"epoch {list(DECISIONS_PER_EPOCH)}, minimum decisions per run {list(res['search']['per_run_floors'])} "
               "(0: none; the engine applies the floor when it knows the run's length from `total_steps`), starts "
-              f"{list(res['search'].get('starts', [0.0]))} and veto taus {list(res['search'].get('taus', [None]))} "
-              "(None: no veto).", ""]
+              f"{list(res['search'].get('starts', [0.0]))}, veto taus {list(res['search'].get('taus', [None]))} "
+              f"(None: no veto) and veto lookbacks {list(res['search'].get('lookbacks', ['decision']))}.", ""]
     for kind, block in res["held_out"].items():
         lines += [f"### Leave one {kind} out", ""] + _heldout_table(block, kind) + [""]
     if "held_out_fixed" in res:
@@ -571,7 +594,9 @@ def write_report(res: dict, runs: list[dict], folder: Path, label_study: list | 
                   f"{r['decisions_per_epoch']} decision(s) an epoch and at least {r['decisions_per_run']} a run, "
                   f"threshold {r['threshold']:g}, patience {r['patience']}, and the functional veto "
                   + (f"(tau {r['veto_tau']:g} on the probe's first {r['veto_probe_rows']} rows, read from the veto "
-                     "shares each run recorded at the distance of the rule's previous decision; in the run nothing was "
+                     "shares each run recorded at the distance of "
+                     + ("an epoch" if r.get("veto_lookback") == "epoch" else "the rule's previous decision")
+                     + "; in the run nothing was "
                      "frozen, so a prefix's share also counts the moves of units the rule had frozen: it tends to veto "
                      "more often than the engine would)" if r.get("veto_tau") is not None else "off")
                   + ". With the packaged file, this is the engine's default held out.", ""]
@@ -623,6 +648,8 @@ def _flags(res: dict) -> str:
         flags.append("--starts " + " ".join(f"{x:g}" for x in s["starts"]))
     if tuple(s.get("taus", RuleSearch.taus)) != RuleSearch.taus:
         flags.append("--taus " + " ".join("none" if t is None else f"{t:g}" for t in s["taus"]))
+    if tuple(s.get("lookbacks", RuleSearch.lookbacks)) != RuleSearch.lookbacks:
+        flags.append("--veto-lookbacks " + " ".join(s["lookbacks"]))
     if res.get("settled_run_weight", 1.0) != SETTLED_RUN_WEIGHT:
         flags.append(f"--settled-run-weight {res['settled_run_weight']:g}")
     members = res.get("teachers") or res["shipped"]["hparams"].get("members", 1)
@@ -704,6 +731,8 @@ def main(argv=None):
                     help="shares of the run before which no decision is made, to try, e.g. 0 0.4 0.6")
     ap.add_argument("--taus", nargs="+", default=["none"],
                     help="functional veto taus to try ('none': no veto; others need runs that recorded the veto's shares)")
+    ap.add_argument("--veto-lookbacks", nargs="+", default=list(RuleSearch.lookbacks), choices=list(VETO_LOOKBACKS),
+                    help="how far back the veto's weights are, to try: the rule's previous decision, or an epoch")
     ap.add_argument("--per-run-floors", nargs="+", type=int, default=list(RuleSearch.per_run_floors),
                     help="minimum decisions per run to try (0: per-epoch cadence only), e.g. 0 8 12 16")
     ap.add_argument("--members", type=int, default=MEMBERS, help="networks averaged in the predictor (seeds differ)")
@@ -727,7 +756,8 @@ def main(argv=None):
     except ValueError:
         ap.error(f"--taus are numbers in (0, 1] or 'none'; got {a.taus}")
     try:
-        search = RuleSearch(a.objective, tuple(a.patiences), tuple(a.per_run_floors), tuple(a.starts), taus)
+        search = RuleSearch(a.objective, tuple(a.patiences), tuple(a.per_run_floors), tuple(a.starts), taus,
+                            lookbacks=tuple(a.veto_lookbacks))
     except ValueError as e:
         ap.error(str(e))
     res = run(a.runs, a.out, a.report, a.label, a.epochs, a.seed, label_study=a.label_study, held_out=not a.no_held_out,
