@@ -81,6 +81,16 @@ SUITES: dict[str, dict] = {
                                 schedule="linear", group_by_length=True, extra_policies=CACHE_POLICIES),
             "cifar10_resnet20_long": dict(task="cifar10", model="resnet20", subset=2000, epochs=30, batch_size=128,
                                           lr=0.1, epoch_eval_subset=1000)}},
+    "labelcheck": {
+        "seeds": tuple(range(10)),
+        # Labels checked against counterfactual freezing (issue 23) on families outside the test suites: small
+        # networks trained from scratch with a cosine schedule, the kind on which the issue's held-back case saw the
+        # rewind oracle lose 2.1 points. Ten seeds, since a digits delta moves 0.2-0.9 points from noise alone
+        # (reports/bench/bound/noise_*digits*.json). Read with smartfrz.lab.label_study.
+        "why": ("The digits MLP and CNN from scratch, 12 epochs, batch 32, SGD 0.05 with cosine decay, 10 seeds: each "
+                "label's oracle (label_study) against `none`. Every SmartFRZ option is the package default."),
+        "tasks": {"digits_mlp_cosine": dict(task="digits", model="digits_mlp", epochs=12, batch_size=32, lr=0.05),
+                  "digits_cnn_cosine": dict(task="digits", model="digits_cnn", epochs=12, batch_size=32, lr=0.05)}},
     "tuning": {
         "seeds": (0, 1, 2),
         # A many-step fine-tune outside `headroom` on which a decision rule may be chosen (that suite is the test).
