@@ -9,7 +9,8 @@ CNNs, timm/torchvision ViTs and Hugging Face encoders without a per-family table
   (each fed the previous one's output: RegNet's AnyStage, timm's ConvNeXtStage, T5's encoder stack), gives
   way to the blocks of its chain;
 * every parameterised module outside blocks becomes its own unit at the shallowest level that
-  holds no block (BERT's ``embeddings``, ViT's ``patch_embed``, VGG's conv layers);
+  holds no block (BERT's ``embeddings``, ViT's ``patch_embed``, VGG's conv layers); a block-free model that
+  this leaves with one unit, one wrapper module, is split into the wrapper's parts (ALBERT's shared encoder);
 * a normalisation-only unit joins the unit before it (ResNet's ``conv1+bn1`` stem, VGG's conv+BN),
   and parameters owned directly by containers (ViT's ``cls_token``, ``pos_embed``) join the first unit;
 * the head is everything that runs after the last block (or, without blocks, the last unit):
@@ -142,8 +143,9 @@ def _chain(m: nn.Module, order: dict, fed_by: dict, blocks: set) -> bool:
     return False
 
 
-def _structural_units(model: nn.Module, order: dict, fed_by: dict) -> tuple[list[list[str]], list[str]]:
-    """Returns (unit member-name groups in execution order, head module names)."""
+def _structural_units(model: nn.Module, order: dict, fed_by: dict, opened: frozenset = frozenset()) -> tuple[list, list]:
+    """Returns (unit member-name groups in execution order, head module names). ``opened``: modules split into their
+    parts, as containers are (a block-free model whose only unit would be one wrapper, as ALBERT's shared encoder)."""
     named = dict(model.named_modules())
     executed = {n for n, m in named.items() if m in order and n}
 
@@ -171,7 +173,7 @@ def _structural_units(model: nn.Module, order: dict, fed_by: dict) -> tuple[list
             if cand in blocks:
                 owner = cand
                 break
-            if not contains_block(cand) and type(named[cand]) not in _CONTAINERS:
+            if not contains_block(cand) and type(named[cand]) not in _CONTAINERS and cand not in opened:
                 owner = cand
                 break
         if owner is None:  # parameters living on a container that also holds blocks (e.g. pos_embedding)
@@ -190,6 +192,8 @@ def _structural_units(model: nn.Module, order: dict, fed_by: dict) -> tuple[list
     else:
         head = groups[-1] if groups else []
         units = groups[:-1]
+        if len(units) == 1 and len(units[0]) == 1 and sum(_has_params(c) for c in named[units[0][0]].children()) > 1:
+            return _structural_units(model, order, fed_by, opened | {units[0][0]})
     return units, head
 
 

@@ -145,3 +145,28 @@ def test_timm_norm_act_layer_is_no_block():
     timm = pytest.importorskip("timm")
     n = names(timm.create_model("efficientnet_b0", num_classes=10), x32)
     assert n[0] == "conv_stem+bn1" and "bn1" not in n  # BatchNormAct2d has children, yet is a norm layer
+
+
+def test_a_block_free_model_held_by_one_wrapper_is_split_into_its_parts():
+    class Body(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2, self.fc3 = nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 8)
+
+        def forward(self, x):
+            return self.fc3(self.fc2(self.fc1(x).relu()).relu())
+
+    class Wrapped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.head = Body(), nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.head(self.body(x))
+
+    assert names(Wrapped(), torch.randn(3, 4)) == ["body.fc1", "body.fc2", "body.fc3"]  # not one unit, "body"
+    transformers = pytest.importorskip("transformers")
+    albert = transformers.AlbertForSequenceClassification(transformers.AlbertConfig(
+        vocab_size=50, embedding_size=8, hidden_size=16, num_hidden_layers=3, num_attention_heads=2, intermediate_size=32))
+    ids = torch.randint(1, 50, (2, 7))  # one layer shared across depth: embeddings, the encoder, the pooler
+    assert names(albert, {"input_ids": ids}) == ["albert.embeddings", "albert.encoder", "albert.pooler"]
