@@ -368,7 +368,7 @@ def train_selected(d: dict, runs: list[dict], run_ids: np.ndarray, seed: int = 0
     model.patience, model.decisions_per_epoch = rule["patience"], rule["decisions_per_epoch"]
     model.decisions_per_run, model.decide_from = rule["decisions_per_run"], rule["decide_from"]
     model.veto_tau, model.veto_probe_rows = rule["veto_tau"], rule["veto_probe_rows"]
-    model.veto_lookback = rule["veto_lookback"]
+    model.veto_lookback = rule["veto_lookback"] or "decision"
     return model, rule
 
 
