@@ -118,16 +118,27 @@ class FunctionalVeto:
         self.part_forwards[j] += 1
         return logits(model, self.parts[j])
 
+    def _kept(self, j: int, r: torch.Tensor) -> torch.Tensor | None:
+        """Part j's attention mask where its outputs are per token (rows, tokens, classes: a language model's, a
+        tagger's), so a share counts the tokens' predictions and padding none; else None (every prediction counts)."""
+        mask = self.parts[j].get("attention_mask") if isinstance(self.parts[j], dict) else None
+        if r.dim() == 3 and isinstance(mask, torch.Tensor) and tuple(mask.shape) == tuple(r.shape[:2]):
+            return mask.ne(0).to(r.device)
+        return None
+
     def _exceeds(self, model: torch.nn.Module, ref: list) -> bool:
         """Whether the model's predictions differ from ``ref`` by more than tau (``changed_share`` on the whole
         probe), stopping at the first part past which no later part could bring it back under."""
         classes = ref[0].shape[-1] > 1
-        total = sum(r.shape[0] if classes else r.numel() for r in ref)
-        scale = 1.0 if classes else float(torch.cat(ref).std().clamp_min(1e-12))
+        kept = [self._kept(j, r) if classes else None for j, r in enumerate(ref)]
+        total = sum(r.numel() if not classes else r.shape[:-1].numel() if k is None else float(k.sum())
+                    for k, r in zip(kept, ref))
+        scale = 1.0 if classes else float(torch.cat([r.flatten() for r in ref]).std().clamp_min(1e-12))
         changed = 0.0
         for j, r in enumerate(ref):
             new = self._outputs(model, j)
-            changed += float((r.argmax(-1) != new.argmax(-1)).sum()) if classes else float((r - new).abs().sum())
+            diff = r.argmax(-1) != new.argmax(-1) if classes else (r - new).abs()
+            changed += float((diff if kept[j] is None else diff & kept[j]).sum())
             if changed / total / scale > self.tau:
                 return True
         return False

@@ -354,3 +354,29 @@ def test_the_predictor_file_carries_the_veto_lookback(tmp_path):
                     total_steps=100).veto.lookback == 10
     assert SmartFRZ(m, None, example_input=x, predictor_path=str(path), window=2, record_every=3,
                     total_steps=100, veto_lookback="decision").veto.lookback is None
+
+
+def test_a_token_models_share_counts_its_tokens_predictions_and_no_padding():
+    """A language model or tagger predicts per token: one changed token of six kept is a share of 1/6 (not 1/2, one
+    of two rows), and a change at a padded position counts for nothing."""
+    from smartfrz.veto import FunctionalVeto
+
+    class Tagger(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(10, 3)
+
+        def forward(self, input_ids, attention_mask):
+            return self.emb(input_ids)  # (rows, tokens, classes)
+
+    m = Tagger()
+    probe = {"input_ids": torch.tensor([[1, 2, 3, 4], [5, 6, 0, 0]]), "attention_mask": torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])}
+    veto = FunctionalVeto([], probe, tau=0.2)
+    ref = [veto._outputs(m, j) for j in range(len(veto.parts))]
+    with torch.no_grad():
+        m.emb.weight[0] = -m.emb.weight[0]  # token 0 is padding only
+        assert not veto._exceeds(m, ref) and veto.tau == 0.2
+        m.emb.weight[4] = torch.eye(3)[(m.emb.weight[4].argmax() + 1) % 3] * 10  # one kept token's prediction
+    assert not veto._exceeds(m, ref)  # 1/6 <= 0.2
+    veto.tau = 0.1
+    assert veto._exceeds(m, ref)  # 1/6 > 0.1
