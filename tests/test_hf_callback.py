@@ -29,3 +29,23 @@ def test_trainer_callback_freezes_and_skips_updates(tmp_path, tiny_predictor):
     assert frozen_ids.isdisjoint({id(p) for g in trainer.optimizer.param_groups for p in g["params"]})
     assert not emb.requires_grad
     assert model.classifier.weight.requires_grad
+
+
+def test_the_callback_probes_the_veto_with_the_first_batch_and_leaves_the_data_order_alone():
+    from types import SimpleNamespace
+
+    from torch.utils.data import DataLoader
+    from smartfrz.integrations.hf import SmartFRZCallback
+
+    model, tok = minilm()
+    data = [dict(tok(f"sentence number {i}", truncation=True), labels=i % 2) for i in range(20)]
+    from transformers import DataCollatorWithPadding
+    loader = DataLoader(data, batch_size=8, shuffle=True, collate_fn=DataCollatorWithPadding(tok))
+    cb = SmartFRZCallback(policy="none", veto_tau=0.1)
+    args, state = SimpleNamespace(num_train_epochs=2, seed=0), SimpleNamespace(max_steps=6)
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    cb.on_train_begin(args, state, None, model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                      train_dataloader=loader)
+    assert torch.equal(torch.get_rng_state(), before)  # the Trainer's own first batch is the one it would have drawn
+    assert cb.frz.veto.probe["input_ids"].shape[0] == 8 and "labels" not in cb.frz.veto.probe

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from transformers import TrainerCallback
 
 from ..engine import SmartFRZ
@@ -21,11 +22,14 @@ class SmartFRZCallback(TrainerCallback):
         self._pending_state: dict | None = None
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, train_dataloader=None, **kw):
-        batch = next(iter(train_dataloader))
-        example = {k: v[:2].to(model.device) for k, v in batch.items() if k != "labels" and hasattr(v, "to")}
+        with torch.random.fork_rng(devices=[]):  # peeking at a batch must not shift the run's data order
+            batch = next(iter(train_dataloader))
+        inputs = {k: v.to(model.device) for k, v in batch.items() if k != "labels" and hasattr(v, "to")}
+        example = {k: v[:2] for k, v in inputs.items()}
         steps_per_epoch = max(1, state.max_steps // max(1, int(args.num_train_epochs))) if state.max_steps else None
+        # the veto's probe: the whole first batch (two rows would make each changed prediction half the probe)
         opts = {"steps_per_epoch": steps_per_epoch, "total_steps": state.max_steps or None, "seed": args.seed,
-                **self.options}
+                "veto_probe": inputs, **self.options}
         self.frz = SmartFRZ(model, optimizer, example_input=example, policy=self.policy, **opts)
         if self._pending_state is not None:
             self.frz.load_state_dict(self._pending_state)
