@@ -31,10 +31,19 @@ def frontier(task: str) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def noise(suite: str, task: str) -> dict | None:
+    """The task's noise floor: `none` itself with its learning rate nudged (scripts/noise_floor.py)."""
+    for name in (f"noise_{task}.json", f"noise_{suite}_{task}.json"):
+        path = ROOT / "reports" / "bench" / "bound" / name
+        if path.is_file():
+            return json.loads(path.read_text())
+    return None
+
+
 def table() -> str:
     lines = ["| suite | task (`none`'s metric) | policy | Δ vs none | FLOPs saved | decision FLOPs | deciding (time) "
              "| time saved (wall) | of the frontier |", "|---|---|---|---|---|---|---|---|---|"]
-    notes = []
+    notes, noises = [], []
     for suite in SUITES:
         path = ROOT / "reports" / "bench" / f"{suite}.json"
         if not path.is_file():
@@ -58,6 +67,12 @@ def table() -> str:
                          f"{_delta(r['metric_delta_median'], r['metric'])} | {100 * r['flops_saved']:.1f}% | "
                          f"{_share(r['decision_flops_share'])} | {_share(r['overhead_share'])} | {wall} | {share} |")
         for task in base:
+            if (n := noise(suite, task)) is not None:
+                m = base[task]["metric"]
+                worst = max(abs(v) for v in n["median_delta_by_scale"].values())
+                noises.append(f"- {task}: a seed's |Δ| median {_delta(n['median_abs_delta'], m).lstrip('+')}, max "
+                              f"{_delta(n['max_abs_delta'], m).lstrip('+')}; the median over seeds up to "
+                              f"{_delta(worst, m).lstrip('+')}")
             f = frontier(task)
             if f is not None:
                 fr = f["frontier"]
@@ -66,6 +81,9 @@ def table() -> str:
                              f"{_delta(fr['median_delta'], base[task]['metric'])} over 3 seeds)"))
     if notes:
         lines += ["", "Frontier (the most any accuracy-safe freeze saves, `reports/bench/bound/frontier_*.json`):", *notes]
+    if noises:
+        lines += ["", "Noise floor (`none` itself with its learning rate nudged 0.1-1%, against `none`: a Δ inside it "
+                  "tells nothing; `reports/bench/bound/noise_*.json`):", *noises]
     return "\n".join(lines)
 
 
