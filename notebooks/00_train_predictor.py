@@ -24,7 +24,7 @@
 # a few predictor epochs; writes `reports/predictor_smoke/` and `artifacts/predictor_smoke.safetensors` (never
 # the shipped file). `full`: regenerates the shipped predictor from the real data: the `cpu` run set (77 runs, 9
 # architectures in 8 families, 6 schedules, digits / CIFAR-10 / MRPC / CoLA; about 5 hours of one core) into
-# `artifacts/freeze_runs` (runs already there in the current format are kept), then `smartfrz/weights/smartfrz_predictor.safetensors`
+# `data/freeze_runs` (runs already there in the current format are kept), then `smartfrz/weights/smartfrz_predictor.safetensors`
 # and `reports/predictor/` (`papermill ... -p preset full -p data_dir ../shared/data`; `record_presets` can add
 # `gpu` and `gpu_text` on a GPU).
 
@@ -32,7 +32,7 @@
 preset = "smoke"  # smoke | full: see the first cell
 # None = the preset's value (smartfrz/lab/presets.py); override any of them with papermill -p NAME VALUE
 record_presets = None  # smoke: ['smoke'] | full: ['cpu']
-runs_dir = None  # smoke: None | full: 'artifacts/freeze_runs'
+runs_dir = None  # smoke: None | full: 'data/freeze_runs'
 predictor_out = None  # smoke: 'artifacts/predictor_smoke.safetensors' | full: 'smartfrz/weights/smartfrz_predictor.safetens...
 report_dir = None  # smoke: 'reports/predictor_smoke' | full: 'reports/predictor'
 epochs = None  # smoke: 5 | full: 6

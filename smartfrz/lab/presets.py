@@ -43,7 +43,7 @@ PRESETS: dict[str, dict[str, dict]] = {
         "smoke": dict(record_presets=["smoke"], runs_dir=None, predictor_out="artifacts/predictor_smoke.safetensors",
                       report_dir="reports/predictor_smoke", epochs=5, data_dir=None, device="cpu", threads=1,
                       progress=False),
-        "full": dict(record_presets=["cpu"], runs_dir="artifacts/freeze_runs",
+        "full": dict(record_presets=["cpu"], runs_dir="data/freeze_runs",
                      predictor_out="smartfrz/weights/smartfrz_predictor.safetensors", report_dir="reports/predictor",
                      epochs=6, data_dir=None, device="auto", threads=None, progress=True),
     },

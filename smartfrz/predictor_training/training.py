@@ -702,8 +702,8 @@ Regenerate (about 5 hours of one CPU core for the runs, `--shard I/N` splits the
 training: {_networks_words(res)} per fit, 2 inner folds and a final fit for each held-out group):
 
 ```bash
-python -m smartfrz.predictor_training.freeze_dataset --preset cpu --data-dir DATA --out artifacts/freeze_runs --threads 1
-python -m smartfrz.predictor_training.training --runs artifacts/freeze_runs \\
+python -m smartfrz.predictor_training.freeze_dataset --preset cpu --data-dir DATA --out data/freeze_runs --threads 1
+python -m smartfrz.predictor_training.training --runs data/freeze_runs \\
     --out smartfrz/weights/smartfrz_predictor.safetensors --report reports/predictor{_flags(res)}
 ```
 """)
