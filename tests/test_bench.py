@@ -101,6 +101,22 @@ def test_wall_clock_is_compared_only_between_runs_of_one_invocation():
     assert "| 2.00x |" in table and "| n/a\\* |" in table and "not all trained by one invocation" in table
 
 
+
+def test_memory_ratio_only_where_the_peak_is_the_runs_own():
+    """On a CPU the peak is the process's RSS, which `none` inflates with the lab's label snapshots."""
+    from smartfrz.lab.bench import markdown
+    def r(policy, mem):
+        return {"task": "t", "policy": policy, "seed": 0, "metric_name": "accuracy", "metric": 90.0,
+                "train_flops": 1.0, "wall_s": 1.0, "peak_mem_bytes": mem, "energy_j": None, "time_to_target_s": None,
+                "overhead_s": {"total": 0.0}, "final": {}}
+    bench = {"runs": [r("none", 200), r("linear", 100)], "suite": "s", "started": "now", "read_back": 0, "trained": 2}
+    cpu = {**bench, "device": "cpu (x86_64, AVX512, 1 threads)"}
+    assert {x["policy"]: x["mem_ratio"] for x in summarize(cpu)} == {"none": None, "linear": None}
+    assert "| n/a† |" in markdown(cpu) and "No memory ratio on a CPU" in markdown(cpu)
+    gpu = {**bench, "device": "NVIDIA H100 80GB HBM3"}
+    assert {x["policy"]: x["mem_ratio"] for x in summarize(gpu)} == {"none": 1.0, "linear": 0.5}
+    assert "| 0.50 |" in markdown(gpu) and "No memory ratio" not in markdown(gpu)
+
 def test_bad_suite_and_policy():
     from smartfrz.lab.bench import run_suite
     with pytest.raises(ValueError, match="unknown suite 'huge'"):

@@ -278,8 +278,10 @@ def run_tasks(tasks: dict[str, dict], seeds, policies=ALL_POLICIES, name: str = 
         bar = tqdm(total=len(todo), desc=f"bench {suite}", dynamic_ncols=True)
     pending = list(todo)
     running: dict = {}
-    pool = ProcessPoolExecutor(jobs, mp_context=_spawn(), initializer=_worker_init, initargs=(threads,)) \
-        if jobs > 1 else None
+    # a fresh process per run: on CPU peak memory is the process's RSS, which an earlier run in a reused worker
+    # would leave high (a ResNet-20 run after an MRPC one read 1.7x its `none`); each run also pays its own start
+    pool = ProcessPoolExecutor(jobs, mp_context=_spawn(), initializer=_worker_init, initargs=(threads,),
+                               max_tasks_per_child=1) if jobs > 1 else None
     try:
         while pending or running:
             for job in list(pending):  # read back what is done, start what is ready
@@ -390,7 +392,11 @@ def summarize(bench: dict) -> list[dict]:
                      "decision_flops_share": None if any(r.get("decision_flops") is None for r in rs) else
                      _median([r["decision_flops"] / r["full_train_flops"] for r in rs]),
                      "speedup": bmed["wall_s"] / med["wall_s"] if med["wall_s"] and _one_invocation(rs + base, bench) else None,
-                     "mem_ratio": med["peak_mem_bytes"] / bmed["peak_mem_bytes"] if bmed["peak_mem_bytes"] else None,
+                     # on a CPU peak memory is the process's RSS, and `none` also holds the lab's label snapshots
+                     # (a model copy per checkpoint): every policy would read as saving memory. On a GPU the
+                     # snapshots sit in host RAM and the peak is CUDA's own allocation.
+                     "mem_ratio": med["peak_mem_bytes"] / bmed["peak_mem_bytes"]
+                     if bmed["peak_mem_bytes"] and not str(bench.get("device") or "cpu").startswith("cpu") else None,
                      "overhead_s": _median([r["overhead_s"]["total"] for r in rs]),
                      # recording and deciding as a share of the run's own wall-clock: what a decision costs in time
                      "overhead_share": _median([r["overhead_s"]["total"] / r["wall_s"] for r in rs if r["wall_s"]]),
@@ -434,7 +440,8 @@ def markdown(bench: dict, command: str | None = None) -> str:
              "Decision FLOPs: the decisions' own forwards (the functional veto's probe batches) as a share of full "
              "training; FLOPs saved does not subtract them, so a policy's net saving is the difference (n/m: not "
              "recorded by runs that old). Overhead: the seconds spent recording weight windows and deciding (the "
-             "predictor, the veto's forwards and copies), and their share of the run's own wall-clock (median).", "",
+             "predictor, the veto's forwards and copies), and their share of the run's own wall-clock (median). Peak "
+             "memory: CUDA's peak allocation on a GPU (see † on a CPU).", "",
              "| task | policy | seeds | metric | Δ vs none | Δ per seed | FLOPs saved | decision FLOPs "
              "| speed-up (wall) | time to target (s) | peak mem ratio | overhead (s, share of time) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -442,11 +449,16 @@ def markdown(bench: dict, command: str | None = None) -> str:
     for r in rows:
         ttt = "n/a" if r["time_to_target_s"] is None else f"{r['time_to_target_s']:.1f}"
         speed = "n/a\\*" if r["speedup"] is None else f"{r['speedup']:.2f}x"
+        mem = "n/a†" if r["mem_ratio"] is None else f"{r['mem_ratio']:.2f}"
         lines.append(f"| {r['task']} | {r['policy']} | {r['seeds']} | {r['metric_name']} {r['metric']:.4g} | "
                      f"{_delta(r['metric_delta_median'], r['metric'])} | "
                      f"{' / '.join(_delta(d, r['metric']) for d in r['metric_delta_per_seed'])} | "
                      f"{100 * r['flops_saved']:.1f}% | {_share(r['decision_flops_share'])} | {speed} | {ttt} | "
-                     f"{r['mem_ratio']:.2f} | {r['overhead_s']:.2f} ({_share(r['overhead_share'])}) |")
+                     f"{mem} | {r['overhead_s']:.2f} ({_share(r['overhead_share'])}) |")
+    if any(r["mem_ratio"] is None for r in rows):
+        lines += ["", "† No memory ratio on a CPU: peak memory there is the process's resident size, and the `none` "
+                  "runs also hold the lab's label snapshots (a copy of the model per checkpoint), so every policy "
+                  "would read as saving memory. The JSON keeps each run's `peak_mem_bytes`."]
     if any(r["speedup"] is None for r in rows):
         lines += ["", "\\* No wall-clock speed-up: these runs and their `none` runs were not all trained by one "
                   "invocation of the bench, so they ran under different loads. Read the FLOPs."]
