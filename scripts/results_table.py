@@ -43,7 +43,7 @@ def noise(suite: str, task: str) -> dict | None:
 def table() -> str:
     lines = ["| suite | task (`none`'s metric) | policy | Δ vs none | FLOPs saved | decision FLOPs | deciding (time) "
              "| time saved (wall) | of the frontier |", "|---|---|---|---|---|---|---|---|---|"]
-    notes, noises = [], []
+    notes, noises, machines = [], [], []
     for suite in SUITES:
         path = ROOT / "reports" / "bench" / f"{suite}.json"
         if not path.is_file():
@@ -52,6 +52,7 @@ def table() -> str:
         rows = summarize(bench)
         base = {r["task"]: r for r in rows if r["policy"] == "none"}
         partial = "" if bench.get("complete", True) else " (partial)"
+        machines.append(f"`{suite}` {bench.get('started', '?')[:10]} on {bench.get('device')}")
         for r in rows:
             if r["policy"] == "none":
                 continue
@@ -79,6 +80,8 @@ def table() -> str:
                 notes.append(f"- {task}: " + ("no accuracy-safe freeze found" if fr is None else
                              f"**{100 * fr['median_flops_saved']:.1f}%** of FLOPs ({fr['source']}; median Δ "
                              f"{_delta(fr['median_delta'], base[task]['metric'])} over 3 seeds)"))
+    if machines:  # a seed reproduces exactly only on the same kind of CPU: suites measured apart are read apart
+        lines += ["", "Measured: " + "; ".join(machines) + "."]
     if notes:
         lines += ["", "Frontier (the most any accuracy-safe freeze saves, `reports/bench/bound/frontier_*.json`):", *notes]
     if noises:
