@@ -278,10 +278,11 @@ def run_tasks(tasks: dict[str, dict], seeds, policies=ALL_POLICIES, name: str = 
         bar = tqdm(total=len(todo), desc=f"bench {suite}", dynamic_ncols=True)
     pending = list(todo)
     running: dict = {}
-    # a fresh process per run: on CPU peak memory is the process's RSS, which an earlier run in a reused worker
-    # would leave high (a ResNet-20 run after an MRPC one read 1.7x its `none`); each run also pays its own start
-    pool = ProcessPoolExecutor(jobs, mp_context=_spawn(), initializer=_worker_init, initargs=(threads,),
-                               max_tasks_per_child=1) if jobs > 1 else None
+    # (workers are reused: on a CPU a run's peak RSS can hold an earlier run's leftovers, so no CPU memory ratio
+    # is shown. max_tasks_per_child=1 would isolate them, but Python 3.11's executor then raises in its manager
+    # thread when a failed run shuts the pool down early)
+    pool = ProcessPoolExecutor(jobs, mp_context=_spawn(), initializer=_worker_init, initargs=(threads,)) \
+        if jobs > 1 else None
     try:
         while pending or running:
             for job in list(pending):  # read back what is done, start what is ready
@@ -456,9 +457,10 @@ def markdown(bench: dict, command: str | None = None) -> str:
                      f"{100 * r['flops_saved']:.1f}% | {_share(r['decision_flops_share'])} | {speed} | {ttt} | "
                      f"{mem} | {r['overhead_s']:.2f} ({_share(r['overhead_share'])}) |")
     if any(r["mem_ratio"] is None for r in rows):
-        lines += ["", "† No memory ratio on a CPU: peak memory there is the process's resident size, and the `none` "
-                  "runs also hold the lab's label snapshots (a copy of the model per checkpoint), so every policy "
-                  "would read as saving memory. The JSON keeps each run's `peak_mem_bytes`."]
+        lines += ["", "† No memory ratio on a CPU: peak memory there is the worker process's resident size, which keeps "
+                  "what its earlier runs left, and the `none` runs also hold the lab's label snapshots (a copy of the "
+                  "model per checkpoint), so every policy would read as saving memory. The JSON keeps each run's "
+                  "`peak_mem_bytes`."]
     if any(r["speedup"] is None for r in rows):
         lines += ["", "\\* No wall-clock speed-up: these runs and their `none` runs were not all trained by one "
                   "invocation of the bench, so they ran under different loads. Read the FLOPs."]
