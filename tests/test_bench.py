@@ -101,7 +101,6 @@ def test_wall_clock_is_compared_only_between_runs_of_one_invocation():
     assert "| 2.00x |" in table and "| n/a\\* |" in table and "not all trained by one invocation" in table
 
 
-
 def test_memory_ratio_only_where_the_peak_is_the_runs_own():
     """On a CPU the peak is the process's RSS, which `none` inflates with the lab's label snapshots."""
     from smartfrz.lab.bench import markdown
@@ -116,6 +115,7 @@ def test_memory_ratio_only_where_the_peak_is_the_runs_own():
     gpu = {**bench, "device": "NVIDIA H100 80GB HBM3"}
     assert {x["policy"]: x["mem_ratio"] for x in summarize(gpu)} == {"none": 1.0, "linear": 0.5}
     assert "| 0.50 |" in markdown(gpu) and "No memory ratio" not in markdown(gpu)
+
 
 def test_bad_suite_and_policy():
     from smartfrz.lab.bench import run_suite
