@@ -78,10 +78,20 @@ def test_any_window_length_works(tiny_predictor):
 
 
 def test_default_architecture_is_small_and_fast():
+    """Cheap enough to score every active unit at each decision. The bound that matters is counted, not timed, so a
+    slow or busy host cannot fail it: the network's FLOPs per window. A loose wall-clock bound still catches what
+    FLOPs miss (a Python loop over windows, a feature pass gone quadratic); the old 50 ms bound read 64-150 ms on a
+    slow host with the code unchanged."""
+    from torch.utils.flop_counter import FlopCounterMode
+
     torch.manual_seed(0)
     pred = FreezePredictor().eval()
     assert pred.num_params <= 2_000_000
     w = torch.randn(100, 30, 1024)
+    with FlopCounterMode(display=False) as counter:  # grad on: the encoder's slow path, whose matmuls the counter sees
+        pred(window_features(w))
+    per_window = counter.get_total_flops() / w.shape[0]
+    assert 1e6 <= per_window <= 6e6, f"{per_window / 1e6:.2f} MFLOP per window (the default architecture: 4.5)"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -89,7 +99,7 @@ def test_default_architecture_is_small_and_fast():
         best = min(_timed(pred, w) for _ in range(5))
     finally:
         torch.set_num_threads(threads)
-    assert best <= 0.05, f"scoring 100 windows took {best * 1e3:.1f} ms on one core"
+    assert best <= 0.25, f"scoring 100 windows took {best * 1e3:.1f} ms on one core (about 40 ms on an idle core)"
 
 
 def _timed(pred, w):
