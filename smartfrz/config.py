@@ -33,6 +33,10 @@ class SmartFRZConfig:
     # no freeze is decided before this share of the planned run (total_steps; unknown: from the first full window):
     # no accuracy-safe freeze came earlier on the tasks the rule was chosen on. None: the predictor's rule
     decide_from: float | None = None
+    # most units the smartfrz policy newly freezes at one decision (the rest of a settled prefix waits for the next
+    # ones): a predictor that scores every unit alike would otherwise freeze the whole network at once.
+    # None: the predictor's rule (its file says; 0 there: no limit)
+    freeze_per_decision: int | None = None
     predictor_path: str | None = None  # None: the shipped predictor
     units: Sequence[str] | None = None  # explicit unit names; None: structural discovery
     seed: int = 0
@@ -47,7 +51,7 @@ class SmartFRZConfig:
 
     def __post_init__(self):
         for name in ("window", "sample_size", "patience", "record_every", "decide_every", "steps_per_epoch", "total_steps",
-                     "veto_probe_rows"):
+                     "veto_probe_rows", "freeze_per_decision"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise ValueError(f"{name} must be a positive integer or None; got {v!r}")

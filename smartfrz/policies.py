@@ -75,7 +75,7 @@ class SmartFRZPolicy(Policy):
     reads_veto = True
 
     def __init__(self, predictor=None, threshold: float | None = None, path: str | None = None,
-                 patience: int | None = None, decide_from: float | None = None):
+                 patience: int | None = None, decide_from: float | None = None, freeze_per_decision: int | None = None):
         from .predictor import FreezePredictor
 
         self.predictor = predictor if predictor is not None else FreezePredictor.load(path)
@@ -87,6 +87,8 @@ class SmartFRZPolicy(Policy):
         self.veto_probe_rows = getattr(self.predictor, "veto_probe_rows", None)  # and what it may spend
         self.veto_lookback = getattr(self.predictor, "veto_lookback", "decision")  # and how far back it looks
         self.decide_from = decide_from if decide_from is not None else float(getattr(self.predictor, "decide_from", 0.0))
+        self.freeze_per_decision = freeze_per_decision if freeze_per_decision is not None else \
+            int(getattr(self.predictor, "freeze_per_decision", 0))
         meta = getattr(self.predictor, "metadata", {})  # what it read in training; windows of other shapes shift its inputs
         self.window, self.sample_size = int(meta.get("window", self.window)), int(meta.get("sample_size", self.sample_size))
         self.streak: dict[int, int] = {}
@@ -117,7 +119,8 @@ class SmartFRZPolicy(Policy):
         if engine.veto is not None and settled > k:
             settled = k if self._too_late(engine, k) else engine.veto.allow(engine.model, k, settled, engine.step_count)
         self.streak = {u: self.streak.get(u, 0) + 1 if u < settled else 0 for u in range(k, limit)}
-        while k < limit and self.streak.get(k, 0) >= self.patience:
+        cap = engine.num_frozen + self.freeze_per_decision if self.freeze_per_decision else limit
+        while k < min(limit, cap) and self.streak.get(k, 0) >= self.patience:
             k += 1
         return k, scores
 
@@ -255,5 +258,5 @@ def make_policy(policy: "str | Policy", config) -> Policy:
         raise ValueError(f"unknown policy {policy!r}; allowed: {sorted(_REGISTRY)} or a Policy instance")
     if policy == "smartfrz":
         return SmartFRZPolicy(threshold=config.threshold, path=config.predictor_path, patience=config.patience,
-                              decide_from=config.decide_from)
+                              decide_from=config.decide_from, freeze_per_decision=config.freeze_per_decision)
     return _REGISTRY[policy]()

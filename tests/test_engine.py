@@ -114,6 +114,35 @@ def test_patience_needs_consecutive_votes(tiny_predictor):
     assert state["policy"]["streak"]  # votes survive a checkpoint
 
 
+def test_freeze_per_decision_grows_the_prefix_a_unit_at_a_time(tiny_predictor, tmp_path):
+    """A predictor that scores every unit alike would freeze the whole network at one decision; the limit makes
+    the rest of a settled prefix wait for the next decisions. The rule travels in the predictor file."""
+    from smartfrz.predictor import FreezePredictor
+    x = data()[0]
+
+    def frozen_per_decision(**kw):
+        frz = SmartFRZ(small_cnn(), None, example_input=x[:2], window=3, sample_size=32, record_every=1,
+                       threshold=0.01, patience=1, veto_tau=1.0, **kw)
+        for _ in range(3):
+            frz.step()
+        counts = []
+        for _ in range(5):
+            frz.epoch_end()
+            counts.append(frz.num_frozen)
+        return counts
+
+    assert frozen_per_decision(predictor_path=tiny_predictor)[0] == 3  # every unit but the last at once
+    assert frozen_per_decision(predictor_path=tiny_predictor, freeze_per_decision=1) == [1, 2, 3, 3, 3]
+    assert frozen_per_decision(predictor_path=tiny_predictor, freeze_per_decision=2) == [2, 3, 3, 3, 3]
+    pred = FreezePredictor.load(tiny_predictor)
+    pred.freeze_per_decision = 2
+    pred.save(tmp_path / "limited.safetensors")
+    assert FreezePredictor.load(tmp_path / "limited.safetensors").freeze_per_decision == 2
+    assert frozen_per_decision(predictor_path=tmp_path / "limited.safetensors")[:2] == [2, 3]
+    with pytest.raises(ValueError, match="freeze_per_decision must be a positive integer"):
+        SmartFRZConfig(freeze_per_decision=0)
+
+
 def test_windows_take_the_shape_the_predictor_was_trained_on(tmp_path, tiny_predictor):
     """The features are scale-free but not shape-free (path efficiency, step cosines): the engine records
     what the predictor file names unless told otherwise, and what it did before files named it."""

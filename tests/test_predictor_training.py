@@ -32,6 +32,17 @@ def test_replay_counts_a_freeze_of_a_never_labelled_unit_as_early():
     assert r["early"] == 2 and r["oracle_saved"] == 0.0 and r["saved"] > 0
 
 
+def test_replay_freezes_at_most_per_decision_units_a_decision():
+    """The engine's freeze_per_decision, replayed: a whole settled prefix waits a decision a unit."""
+    P = np.ones((len(STEPS), 3))
+    Y = np.ones_like(P, dtype=bool)
+    at_once = replay(P, Y, STEPS, META, threshold=0.5, patience=1, per_epoch=4)
+    one = replay(P, Y, STEPS, META, threshold=0.5, patience=1, per_epoch=4, per_decision=1)
+    first = at_once["pred"][0]
+    assert at_once["pred"] == {0: first, 1: first} and one["pred"] == {0: first, 1: first + 2}  # decisions 2 steps apart
+    assert one["saved"] < at_once["saved"]
+
+
 def test_replay_per_run_floor_gives_a_short_run_more_decisions():
     P = np.zeros((len(STEPS), 3))
     P[5:, 0] = 0.9  # unit 0 scores high from step 12

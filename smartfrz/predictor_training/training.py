@@ -38,7 +38,7 @@ GROUP_FOLDS = {"family": lambda meta: meta["family"], "schedule": lambda meta: m
 THRESHOLDS = tuple(np.round(np.linspace(0.30, 0.96, 23), 2))
 DECISIONS_PER_EPOCH = (1, 2, 4)  # 4 = every checkpoint of the recorded runs
 RULE_KEYS = ("threshold", "patience", "decisions_per_epoch", "decisions_per_run")  # what the search chooses
-ENGINE_KEYS = ("decide_from", "veto_tau", "veto_probe_rows", "veto_lookback")  # the rest of a shipped rule (scripts/ship_rule.py)
+ENGINE_KEYS = ("decide_from", "veto_tau", "veto_probe_rows", "veto_lookback", "freeze_per_decision")  # the rest of a shipped rule (scripts/ship_rule.py)
 OBJECTIVES = ("pooled", "mean_run")
 
 
@@ -154,12 +154,13 @@ def veto_pass(shares: np.ndarray, k: int, settled: int, tau: float) -> int:
 
 
 def replay(P, Y, steps, meta: dict, threshold: float, patience: int, per_epoch: int, per_run: int = 0,
-           min_active: int = 1, start: float = 0.0, veto: tuple | None = None) -> dict:
+           min_active: int = 1, start: float = 0.0, veto: tuple | None = None, per_decision: int = 0) -> dict:
     """The engine's rule (``SmartFRZPolicy.decide``) on one run's checkpoints; freeze steps and what they save.
     A decision falls at each multiple of the engine's cadence from ``start`` of the run on; it reads the first
     checkpoint at or after it (several decisions between two checkpoints read the same one). A unit settles when
     it and every active unit before it score >= threshold and, with ``veto`` = (shares (checkpoints, units), tau),
-    the recorded veto passes; it freezes after ``patience`` decisions settled in a row.
+    the recorded veto passes; it freezes after ``patience`` decisions settled in a row, at most ``per_decision``
+    units a decision (0: no limit).
 
     Saving = sum over units of (share of the step's forward FLOPs) x (share of the run left when frozen):
     what a frozen prefix takes off the backward pass, relative for comparisons with the oracle."""
@@ -185,7 +186,8 @@ def replay(P, Y, steps, meta: dict, threshold: float, patience: int, per_epoch: 
                 settled = k if too_late else veto_pass(shares[t], k, settled, veto[1])
             for u in range(k, U):
                 streak[u] = streak[u] + 1 if u < settled else 0
-            while k < limit and streak[k] >= patience:
+            cap = k + per_decision if per_decision else limit
+            while k < min(limit, cap) and streak[k] >= patience:
                 pred[k] = s
                 k += 1
     share = np.asarray(meta["flop_share"], dtype=float)
@@ -224,10 +226,12 @@ def recorded_veto(run: dict, meta: dict, per_epoch: int, per_run: int, tau: floa
     return run["veto_share"][:, lookbacks.index(L), :, meta["veto_rows"].index(rows)].float().numpy(), tau
 
 
-def replay_all(grids: dict, runs, threshold, patience, per_epoch, per_run=0, start=0.0, veto=None) -> list[dict]:
+def replay_all(grids: dict, runs, threshold, patience, per_epoch, per_run=0, start=0.0, veto=None,
+               per_decision: int = 0) -> list[dict]:
     """``replay`` on each run of ``grids`` (run -> ``_grid``); ``veto``: (tau, probe rows[, lookback]) read from each run."""
     return [{"run": int(r), **replay(P, Y, steps, runs[r]["meta"], threshold, patience, per_epoch, per_run, start=start,
-                                     veto=veto and recorded_veto(runs[r], runs[r]["meta"], per_epoch, per_run, *veto))}
+                                     veto=veto and recorded_veto(runs[r], runs[r]["meta"], per_epoch, per_run, *veto),
+                                     per_decision=per_decision)}
             for r, (P, Y, steps) in grids.items()]
 
 
@@ -236,7 +240,8 @@ def engine_rule(predictor: FreezePredictor) -> dict:
     return {"threshold": float(predictor.threshold), "patience": int(predictor.patience),
             "decisions_per_epoch": int(predictor.decisions_per_epoch), "decisions_per_run": int(predictor.decisions_per_run),
             "decide_from": float(predictor.decide_from), "veto_tau": predictor.veto_tau,
-            "veto_probe_rows": predictor.veto_probe_rows, "veto_lookback": predictor.veto_lookback}
+            "veto_probe_rows": predictor.veto_probe_rows, "veto_lookback": predictor.veto_lookback,
+            "freeze_per_decision": int(getattr(predictor, "freeze_per_decision", 0))}
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -269,7 +274,8 @@ def select_rule(d, runs, idx_runs, p, search: RuleSearch = RuleSearch()) -> dict
         if best is None or key > best[0]:
             best = (key, {"threshold": float(thr), "patience": patience, "decisions_per_epoch": per_epoch,
                           "decisions_per_run": per_run, "decide_from": start, "veto_tau": tau,
-                          "veto_probe_rows": None if tau is None else search.veto_rows, "veto_lookback": lookback, **s})
+                          "veto_probe_rows": None if tau is None else search.veto_rows, "veto_lookback": lookback,
+                          "freeze_per_decision": 0, **s})  # the search does not try limits
     return best[1]
 
 
@@ -388,7 +394,7 @@ def heldout(d, runs, model, rule, run_ids) -> dict:
     grids = {r: _grid(d, r, p) for r in run_ids}
     veto = (rule["veto_tau"], rule["veto_probe_rows"], rule.get("veto_lookback")) if rule.get("veto_tau") is not None else None
     rows = replay_all(grids, runs, rule["threshold"], rule["patience"], rule["decisions_per_epoch"],
-                      rule["decisions_per_run"], rule.get("decide_from", 0.0), veto)
+                      rule["decisions_per_run"], rule.get("decide_from", 0.0), veto, rule.get("freeze_per_decision", 0))
     return {"rule": {k: rule[k] for k in rule if k in RULE_KEYS or k in ENGINE_KEYS},
             **summarize(rows), **classification(p, d, sel, rule["threshold"]),
             "per_run": [{**r, "pred": {str(k): v for k, v in r["pred"].items()},
