@@ -40,11 +40,24 @@ def first_rows(batch: Any, n: int) -> Any:
     return take_rows(batch, slice(0, n))
 
 
-def changed_share(ref: torch.Tensor, new: torch.Tensor) -> float:
-    """Share of changed predictions (classification); regression: mean |change| over the outputs' std."""
+def changed_share(ref: torch.Tensor, new: torch.Tensor, kept: torch.Tensor | None = None) -> float:
+    """Share of changed predictions (classification; ``kept``: which of them count, e.g. a per-token output's
+    unpadded tokens); regression: mean |change| over the outputs' std."""
     if ref.shape[-1] > 1:
-        return float((ref.argmax(-1) != new.argmax(-1)).float().mean())
+        diff = ref.argmax(-1) != new.argmax(-1)
+        if kept is not None:
+            return float((diff & kept).sum() / kept.sum().clamp_min(1))
+        return float(diff.float().mean())
     return float((ref - new).abs().mean() / ref.std().clamp_min(1e-12))
+
+
+def token_mask(batch: Any, outputs: torch.Tensor) -> torch.Tensor | None:
+    """The batch's attention mask where the outputs are per token (rows, tokens, classes: a language model's, a
+    tagger's) and match it, so padding counts for nothing; else None (every prediction counts)."""
+    mask = batch.get("attention_mask") if isinstance(batch, dict) else None
+    if outputs.dim() == 3 and isinstance(mask, torch.Tensor) and tuple(mask.shape) == tuple(outputs.shape[:2]):
+        return mask.ne(0).to(outputs.device)
+    return None
 
 
 LOOKBACKS = ("decision", "epoch")  # the weights put back: the rule's previous decision's, or an epoch old (a window's span)
@@ -118,19 +131,12 @@ class FunctionalVeto:
         self.part_forwards[j] += 1
         return logits(model, self.parts[j])
 
-    def _kept(self, j: int, r: torch.Tensor) -> torch.Tensor | None:
-        """Part j's attention mask where its outputs are per token (rows, tokens, classes: a language model's, a
-        tagger's), so a share counts the tokens' predictions and padding none; else None (every prediction counts)."""
-        mask = self.parts[j].get("attention_mask") if isinstance(self.parts[j], dict) else None
-        if r.dim() == 3 and isinstance(mask, torch.Tensor) and tuple(mask.shape) == tuple(r.shape[:2]):
-            return mask.ne(0).to(r.device)
-        return None
 
     def _exceeds(self, model: torch.nn.Module, ref: list) -> bool:
         """Whether the model's predictions differ from ``ref`` by more than tau (``changed_share`` on the whole
         probe), stopping at the first part past which no later part could bring it back under."""
         classes = ref[0].shape[-1] > 1
-        kept = [self._kept(j, r) if classes else None for j, r in enumerate(ref)]
+        kept = [token_mask(self.parts[j], r) if classes else None for j, r in enumerate(ref)]
         total = sum(r.numel() if not classes else r.shape[:-1].numel() if k is None else float(k.sum())
                     for k, r in zip(kept, ref))
         scale = 1.0 if classes else float(torch.cat([r.flatten() for r in ref]).std().clamp_min(1e-12))

@@ -82,6 +82,42 @@ def test_rewind_harm_counts_changed_predictions_and_restores_the_model():
     assert model.training
 
 
+class _Tagger(torch.nn.Module):
+    """Per-token outputs, as a language model or a tagger gives: (rows, tokens, classes)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed, self.mix, self.head = torch.nn.Embedding(10, 8), torch.nn.Linear(8, 8), torch.nn.Linear(8, 3)
+
+    def forward(self, input_ids, attention_mask=None):
+        return self.head(torch.relu(self.mix(self.embed(input_ids))))
+
+
+def test_rewind_harm_of_per_token_outputs_counts_real_tokens_only():
+    """Batches cut to different lengths concatenate, and a change that only moves padding (id 0, masked)
+    changes no prediction; one that moves a real token's embedding does."""
+    from smartfrz import find_units
+    from smartfrz.predictor_training.labels import UnitSnapshots, prefix_shares, rewind_harm
+    from smartfrz.veto import unit_state
+    ids = torch.tensor([[1, 2, 3, 4, 5], [3, 3, 0, 0, 0], [5, 6, 7, 0, 0]])
+    probe = [{"input_ids": ids, "attention_mask": ids.ne(0).long()},
+             {"input_ids": torch.tensor([[8, 9], [2, 0]]), "attention_mask": torch.tensor([[1, 1], [1, 0]])}]
+    for rows, expect_change in (([0], False), (list(range(1, 10)), True)):
+        model = _Tagger()
+        units = find_units(model, probe[0])
+        snaps = UnitSnapshots(units)
+        snaps.take(0)
+        old = {i: unit_state(u) for i, u in enumerate(units)}
+        with torch.no_grad():
+            model.embed.weight[rows] = 50 * torch.randn(len(rows), 8, generator=torch.Generator().manual_seed(1))
+        snaps.take(10)
+        harm = rewind_harm(model, snaps, probe, cap=1.0)
+        assert (harm[0, 0] > 0) == expect_change, (rows, harm)
+        shares = prefix_shares(model, units, [0], old, probe[0], (3,))
+        assert (shares[0][3] > 0) == expect_change, (rows, shares)
+
+
 def test_rewind_scan_stops_where_no_label_can_hold():
     """Above the cap, earlier checkpoints and later units are never evaluated (NaN), and labels read NaN as
     above the threshold: the scan saves work without changing any label at tau <= cap."""

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import torch
 
 from ..units import Unit, call_model, first_tensor
-from ..veto import changed_share, first_rows, load_unit_state, logits, unit_state
+from ..veto import changed_share, first_rows, load_unit_state, logits, token_mask, unit_state
 
 
 def centered_gram(x: torch.Tensor) -> torch.Tensor:
@@ -94,7 +94,14 @@ class UnitSnapshots:
 
 
 def _predictions(model: torch.nn.Module, probe) -> torch.Tensor:
-    return torch.cat([logits(model, b) for b in (probe if isinstance(probe, list) else [probe])])
+    """The probe's predictions, one row each: per-token outputs keep only their unpadded tokens (``token_mask``),
+    so batches cut to different lengths concatenate and padding counts for nothing."""
+    out = []
+    for b in probe if isinstance(probe, list) else [probe]:
+        y = logits(model, b)
+        kept = token_mask(b, y)
+        out.append(y[kept] if kept is not None else y.reshape(-1, y.shape[-1]) if y.dim() > 2 else y)
+    return torch.cat(out)
 
 
 HARM_PROBE = 512  # examples whose predictions the rewind labels compare (1% = 5 examples)
@@ -174,11 +181,12 @@ def prefix_shares(model: torch.nn.Module, units: Sequence[Unit], order: Sequence
     with ``cap``, the scan stops after the first prefix whose share on every size exceeds it."""
     current = {i: unit_state(units[i]) for i in order}
     ref, out = logits(model, probe), {}
+    kept = token_mask(probe, ref) if ref.shape[-1] > 1 else None
     try:
         for i in order:
             load_unit_state(units[i], old[i])
             new = logits(model, probe)
-            out[i] = {n: changed_share(ref[:n], new[:n]) for n in sizes}
+            out[i] = {n: changed_share(ref[:n], new[:n], None if kept is None else kept[:n]) for n in sizes}
             if cap is not None and min(out[i].values()) > cap:
                 break
     finally:
