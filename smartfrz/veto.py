@@ -45,9 +45,7 @@ def changed_share(ref: torch.Tensor, new: torch.Tensor, kept: torch.Tensor | Non
     unpadded tokens); regression: mean |change| over the outputs' std."""
     if ref.shape[-1] > 1:
         diff = ref.argmax(-1) != new.argmax(-1)
-        if kept is not None:
-            return float((diff & kept).sum() / kept.sum().clamp_min(1))
-        return float(diff.float().mean())
+        return float(diff.float().mean() if kept is None else (diff & kept).sum() / kept.sum().clamp_min(1))
     return float((ref - new).abs().mean() / ref.std().clamp_min(1e-12))
 
 
