@@ -129,7 +129,6 @@ class FunctionalVeto:
         self.part_forwards[j] += 1
         return logits(model, self.parts[j])
 
-
     def _exceeds(self, model: torch.nn.Module, ref: list) -> bool:
         """Whether the model's predictions differ from ``ref`` by more than tau (``changed_share`` on the whole
         probe), stopping at the first part past which no later part could bring it back under."""

@@ -181,7 +181,7 @@ def prefix_shares(model: torch.nn.Module, units: Sequence[Unit], order: Sequence
     with ``cap``, the scan stops after the first prefix whose share on every size exceeds it."""
     current = {i: unit_state(units[i]) for i in order}
     ref, out = logits(model, probe), {}
-    kept = token_mask(probe, ref) if ref.shape[-1] > 1 else None
+    kept = token_mask(probe, ref)  # changed_share reads it for classes only
     try:
         for i in order:
             load_unit_state(units[i], old[i])

@@ -241,7 +241,7 @@ def engine_rule(predictor: FreezePredictor) -> dict:
             "decisions_per_epoch": int(predictor.decisions_per_epoch), "decisions_per_run": int(predictor.decisions_per_run),
             "decide_from": float(predictor.decide_from), "veto_tau": predictor.veto_tau,
             "veto_probe_rows": predictor.veto_probe_rows, "veto_lookback": predictor.veto_lookback,
-            "freeze_per_decision": int(getattr(predictor, "freeze_per_decision", 0))}
+            "freeze_per_decision": int(predictor.freeze_per_decision)}
 
 
 def summarize(rows: list[dict]) -> dict:

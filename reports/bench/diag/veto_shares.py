@@ -1,7 +1,8 @@
 """Logs the functional veto's changed share for every prefix at every decision, nothing frozen (patience huge, threshold
 1e-6, the shipped veto looking back one decision, 128 probe rows). A diagnostic (2026-12-06), beside its outputs:
     python reports/bench/diag/veto_shares.py SUITE TASK SEED OUT.json   (e.g. headroom sst2_minilm 0 ...)
-The SST-2 files were logged with the shipped threshold (0.1; every prefix scored above it), the digits ones with 1e-6."""
+The SST-2 files were logged with the shipped threshold (0.1; every prefix scored above it), the digits ones with 1e-6.
+The maintained tool for such traces is scripts/trace_decisions.py (P(freeze) too, and every lookback): use it next time."""
 import json, sys, torch
 from smartfrz.lab.experiment import ExperimentConfig, run
 from smartfrz import veto as V
