@@ -35,7 +35,7 @@ class SmartFRZConfig:
     decide_from: float | None = None
     # most units the smartfrz policy newly freezes at one decision (the rest of a settled prefix waits for the next
     # ones): a predictor that scores every unit alike would otherwise freeze the whole network at once.
-    # None: the predictor's rule (its file says; 0 there: no limit)
+    # 0: no limit. None: the predictor's rule (its file says; 0 there: no limit)
     freeze_per_decision: int | None = None
     predictor_path: str | None = None  # None: the shipped predictor
     units: Sequence[str] | None = None  # explicit unit names; None: structural discovery
@@ -52,9 +52,9 @@ class SmartFRZConfig:
     def __post_init__(self):
         for name in ("window", "sample_size", "patience", "record_every", "decide_every", "steps_per_epoch", "total_steps",
                      "veto_probe_rows", "freeze_per_decision"):
-            v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                raise ValueError(f"{name} must be a positive integer or None; got {v!r}")
+            v, least = getattr(self, name), 0 if name == "freeze_per_decision" else 1
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < least):
+                raise ValueError(f"{name} must be an integer >= {least} or None; got {v!r}")
         if self.window is not None and self.window < 2:
             raise ValueError(f"window must be at least 2 snapshots; got {self.window}")
         if self.veto_tau is not None and not 0.0 < self.veto_tau <= 1.0:

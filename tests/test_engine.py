@@ -139,8 +139,9 @@ def test_freeze_per_decision_grows_the_prefix_a_unit_at_a_time(tiny_predictor, t
     pred.save(tmp_path / "limited.safetensors")
     assert FreezePredictor.load(tmp_path / "limited.safetensors").freeze_per_decision == 2
     assert frozen_per_decision(predictor_path=tmp_path / "limited.safetensors")[:2] == [2, 3]
-    with pytest.raises(ValueError, match="freeze_per_decision must be a positive integer"):
-        SmartFRZConfig(freeze_per_decision=0)
+    assert frozen_per_decision(predictor_path=tmp_path / "limited.safetensors", freeze_per_decision=0)[0] == 3
+    with pytest.raises(ValueError, match=r"freeze_per_decision must be an integer >= 0 or None; got -1"):
+        SmartFRZConfig(freeze_per_decision=-1)
 
 
 def test_windows_take_the_shape_the_predictor_was_trained_on(tmp_path, tiny_predictor):
