@@ -285,3 +285,29 @@ def test_a_recorded_run_replays_the_shipped_rule_with_its_own_veto_shares(tmp_pa
     mod.main([str(path), "--veto-lookback", "epoch", "--quiet"])
     out = capsys.readouterr().out
     assert out.startswith("rule ") and "early" not in out  # quiet, one run: no per-run line and no summary
+
+
+def test_label_lateness_groups_runs_by_regime_and_length(capsys, tmp_path):
+    """The script behind the candidates page's "what the long runs say": each run lands in its regime and length group."""
+    import importlib.util
+    import json
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location("label_lateness", Path(__file__).parents[1] / "scripts" / "label_lateness.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    run = lambda name, regime, epochs: {"name": name, "regime": regime, "final": {"epoch": epochs}}
+    metrics = {"runs": [run("a", "scratch", 8), run("b", "scratch", 24), run("c", "scratch", 20), run("d", "finetune", 3)],
+               "held_out": {"family": {
+                   "x": {"per_run": [{"run": 0, "oracle_saved": 0.4, "saved": 0.2, "early": 1, "units": 4},
+                                     {"run": 1, "oracle_saved": 0.1, "saved": 0.0, "early": 0, "units": 9}]},
+                   "y": {"per_run": [{"run": 2, "oracle_saved": 0.05, "saved": 0.02, "early": 2, "units": 9},
+                                     {"run": 3, "oracle_saved": 0.3, "saved": 0.1, "early": 0, "units": 7}]}}}}
+    rows = mod.rows(metrics, "family")
+    assert sorted((r["name"], r["epochs"]) for r in rows) == [("a", 8), ("b", 24), ("c", 20), ("d", 3)]
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps(metrics))
+    mod.main([str(path), "--edges", "6", "13"])
+    out = capsys.readouterr().out
+    assert "| scratch | [13, inf) | 2 | 7.5% | 1.0% | 2/18 |" in out
+    assert "| scratch | [6, 13) | 1 | 40.0% | 20.0% | 1/4 |" in out
+    assert "| finetune | [0, 6) | 1 | 30.0% | 10.0% | 0/7 |" in out
