@@ -98,6 +98,7 @@ def main(argv=None):
                          "deciding every k-th traced decision compares that far back)")
     ap.add_argument("--lookback-from", type=float, default=0.0,
                     help="share of the run from which the --lookbacks shares are recorded (they cost forwards)")
+    ap.add_argument("--predictor", default=None, help="a weights file to trace instead of the shipped predictor")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     if any(k < 1 for k in a.lookbacks):
@@ -113,7 +114,7 @@ def main(argv=None):
     # decide_from 0: every decision is scored, so that rules with any start can be replayed
     cfg = ExperimentConfig(name="trace", policy="smartfrz", seed=a.seed, data_dir=a.data_dir, out_dir=None,
                            progress=False, frz={"veto_tau": 0.5, "patience": 10 ** 6, "veto_probe_rows": 10 ** 6,
-                                                "decide_from": 0.0}, **spec)
+                                                "decide_from": 0.0, "predictor_path": a.predictor}, **spec)
     res = run(cfg)
     steps_per_epoch = res.steps // cfg.epochs
     out = Path(a.out)
