@@ -54,7 +54,8 @@ class SmartFRZConfig:
                      "veto_probe_rows", "freeze_per_decision"):
             v, least = getattr(self, name), 0 if name == "freeze_per_decision" else 1
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < least):
-                raise ValueError(f"{name} must be an integer >= {least} or None; got {v!r}")
+                raise ValueError(f"{name} must be " + ("a positive integer" if least else "an integer >= 0 (0: no limit)")
+                                 + f" or None; got {v!r}")
         if self.window is not None and self.window < 2:
             raise ValueError(f"window must be at least 2 snapshots; got {self.window}")
         if self.veto_tau is not None and not 0.0 < self.veto_tau <= 1.0:

@@ -140,7 +140,7 @@ def test_freeze_per_decision_grows_the_prefix_a_unit_at_a_time(tiny_predictor, t
     assert FreezePredictor.load(tmp_path / "limited.safetensors").freeze_per_decision == 2
     assert frozen_per_decision(predictor_path=tmp_path / "limited.safetensors")[:2] == [2, 3]
     assert frozen_per_decision(predictor_path=tmp_path / "limited.safetensors", freeze_per_decision=0)[0] == 3
-    with pytest.raises(ValueError, match=r"freeze_per_decision must be an integer >= 0 or None; got -1"):
+    with pytest.raises(ValueError, match=r"freeze_per_decision must be an integer >= 0 \(0: no limit\) or None; got -1"):
         SmartFRZConfig(freeze_per_decision=-1)
 
 

@@ -49,8 +49,8 @@ def test_fit_rejects_bad_options(kw, match):
 
 
 @pytest.mark.parametrize("kw,match", [
-    (dict(decide_every=0), "decide_every must be an integer >= 1 or None; got 0"),
-    (dict(record_every=0), "record_every must be an integer >= 1 or None; got 0"),
+    (dict(decide_every=0), "decide_every must be a positive integer or None; got 0"),
+    (dict(record_every=0), "record_every must be a positive integer or None; got 0"),
 ])
 def test_engine_rejects_zero_intervals(kw, match):
     with pytest.raises(ValueError, match=match):
