@@ -311,3 +311,32 @@ def test_label_lateness_groups_runs_by_regime_and_length(capsys, tmp_path):
     assert "| scratch | [13, inf) | 2 | 7.5% | 1.0% | 2/18 |" in out
     assert "| scratch | [6, 13) | 1 | 40.0% | 20.0% | 1/4 |" in out
     assert "| finetune | [0, 6) | 1 | 30.0% | 10.0% | 0/7 |" in out
+
+
+def test_label_check_runs_retrains_a_recorded_recipe_and_freezes_at_the_label(tmp_path):
+    """The counterfactual check behind reports/bench/bound/label_check_runs_*.json: `none` rebuilds the recorded
+    recipe (its metric within a test image or two of the recording), the label's steps come from the run's own
+    labels, and a shift moves every step earlier by that share of the run."""
+    import importlib.util
+    import json
+    from pathlib import Path
+    repo = Path(__file__).parents[1]
+    spec = importlib.util.spec_from_file_location("label_check_runs", repo / "scripts" / "label_check_runs.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    from smartfrz.predictor_training.freeze_dataset import load_run
+    name = "digits_mlp-digits-scratch-sgd0.05-cosine-s2"
+    run = load_run(repo / "data" / "freeze_runs" / f"{name}.safetensors")
+    label = "scratch=rewind:0.05,finetune=rewind:0.02"
+    steps = mod.label_steps(run, label)
+    total = run["meta"]["total_steps"]
+    assert steps and all(s in run["steps"].tolist() for s in steps.values())
+    assert mod.shifted(steps, 0.1, total) == {u: max(1, s - round(0.1 * total)) for u, s in steps.items()}
+    mod.main(["--runs", str(repo / "data" / "freeze_runs"), "--names", name, "--label", label, "--shifts", "0",
+              "--out", str(tmp_path / "check.json")])
+    out = json.loads((tmp_path / "check.json").read_text())
+    rows = {r["what"]: r for r in out["rows"]}
+    assert out["summary"]["label-0"]["runs"] == 1 and out["summary"]["label-0"]["unsafe"] == int(not rows["label-0"]["safe"])
+    assert abs(rows["none"]["metric"] - run["meta"]["final"]["metric"]) <= 0.5
+    assert {int(u): s for u, s in rows["label-0"]["freeze_steps"].items()} == steps
+    assert rows["label-0"]["saved"] == pytest.approx(mod.saved_share(steps, run["meta"]["flop_share"], total))
