@@ -31,13 +31,15 @@ from smartfrz.predictor_training.training import run_settled
 
 
 def label_steps(run: dict, label: str) -> dict[int, int]:
-    """Unit index -> the first checkpoint step its label calls it freezable (every unit but the last)."""
+    """Unit index -> the step the oracle freezes it at (every unit but the last): the first checkpoint its label
+    calls it freezable, or a later unit's before it, since the engine freezes front to back."""
     settled, steps = run_settled(run, label), run["steps"].tolist()
-    out = {}
+    out, last = {}, 0
     for u in range(settled.shape[1] - 1):
         hit = torch.nonzero(settled[:, u]).flatten()
-        if len(hit):
-            out[u] = steps[int(hit[0])]
+        if not len(hit):
+            break  # the oracle never freezes past a unit its label never frees
+        out[u] = last = max(last, steps[int(hit[0])])
     return out
 
 
