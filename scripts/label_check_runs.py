@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -27,20 +28,18 @@ import torch
 from smartfrz import SmartFRZ
 from smartfrz.lab.train import example_input, fit
 from smartfrz.predictor_training.freeze_dataset import RunSpec, _optimizer, build_task, load_run
+from smartfrz.predictor_training.labels import first_steps, front_to_back
 from smartfrz.predictor_training.training import run_settled
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from frontier import tolerance  # noqa: E402
 
 
 def label_steps(run: dict, label: str) -> dict[int, int]:
-    """Unit index -> the step the oracle freezes it at (every unit but the last): the first checkpoint its label
-    calls it freezable, or a later unit's before it, since the engine freezes front to back."""
-    settled, steps = run_settled(run, label), run["steps"].tolist()
-    out, last = {}, 0
-    for u in range(settled.shape[1] - 1):
-        hit = torch.nonzero(settled[:, u]).flatten()
-        if not len(hit):
-            break  # the oracle never freezes past a unit its label never frees
-        out[u] = last = max(last, steps[int(hit[0])])
-    return out
+    """Unit index -> the step the oracle freezes it at (every unit but the last): its front-to-back label's first
+    checkpoint, as the engine freezes."""
+    labels = front_to_back(run_settled(run, label))[:, :-1]
+    return {int(u): s for u, s in first_steps(labels, run["steps"].tolist(), range(labels.shape[1])).items()}
 
 
 def shifted(freeze: dict[int, int], shift: float, total: int) -> dict[int, int]:
@@ -126,9 +125,9 @@ def main(argv=None) -> None:
             metrics = list(pool.map(train, *args))
     base = {name: m for (name, what, *_), m in zip(jobs, metrics) if what == "none"}
     for (name, what, freeze, spec, meta), m in zip(jobs, metrics):
-        tol = 0.5 if meta["final"].get("metric_name") == "accuracy" else 0.005
         total = meta["total_steps"]
-        rows.append({"run": name, "what": what, "metric": m, "delta": m - base[name], "safe": m - base[name] >= -tol,
+        rows.append({"run": name, "what": what, "metric": m, "delta": m - base[name],
+                     "safe": m - base[name] >= -tolerance(base[name]),
                      "saved": 0.0 if not freeze else saved_share(freeze, meta["flop_share"], total),
                      "freeze_steps": freeze or {}, "total_steps": total})
         print(f"{name} {what}: metric {m:.4g} ({m - base[name]:+.3g}), saves {rows[-1]['saved']:.1%} first-order"
