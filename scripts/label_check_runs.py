@@ -43,8 +43,10 @@ def label_steps(run: dict, label: str) -> dict[int, int]:
 
 
 def shifted(freeze: dict[int, int], shift: float, total: int) -> dict[int, int]:
-    """The label's freeze steps moved earlier by ``shift`` of the run (never before step 1), still front to back."""
-    return {u: max(1, s - round(shift * total)) for u, s in freeze.items()}
+    """The label's freeze steps moved earlier by ``shift`` of the run (never before step 1), still front to back;
+    a negative shift moves them later, and units it moves past the run's end are not frozen."""
+    moved = {u: max(1, s - round(shift * total)) for u, s in freeze.items()}
+    return {u: s for u, s in moved.items() if s < total}
 
 
 def saved_share(freeze: dict[int, int], flop_share, total: int) -> float:

@@ -112,6 +112,10 @@ def test_the_card_command_names_the_flags_the_weights_were_trained_with():
     res = {"search": asdict(RuleSearch(patiences=(2,))), "settled_run_weight": 1.0, "shipped": {"hparams": {"members": 1}}}
     assert _flags(res) == " --patiences 2 --members 1"
     assert _flags({**res, "folds": 5}) == " --patiences 2 --members 1 --folds 5"
+    shifts = {"file": "data/freeze_runs/label_shifts.json", "runs": 40}
+    assert _flags({**res, "label_shifts": shifts}) == " --patiences 2 --members 1 --label-shifts data/freeze_runs/label_shifts.json"
+    assert _flags({**res, "label": "scratch=rewind:0.05,finetune=rewind:0.02"}).startswith(
+        " --label scratch=rewind:0.05,finetune=rewind:0.02 --patiences 2")
 
 
 def test_inner_splits_hold_out_whole_groups_or_random_runs():
@@ -340,3 +344,69 @@ def test_label_check_runs_retrains_a_recorded_recipe_and_freezes_at_the_label(tm
     assert abs(rows["none"]["metric"] - run["meta"]["final"]["metric"]) <= 0.5
     assert {int(u): s for u, s in rows["label-0"]["freeze_steps"].items()} == steps
     assert rows["label-0"]["saved"] == pytest.approx(mod.saved_share(steps, run["meta"]["flop_share"], total))
+
+
+def test_shift_settled_moves_each_units_label_step_by_a_share_of_the_run():
+    import torch
+    from smartfrz.predictor_training.labels import shift_settled
+    steps = [10, 20, 30, 40, 50]  # a 60-step run
+    own = torch.tensor([[0, 0, 0], [0, 0, 0], [1, 0, 0], [1, 1, 0], [1, 1, 0]], dtype=torch.bool)  # units settle at 30, 40, never
+    earlier = shift_settled(own, steps, 60, 1 / 6)  # 10 steps earlier
+    assert earlier[:, 0].tolist() == [False, True, True, True, True] and earlier[:, 1].tolist() == [False, False, True, True, True]
+    assert not earlier[:, 2].any()  # a unit that never settles is not given a step
+    later = shift_settled(own, steps, 60, -1 / 6)
+    assert later[:, 0].tolist() == [False, False, False, True, True] and later[:, 1].tolist() == [False] * 4 + [True]
+    assert not shift_settled(own, steps, 60, -1.0).any()  # past the run's end: never
+    assert shift_settled(own, steps, 60, 0.9)[:, :2].all()  # never before step 1: from the first checkpoint
+
+
+@pytest.mark.parametrize("safe_from, expect", [(-0.1, 0.1), (0.2, -0.2), (0.5, -1.0)])
+def test_label_frontier_runs_searches_the_earliest_safe_shift_and_training_reads_it(tmp_path, monkeypatch, safe_from, expect):
+    """The per-run search behind data/freeze_runs/label_shifts.json walks the grid from the label (shift 0),
+    keeps the earliest safe shift (-1: none), resumes from its cache, and training's labels move by it. Here a
+    freeze is safe when the first unit freezes no earlier than ``safe_from`` of the run after its label's step."""
+    import importlib.util
+    import json
+    import shutil
+    from pathlib import Path
+    import torch
+    repo = Path(__file__).parents[1]
+    spec = importlib.util.spec_from_file_location("label_frontier_runs", repo / "scripts" / "label_frontier_runs.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    from smartfrz.predictor_training.freeze_dataset import load_run
+    from smartfrz.predictor_training.training import attach_label_shifts, run_settled
+    name, label = "digits_cnn-digits-scratch-sgd0.2-step-s1", "scratch=rewind:0.05,finetune=rewind:0.02"
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    shutil.copy(repo / "data" / "freeze_runs" / f"{name}.safetensors", runs)
+    run = load_run(runs / f"{name}.safetensors")
+    base, total = run["meta"]["final"]["metric"], run["meta"]["total_steps"]
+    first = mod.label_steps(run, label)[0]
+    assert round(0.3 * total) < first < total - round(0.2 * total)  # the grid below moves it both ways
+    trained = []
+
+    def fake_train(spec, freeze, units, data_dir):
+        trained.append(dict(freeze or {}))
+        return base if freeze is None or min(freeze.values()) >= first + round(safe_from * total) else base - 1.0
+    monkeypatch.setattr(mod, "train", fake_train)
+    out = tmp_path / "shifts.json"
+    argv = ["--runs", str(runs), "--names", name, "--label", label, "--grid", "-0.2", "0.1", "0.3", "--out", str(out)]
+    mod.main(argv)
+    table = json.loads(out.read_text())
+    assert table["label"] == label and table["runs"][name]["shift"] == expect
+    assert trained[0] == {}  # the family's first run is retrained without freezing too, as a check
+    n = len(trained)
+    mod.main(argv)  # resumes from the cache: nothing trained again
+    assert len(trained) == n
+    shifted = load_run(runs / f"{name}.safetensors")
+    assert attach_label_shifts([shifted], out, label) == 1 and shifted["label_shift"] == expect
+    own, moved = run_settled(run, label), run_settled(shifted, label)
+    steps = run["steps"].tolist()
+    first_own = steps[int(torch.nonzero(own[:, 0])[0])]
+    if expect == -1.0:
+        assert not moved[:, 0].any()
+    else:
+        assert steps[int(torch.nonzero(moved[:, 0])[0])] == next(s for s in steps if s >= first_own - round(expect * total))
+    with pytest.raises(ValueError, match="measured along label"):
+        attach_label_shifts([shifted], out, "rewind:0.05")

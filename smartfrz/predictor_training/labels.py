@@ -363,6 +363,19 @@ def describe_label(label: str) -> str:
     return ("; and ".join(parts) + ", at t and at every later checkpoint (and every earlier unit is freezable too)")
 
 
+def shift_settled(settled: torch.Tensor, steps: Sequence[int], total: int, shift: float) -> torch.Tensor:
+    """Own labels with each unit's settling step moved earlier by ``shift`` of the run (later when negative; never
+    before step 1, and past the run's end: never settled). A run's measured frontier along its label
+    (``scripts/label_frontier_runs.py``) is such a shift."""
+    at = torch.as_tensor(list(steps))
+    out = torch.zeros_like(settled)
+    for u in range(settled.shape[1]):
+        hits = torch.nonzero(settled[:, u]).flatten()
+        if len(hits) and (step := max(1, int(at[hits[0]]) - round(shift * total))) < total:
+            out[:, u] = at >= step
+    return out
+
+
 def first_steps(labels: torch.Tensor, steps: Sequence[int], unit_names: Sequence[str]) -> dict[str, int]:
     """Hindsight freeze step per unit from (checkpoints, units) labels; units never labelled are omitted."""
     out = {}

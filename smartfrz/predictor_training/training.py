@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from .freeze_dataset import load_runs
 from .labels import (DEFAULT_LABEL, check_readable, decision_cadence, describe_label, front_to_back, label_for,
-                     settled_under)
+                     settled_under, shift_settled)
 from ..predictor import FreezePredictor
 from ..veto import LOOKBACKS as VETO_LOOKBACKS, longest_passing
 
@@ -83,7 +83,23 @@ def run_settled(run: dict, label: str) -> torch.Tensor:
     meta = run.get("meta", {})
     label = label_for(label, meta.get("spec", {}).get("regime", "scratch"))
     check_readable(label, meta.get("rewind_cap", 0.05))  # runs recorded before the cap was kept: 0.05
-    return settled_under(label, lambda rule: _values(run, rule))
+    own = settled_under(label, lambda rule: _values(run, rule))
+    if "label_shift" in run:  # the run's measured frontier along the label (attach_label_shifts)
+        own = shift_settled(own, run["steps"].tolist(), meta["total_steps"], run["label_shift"])
+    return own
+
+
+def attach_label_shifts(runs: list[dict], path, label: str) -> int:
+    """Give each run listed in ``path`` (``scripts/label_frontier_runs.py``'s output) its shift; runs it does not
+    list keep the label as it is. The file's label must be the one trained on: a shift is measured along it."""
+    table = json.loads(Path(path).read_text())
+    if table.get("label") != label:
+        raise ValueError(f"{path}: shifts were measured along label {table.get('label')!r}, not {label!r}")
+    n = 0
+    for r in runs:
+        if (entry := table["runs"].get(r["meta"]["name"])) is not None:
+            r["label_shift"], n = float(entry["shift"]), n + 1
+    return n
 
 
 def window_shape(runs: list[dict]) -> tuple[int, int]:
@@ -404,19 +420,23 @@ def heldout(d, runs, model, rule, run_ids) -> dict:
 def run(runs_dir, out=None, report=None, label: str = LABEL, epochs: int = 6, seed: int = 0, progress: bool = True,
         label_study: list | None = None, held_out: bool = True, previous=None,
         search: RuleSearch = RuleSearch(), members: int = MEMBERS, settled_run_weight: float = SETTLED_RUN_WEIGHT,
-        distil: bool = False, folds: int | str = FOLDS, fixed_rule: dict | str | None = "shipped") -> dict:
-    """``fixed_rule``: a whole engine rule (``engine_rule``, or a weights file whose rule to take; "shipped": the
+        distil: bool = False, folds: int | str = FOLDS, fixed_rule: dict | str | None = "shipped",
+        label_shifts=None) -> dict:
+    """``label_shifts``: a file of runs' measured frontiers along ``label`` (``attach_label_shifts``).
+    ``fixed_rule``: a whole engine rule (``engine_rule``, or a weights file whose rule to take; "shipped": the
     packaged one) replayed held out beside each fold's own chosen rule, with each fold's predictor: what the
     held-out runs would have seen from the engine."""
     if isinstance(fixed_rule, (str, Path)):
         fixed_rule = engine_rule(FreezePredictor.load(None if fixed_rule == "shipped" else fixed_rule))
     runs = load_runs(runs_dir)
+    shifted = attach_label_shifts(runs, label_shifts, label) if label_shifts else 0
     metas = [r["meta"] for r in runs]
     d = samples(runs, label, settled_run_weight)
     run_family = np.array([m["family"] for m in metas])
     run_schedule = np.array([m["spec"]["schedule"] for m in metas])
     all_ids = np.arange(len(runs))
-    results = {"label": label, "max_early": MAX_EARLY, "search": asdict(search), "settled_run_weight": settled_run_weight,
+    results = {"label": label, "label_shifts": {"file": str(label_shifts), "runs": shifted} if label_shifts else None,
+               "max_early": MAX_EARLY, "search": asdict(search), "settled_run_weight": settled_run_weight,
                "teachers": members if distil else 0, "folds": folds,
                "runs": [{"name": m["name"], "family": m["family"], "schedule": m["spec"]["schedule"],
                          "optimizer": m["spec"]["optimizer"], "lr": m["spec"]["lr"], "regime": m["spec"]["regime"],
@@ -560,7 +580,8 @@ def write_report(res: dict, runs: list[dict], folder: Path, label_study: list | 
              + (" The rewind term asks " if "rewind" in res["label"] else " A rewind term would ask ")
              + "directly whether the network training produced still needs what the prefix learned after t; the old "
              "label (linear CKA of the unit's output >= 0.95) asked whether the representation looked alike, which a "
-             "fine-tuned layer does from step 0 while its small moves still carry the accuracy.", ""]
+             "fine-tuned layer does from step 0 while its small moves still carry the accuracy."
+             + _shift_words(res), ""]
     if label_study:
         from ..lab.label_study import table
         lines += ["### Is the oracle built from the labels accuracy-safe? (bench runs)", "",
@@ -641,9 +662,19 @@ def _networks_words(res: dict, capital: bool = False) -> str:
     return f"{res['shipped']['hparams'].get('members', 1)} network(s) with different seeds, logits averaged"
 
 
+def _shift_words(res: dict) -> str:
+    if not res.get("label_shifts"):
+        return ""
+    return (f" On {res['label_shifts']['runs']} of the runs each unit's label step is moved to the run's measured "
+            f"frontier along it (`{res['label_shifts']['file']}`, `scripts/label_frontier_runs.py`): as far earlier, or "
+            "later, as freezing there and training on stayed within 0.5 points of the recorded run.")
+
+
 def _flags(res: dict) -> str:
     """The training options that differ from the defaults, so the card's command regenerates these weights."""
     s, flags = res["search"], []
+    if res.get("label", LABEL) != LABEL:
+        flags.append(f"--label {res['label']}")
     if s["objective"] != RuleSearch.objective:
         flags.append(f"--objective {s['objective']}")
     if tuple(s["patiences"]) != RuleSearch.patiences:
@@ -665,6 +696,8 @@ def _flags(res: dict) -> str:
         flags.append("--distil")
     if res.get("folds", 2) != FOLDS:  # weights from before the flag used 2
         flags.append(f"--folds {res['folds']}")
+    if res.get("label_shifts"):
+        flags.append(f"--label-shifts {res['label_shifts']['file']}")
     return "".join(f" {f}" for f in flags)
 
 
@@ -686,7 +719,7 @@ The attention-based freeze predictor that `SmartFRZ(..., policy="smartfrz")` loa
 safetensors, no pickle).
 
 - Labels `{res['label']}`: a unit is freezable at checkpoint t when {describe_label(res['label'])}
-  (`smartfrz/predictor_training/labels.py`).
+  (`smartfrz/predictor_training/labels.py`).{_shift_words(res)}
 - Window: {window} snapshots of {sample_size} sampled weights spread over an epoch. The file names this shape and
   the engine records windows of it unless `window=`/`sample_size=` are set: other shapes run, but shift the
   inputs' statistics (path efficiency, step cosines) away from what the predictor learned.
@@ -722,6 +755,9 @@ def main(argv=None):
     ap.add_argument("--report", default=None)
     ap.add_argument("--label", default=LABEL, help="RULE:TAU, or terms joined by + that must all hold (e.g. rewind:0.01, cka:0.995+rewind:0.1), or one per kind "
                     "of run (e.g. scratch=cka:0.995,finetune=rewind:0.02)")
+    ap.add_argument("--label-shifts", default=None,
+                    help="scripts/label_frontier_runs.py's output: each run it lists is labelled at its measured "
+                         "frontier along --label (its steps moved by the run's shift); the rest keep --label")
     ap.add_argument("--label-study", nargs="*", default=None, help="label_study JSONs whose tables go into the report")
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--previous", default=None, help="a predictor file to score beside the new one (the one shipped before)")
@@ -768,7 +804,8 @@ def main(argv=None):
         ap.error(str(e))
     res = run(a.runs, a.out, a.report, a.label, a.epochs, a.seed, label_study=a.label_study, held_out=not a.no_held_out,
               search=search, previous=a.previous, members=a.members, settled_run_weight=a.settled_run_weight,
-              distil=a.distil, folds=folds, fixed_rule=None if a.fixed_rule == "none" else a.fixed_rule)
+              distil=a.distil, folds=folds, fixed_rule=None if a.fixed_rule == "none" else a.fixed_rule,
+              label_shifts=a.label_shifts)
     print(json.dumps(res["shipped"]))
 
 
