@@ -410,3 +410,24 @@ def test_label_frontier_runs_searches_the_earliest_safe_shift_and_training_reads
         assert steps[int(torch.nonzero(moved[:, 0])[0])] == next(s for s in steps if s >= first_own - round(expect * total))
     with pytest.raises(ValueError, match="measured along label"):
         attach_label_shifts([shifted], out, "rewind:0.05")
+
+
+def test_label_frontier_runs_leaves_out_a_family_a_retrain_does_not_reproduce(tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+    repo = Path(__file__).parents[1]
+    spec = importlib.util.spec_from_file_location("label_frontier_runs", repo / "scripts" / "label_frontier_runs.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    common = dict(label="L", saved=0.2, regime="finetune", epochs=3, total_steps=100,
+                  trained={"0": {"metric": 0.8, "delta": 0.0, "freeze_steps": {}, "saved": 0.2}})
+    runs = {"a": dict(family="bert", base=0.0822, none=0.0891), "b": dict(family="bert", base=0.5),
+            "c": dict(family="resnet", base=55.24, none=55.24), "d": dict(family="resnet", base=50.0)}
+    for name, r in runs.items():
+        (cache / f"{name}.json").write_text(json.dumps({"run": name, "shift": 0.1, **common, **r}))
+    table = mod.write(tmp_path / "out.json", "L", [0.0, 0.1], cache)
+    assert sorted(table["runs"]) == ["c", "d"] and table["left_out_families"] == ["bert"]
+    assert mod.reproduced(98.22221994400024, 98.22221994400024) and not mod.reproduced(0.0891, 0.0822)
