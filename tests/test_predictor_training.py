@@ -431,3 +431,18 @@ def test_label_frontier_runs_leaves_out_a_family_a_retrain_does_not_reproduce(tm
     table = mod.write(tmp_path / "out.json", "L", [0.0, 0.1], cache)
     assert sorted(table["runs"]) == ["c", "d"] and table["left_out_families"] == ["bert"]
     assert mod.reproduced(98.22221994400024, 98.22221994400024) and not mod.reproduced(0.0891, 0.0822)
+
+
+def test_functional_rule_freezes_a_prefix_once_its_share_stays_under_tau():
+    import importlib.util
+    from pathlib import Path
+    repo = Path(__file__).parents[1]
+    spec = importlib.util.spec_from_file_location("functional_rule", repo / "scripts" / "functional_rule.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    nan = float("nan")
+    share = np.array([[nan, nan], [0.0, 0.2], [0.0, 0.0], [0.1, 0.0], [0.0, 0.0]])  # (checkpoints, prefixes)
+    steps = [10, 20, 30, 40, 50]
+    assert mod.rule_steps(share, steps, 0.05, 1) == {0: 20, 1: 30}
+    assert mod.rule_steps(share, steps, 0.05, 2) == {0: 30, 1: 40}  # the prefix of two never before the first
+    assert mod.rule_steps(share, steps, 0.05, 3) == {}  # no three passes in a row for the first unit: nothing freezes
