@@ -4,11 +4,11 @@ against the runs' measured frontiers.
 Each recorded run keeps, per checkpoint from a quarter of the run on, the share of a fixed probe's predictions
 that change when units 0..k are put back to their weights a lookback ago (`veto_share`). This rule freezes units
 0..k at the first checkpoint where that share has been <= tau for ``patience`` checkpoints in a row (front to
-back), with no predictor at all. It is replayed on the runs listed in `data/freeze_runs/label_shifts.json`
+back), with no predictor at all. It is replayed on the runs listed in a `scripts/label_frontier_runs.py` output
 and scored against each run's frontier (its label moved by the run's shift): the first-order saving as a
 share of the frontier's, and the units frozen before their frontier step (early).
 
-    python scripts/functional_rule.py --runs data/freeze_runs --shifts data/freeze_runs/label_shifts.json
+    python scripts/functional_rule.py --runs data/freeze_runs --shifts reports/predictor/candidates/frontier_52/label_shifts.json
 
 No training: it reads what the runs recorded. The grid is small (tau, patience, lookback) and scored on the same
 runs, so the best cell is an optimistic read; the table shows every cell.

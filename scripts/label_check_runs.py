@@ -69,8 +69,9 @@ def _train(spec: RunSpec, freeze: dict[int, int] | None, units: list[str], data_
     total = spec.epochs * len(loader)
     opt, sched = _optimizer(spec, model.parameters(), total)
     frz = None
+    # drawn with or without freezing, as the recording drew it: a first batch of a shuffled loader advances its RNG
+    example = probe[:2] if torch.is_tensor(probe) else example_input(next(iter(loader)))
     if freeze:
-        example = probe[:2] if torch.is_tensor(probe) else example_input(next(iter(loader)))
         frz = SmartFRZ(model, opt, example_input=example, policy="oracle", decide_every=1, total_steps=total,
                        steps_per_epoch=len(loader), oracle_freeze_steps={units[u]: s for u, s in freeze.items()})
         if [u.name for u in frz.units] != units:
