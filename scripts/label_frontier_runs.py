@@ -103,17 +103,11 @@ def main(argv=None) -> None:
         jobs.append((a.runs / f"{name}.safetensors", a.label, a.grid, a.data_dir, cache_dir / f"{name}.json",
                      family not in families))
         families.add(family)
-    results = {}
-    if a.jobs == 1:
-        for j in jobs:
-            results[j[0].stem] = r = search(*j)
-            print(f"{j[0].stem}: shift {r['shift']:+g}, saves {r['saved']:.1%}", flush=True)
-    else:
-        with ProcessPoolExecutor(a.jobs) as pool:
-            futures = {pool.submit(search, *j): j[0].stem for j in jobs}
-            for fut in as_completed(futures):
-                results[futures[fut]] = r = fut.result()
-                print(f"{futures[fut]}: shift {r['shift']:+g}, saves {r['saved']:.1%}", flush=True)
+    with ProcessPoolExecutor(a.jobs) as pool:  # jobs 1: in this process (a script loaded by importlib cannot be pickled)
+        finished = (search(*j) for j in jobs) if a.jobs == 1 else \
+            (f.result() for f in as_completed([pool.submit(search, *j) for j in jobs]))
+        for r in finished:
+            print(f"{r['run']}: shift {r['shift']:+g}, saves {r['saved']:.1%}", flush=True)
     write(a.out, a.label, a.grid, cache_dir)
 
 
@@ -124,13 +118,14 @@ def reproduced(retrained: float, recorded: float) -> bool:
 
 def write(out: Path, label: str, grid, cache_dir: Path) -> dict:
     """The shifts of every finished search in ``cache_dir`` (an interrupted one is left out)."""
-    runs, found = {}, [json.loads(f.read_text()) for f in sorted(cache_dir.glob("*.json"))]
-    unreproduced = {d["family"] for d in found if "shift" in d and "none" in d and not reproduced(d["none"], d["base"])}
+    found = [d for f in sorted(cache_dir.glob("*.json")) if (d := json.loads(f.read_text()))["label"] == label and "shift" in d]
+    unreproduced = {d["family"] for d in found if "none" in d and not reproduced(d["none"], d["base"])}
     for family in sorted(unreproduced):
-        gaps = ", ".join(f"{d['none']:.4g} against {d['base']:.4g}" for d in found if d.get("family") == family and "none" in d)
+        gaps = ", ".join(f"{d['none']:.4g} against {d['base']:.4g}" for d in found if d["family"] == family and "none" in d)
         print(f"left out: family {family}, whose recorded run a retrain without freezing does not reproduce ({gaps})")
+    runs = {}
     for d in found:
-        if "shift" in d and d["label"] == label and d["family"] not in unreproduced:
+        if d["family"] not in unreproduced:
             runs[d["run"]] = {k: d[k] for k in ("shift", "saved", "base", "family", "regime", "epochs", "total_steps")}
             if "none" in d:
                 runs[d["run"]]["none_retrained"] = d["none"]
