@@ -11,7 +11,9 @@ share of the frontier's, and the units frozen before their frontier step (early)
     python scripts/functional_rule.py --runs data/freeze_runs --shifts reports/predictor/candidates/frontier_52/label_shifts.json
 
 No training: it reads what the runs recorded. The grid is small (tau, patience, lookback) and scored on the same
-runs, so the best cell is an optimistic read; the table shows every cell.
+runs, so the best cell is an optimistic read; the table shows every cell. ``--signals DIR`` reads the finer
+signals of `scripts/functional_signal_runs.py` instead (``--measures share tv``: the whole probe's changed share,
+its outputs' total-variation distance), on the runs that have them.
 """
 from __future__ import annotations
 
@@ -45,14 +47,26 @@ def rule_steps(share: np.ndarray, steps: list[int], tau: float, patience: int) -
     return out
 
 
-def score(runs: list[dict], shifts: dict, tau: float, patience: int, lookback: int) -> dict:
+def signal(run: dict, lookback: str, measure: str) -> np.ndarray:
+    """(checkpoints, units but the last) of one measure at one lookback: the recorded 32-row share, or a finer one."""
+    if measure == "recorded":
+        return run["veto_share"][:, LOOKBACKS[lookback], :-1, 0].float().numpy()
+    if measure == "remaining":  # no signal: the share of the run still to go, the same for every unit (a baseline)
+        left = 1 - run["steps"].float().numpy() / run["meta"]["total_steps"]
+        return np.repeat(left[:, None], len(run["meta"]["units"]) - 1, 1)
+    sig = run["signals"]
+    base, _, rel = measure.partition("/")  # "tv/all": the prefix's change as a share of the whole model's
+    values = sig["signal"][:, LOOKBACKS[lookback], :, sig["measures"].index(base)].float().numpy()
+    return values[:, :-1] / values[:, -1:] if rel == "all" else values[:, :-1]
+
+
+def score(runs: list[dict], shifts: dict, tau: float, patience: int, lookback: str, measure: str = "recorded") -> dict:
     saved = oracle = 0.0
     early = units = 0
     for run in runs:
         meta, total = run["meta"], run["meta"]["total_steps"]
         frontier = shifted(label_steps(run, shifts["label"]), shifts["runs"][meta["name"]]["shift"], total)
-        share = run["veto_share"][:, LOOKBACKS[lookback], :-1, 0].float().numpy()
-        got = rule_steps(share, run["steps"].tolist(), tau, patience)
+        got = rule_steps(signal(run, lookback, measure), run["steps"].tolist(), tau, patience)
         saved += saved_share(got, meta["flop_share"], total)
         oracle += saved_share(frontier, meta["flop_share"], total)
         early += sum(1 for u, s in got.items() if u not in frontier or s < frontier[u])
@@ -66,25 +80,41 @@ def main(argv=None) -> None:
     ap.add_argument("--shifts", type=Path, required=True, help="scripts/label_frontier_runs.py's output")
     ap.add_argument("--taus", type=float, nargs="+", default=[0.0, 0.04, 0.07, 0.1])
     ap.add_argument("--patiences", type=int, nargs="+", default=[1, 2, 3, 4])
+    ap.add_argument("--signals", type=Path, default=None, help="scripts/functional_signal_runs.py's folder")
+    ap.add_argument("--measures", nargs="+", default=["recorded"],
+                    help="recorded (the runs' 32-row share), remaining (no signal: the share of the run left, a "
+                         "baseline) or, with --signals, share32, share, tv, tv32 (NAME/all: as a share of the whole model's)")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args(argv)
+    if any(m not in ("recorded", "remaining") for m in a.measures) and a.signals is None:
+        ap.error(f"--measures {a.measures} need --signals (only 'recorded' is in the runs themselves)")
     shifts = json.loads(a.shifts.read_text())
-    runs = [load_run(a.runs / f"{n}.safetensors") for n in sorted(shifts["runs"])]
-    groups = {"CIFAR-10": [r for r in runs if r["meta"]["spec"]["task"] != "digits"],
+    names = sorted(n for n in shifts["runs"] if a.signals is None or (a.signals / f"{n}.safetensors").exists())
+    runs = [load_run(a.runs / f"{n}.safetensors") for n in names]
+    if a.signals is not None:
+        from functional_signal_runs import load_signal
+
+        for run in runs:
+            run["signals"] = load_signal(a.signals / f"{run['meta']['name']}.safetensors")
+    groups = {"CIFAR-10": [r for r in runs if r["meta"]["spec"]["task"] == "cifar10"],
+              "ResNet-20": [r for r in runs if r["meta"]["spec"]["arch"] == "resnet20"],
               "digits": [r for r in runs if r["meta"]["spec"]["task"] == "digits"]}
     rows = []
-    print("| runs | lookback | tau | patience | share of the frontier's saving | early units |")
-    print("|---|---|---|---|---|---|")
+    print("| runs | measure | lookback | tau | patience | share of the frontier's saving | early units |")
+    print("|---|---|---|---|---|---|---|")
     for name, group in groups.items():
-        for lookback in LOOKBACKS:
-            for tau in a.taus:
-                for patience in a.patiences:
-                    s = score(group, shifts, tau, patience, lookback)
-                    rows.append({"runs": name, "n": len(group), "lookback": lookback, "tau": tau, "patience": patience, **s})
-                    print(f"| {name} ({len(group)}) | {lookback} | {tau:g} | {patience} | {s['share_of_frontier']:.0%} | "
-                          f"{s['early']}/{s['units']} |")
+        for measure in a.measures if group else []:
+            for lookback in LOOKBACKS:
+                for tau in a.taus:
+                    for patience in a.patiences:
+                        s = score(group, shifts, tau, patience, lookback, measure)
+                        rows.append({"runs": name, "n": len(group), "measure": measure, "lookback": lookback, "tau": tau,
+                                     "patience": patience, **s})
+                        print(f"| {name} ({len(group)}) | {measure} | {lookback} | {tau:g} | {patience} | "
+                              f"{s['share_of_frontier']:.0%} | {s['early']}/{s['units']} |")
     if a.out:
-        a.out.write_text(json.dumps({"shifts": str(a.shifts), "rows": rows}, indent=1))
+        a.out.write_text(json.dumps({"shifts": str(a.shifts), "signals": str(a.signals) if a.signals else None,
+                                     "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -446,3 +446,37 @@ def test_functional_rule_freezes_a_prefix_once_its_share_stays_under_tau():
     assert mod.rule_steps(share, steps, 0.05, 1) == {0: 20, 1: 30}
     assert mod.rule_steps(share, steps, 0.05, 2) == {0: 30, 1: 40}  # the prefix of two never before the first
     assert mod.rule_steps(share, steps, 0.05, 3) == {}  # no three passes in a row for the first unit: nothing freezes
+
+
+def test_functional_signal_runs_reproduce_the_recorded_shares_and_the_rule_reads_them(tmp_path):
+    """scripts/functional_signal_runs.py: the retrain is the recorded run (its metric and its 32-row shares come back
+    exactly), the finer measures are shares in [0, 1], and functional_rule.py replays a rule on them."""
+    import importlib.util
+    import json
+    from pathlib import Path
+    repo = Path(__file__).parents[1]
+    mods = {}
+    for name in ("functional_signal_runs", "functional_rule"):
+        spec = importlib.util.spec_from_file_location(name, repo / "scripts" / f"{name}.py")
+        mods[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mods[name])
+    sig_mod, rule_mod = mods["functional_signal_runs"], mods["functional_rule"]
+    name = "digits_mlp-digits-scratch-sgd0.05-cosine-s2"
+    sig_mod.main(["--runs", str(repo / "data" / "freeze_runs"), "--names", name, "--out", str(tmp_path / "sig")])
+    got = sig_mod.load_signal(tmp_path / "sig" / f"{name}.safetensors")
+    assert got["check"]["reproduced"] and got["check"]["share32_max_diff"] == 0.0
+    values = got["signal"][~got["signal"].isnan()]
+    assert values.numel() and values.min() >= 0 and values.max() <= 1
+    assert got["measures"] == list(sig_mod.MEASURES)
+    shifts = {"label": "scratch=rewind:0.05,finetune=rewind:0.02", "runs": {name: {"shift": 0.0}}}
+    (tmp_path / "shifts.json").write_text(json.dumps(shifts))
+    rule_mod.main(["--runs", str(repo / "data" / "freeze_runs"), "--shifts", str(tmp_path / "shifts.json"),
+                   "--signals", str(tmp_path / "sig"), "--measures", "tv", "remaining", "--taus", "0.05", "1.0",
+                   "--patiences", "1", "--out", str(tmp_path / "rule.json")])
+    rows = json.loads((tmp_path / "rule.json").read_text())["rows"]
+    assert {r["measure"] for r in rows} == {"tv", "remaining"} and all(r["runs"] == "digits" for r in rows)
+    everything = [r for r in rows if r["measure"] == "remaining" and r["tau"] == 1.0]  # tau 1: all at the first checkpoint
+    assert everything[0]["share_of_frontier"] >= max(r["share_of_frontier"] for r in rows) - 1e-9
+    with pytest.raises(SystemExit):
+        rule_mod.main(["--runs", str(repo / "data" / "freeze_runs"), "--shifts", str(tmp_path / "shifts.json"),
+                       "--measures", "tv"])  # a finer measure without --signals
