@@ -57,10 +57,17 @@ def window_features(windows: torch.Tensor) -> torch.Tensor:
 
 def model_inputs(feats: torch.Tensor) -> torch.Tensor:
     """The learning-rate-free view the network reads: absolute step sizes depend on the optimizer and learning
-    rate and did not transfer across families (exploratory leave-one-family-out); ratios within the window do."""
+    rate and did not transfer across families (exploratory leave-one-family-out); ratios within the window do.
+    Columns past ``NUM_FEATURES`` (the run's progress, ``with_progress``) pass through."""
     rel_step = feats[..., 1:2] - feats[..., 1:2].mean(1, keepdim=True)
     rel_dist = feats[..., 0:1] - feats[..., 7:8]
-    return torch.cat([feats[..., [2, 3, 4, 5, 6, 8]], rel_step, rel_dist], -1)
+    return torch.cat([feats[..., [2, 3, 4, 5, 6, 8]], rel_step, rel_dist, feats[..., NUM_FEATURES:]], -1)
+
+
+def with_progress(feats: torch.Tensor, progress: float | torch.Tensor) -> torch.Tensor:
+    """Window features with the share of the planned run done (one value, or one per window) on every token."""
+    progress = torch.as_tensor(progress, dtype=feats.dtype, device=feats.device).reshape(-1, 1, 1)
+    return torch.cat([feats, progress.expand(feats.shape[0], feats.shape[1], 1)], -1)
 
 
 class _Member(nn.Module):
@@ -106,16 +113,28 @@ class FreezePredictor(nn.Module):
         model.members = nn.ModuleList(m for n in nets for m in n.members)
         return model
 
+    @property
+    def reads_progress(self) -> bool:
+        """Whether the network also reads the share of the planned run done (trained with ``--progress-input``)."""
+        return self.hparams["num_features"] == INPUT_FEATURES + 1
+
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        """(n, W, NUM_FEATURES) window features -> (n,) calibrated logits."""
-        x = model_inputs(feats)
+        """(n, W, NUM_FEATURES [+ progress]) window features -> (n,) calibrated logits."""
+        x = model_inputs(feats if self.reads_progress else feats[..., :NUM_FEATURES])
         return torch.stack([m(x) for m in self.members]).mean(0) * self.calibration[0] + self.calibration[1]
 
     @torch.no_grad()
-    def predict_proba(self, windows: torch.Tensor) -> torch.Tensor:
-        """P(freeze) for raw (n, W, S) windows."""
+    def predict_proba(self, windows: torch.Tensor, progress: float | None = None) -> torch.Tensor:
+        """P(freeze) for raw (n, W, S) windows; ``progress``: the share of the planned run done, for a predictor
+        that reads it (``reads_progress``)."""
         p = next(self.parameters())
-        return torch.sigmoid(self(window_features(windows.to(p.device)).to(p.dtype))).float()
+        feats = window_features(windows.to(p.device)).to(p.dtype)
+        if self.reads_progress:
+            if progress is None:
+                raise ValueError("this predictor reads the run's progress: give the engine total_steps "
+                                 "(FreezeConfig.total_steps) so it can tell how much of the run is done")
+            feats = with_progress(feats, progress)
+        return torch.sigmoid(self(feats)).float()
 
     def save(self, path: str | Path, extra: dict | None = None) -> None:
         from safetensors.torch import save_file
@@ -153,9 +172,10 @@ class FreezePredictor(nn.Module):
         hp = json.loads(meta["hparams"])
         if "members" not in hp:  # written before ensembles: one network, its keys without the member prefix
             tensors = {k if k == "calibration" else f"members.0.{k}": v for k, v in tensors.items()}
-        if hp.get("num_features") != INPUT_FEATURES:
+        if hp.get("num_features") not in (INPUT_FEATURES, INPUT_FEATURES + 1):
             raise ValueError(f"predictor file {path} expects num_features={hp.get('num_features')} inputs per snapshot; "
-                             f"this smartfrz version feeds {INPUT_FEATURES} (feature_version {FEATURE_VERSION})")
+                             f"this smartfrz version feeds {INPUT_FEATURES}, or {INPUT_FEATURES + 1} with the run's "
+                             f"progress (feature_version {FEATURE_VERSION})")
         with torch.random.fork_rng(devices=[]):  # initialising before loading must not shift the run's random stream
             model = cls(**hp, threshold=float(meta.get("threshold", 0.5)))
         expected = model.state_dict()

@@ -194,3 +194,39 @@ def test_loading_the_predictor_leaves_the_random_stream_alone():
     before = torch.get_rng_state()
     FreezePredictor.load()
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_a_predictor_that_reads_the_runs_progress_gets_it_from_the_engine(tmp_path):
+    """``--progress-input``: the share of the planned run done rides on every token; the engine must know the plan."""
+    from smartfrz import SmartFRZ
+    from smartfrz.predictor import with_progress
+    from smartfrz.predictor_training.training import samples, train_predictor
+    w, _ = synthetic_windows(256, seed=2)
+    progress = torch.rand(len(w))
+    pred = train_predictor(with_progress(window_features(w), progress), (progress > 0.5).float(), epochs=60,
+                           d_model=16, heads=2, layers=1, hidden=32, seed=0)
+    assert pred.reads_progress and pred.hparams["num_features"] == 9
+    pred.save(tmp_path / "p.safetensors")
+    back = FreezePredictor.load(tmp_path / "p.safetensors")
+    assert back.reads_progress
+    with pytest.raises(ValueError, match="total_steps"):
+        back.predict_proba(w[:4])
+    assert back.predict_proba(w[:64], 0.95).mean() > back.predict_proba(w[:64], 0.05).mean() + 0.3
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="total_steps"):
+        SmartFRZ(model, opt, example_input=torch.randn(2, 4), predictor_path=str(tmp_path / "p.safetensors"),
+                 steps_per_epoch=10, window=2, record_every=1)
+    frz = SmartFRZ(model, opt, example_input=torch.randn(2, 4), predictor_path=str(tmp_path / "p.safetensors"),
+                   steps_per_epoch=10, total_steps=40, window=2, record_every=1, decide_every=5, threshold=0.5)
+    for _ in range(40):
+        model(torch.randn(8, 4)).sum().backward()
+        opt.step()
+        opt.zero_grad()
+        frz.step()
+    assert frz.step_count == 40
+    run = {"rewind": torch.zeros(3, 2), "features": torch.zeros(3, 2, 4, 9), "steps": torch.tensor([10, 20, 40]),
+           "meta": {"total_steps": 40}}
+    x = samples([run], "rewind:0.01", progress=True)["x"]
+    assert x.shape == (6, 4, 10) and x[:, 0, -1].tolist() == [0.25, 0.25, 0.5, 0.5, 1.0, 1.0]
+    assert FreezePredictor(d_model=16, heads=2, layers=1, hidden=32)(x).shape == (6,)  # an older network drops it

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from .freeze_dataset import load_runs
 from .labels import (DEFAULT_LABEL, check_readable, decision_cadence, describe_label, front_to_back, label_for,
                      settled_under, shift_settled)
-from ..predictor import FreezePredictor
+from ..predictor import INPUT_FEATURES, NUM_FEATURES, FreezePredictor, with_progress
 from ..veto import LOOKBACKS as VETO_LOOKBACKS, longest_passing
 
 LABEL = DEFAULT_LABEL
@@ -107,9 +107,11 @@ def window_shape(runs: list[dict]) -> tuple[int, int]:
     return int(runs[0]["features"].shape[2]), int(runs[0]["meta"]["spec"]["sample_size"])
 
 
-def samples(runs: list[dict], label: str = LABEL, settled_run_weight: float = SETTLED_RUN_WEIGHT) -> dict:
+def samples(runs: list[dict], label: str = LABEL, settled_run_weight: float = SETTLED_RUN_WEIGHT,
+            progress: bool = False) -> dict:
     """Flat arrays over (run, checkpoint, unit), with a training weight per sample: runs labelled all-freezable
-    at their first checkpoint say nothing about *when* a unit settles, so they weigh ``settled_run_weight``."""
+    at their first checkpoint say nothing about *when* a unit settles, so they weigh ``settled_run_weight``.
+    ``progress``: each window also carries the share of its run done at its checkpoint (``with_progress``)."""
     check_readable(label, 1.0)  # a malformed label raises, naming what is allowed
     cols = {k: [] for k in ("x", "y_train", "y_eval", "eligible", "run", "unit", "step", "weight")}
     for r_i, r in enumerate(runs):
@@ -119,7 +121,10 @@ def samples(runs: list[dict], label: str = LABEL, settled_run_weight: float = SE
         C, U = own.shape
         cols["weight"].append(torch.full((C * U,), settled_run_weight if bool(lab[0].all()) else 1.0))
         prev_ok = torch.cat([torch.ones(C, 1, dtype=torch.bool), lab[:, :-1]], 1)
-        cols["x"].append(feats.reshape(C * U, *feats.shape[2:]))
+        x = feats.reshape(C * U, *feats.shape[2:])
+        if progress:
+            x = with_progress(x, (r["steps"].float() / r["meta"]["total_steps"]).repeat_interleave(U))
+        cols["x"].append(x)
         cols["y_train"].append(own.reshape(-1))
         cols["y_eval"].append(lab.reshape(-1))
         cols["eligible"].append(prev_ok.reshape(-1))
@@ -303,6 +308,7 @@ def train_predictor(feats: torch.Tensor, labels: torch.Tensor, epochs: int = 30,
                     weights: torch.Tensor | None = None, **hparams) -> FreezePredictor:
     """Fits the predictor on precomputed features; balanced by ``pos_weight`` (default weighted neg/pos)."""
     torch.manual_seed(seed)
+    hparams.setdefault("num_features", INPUT_FEATURES + feats.shape[-1] - NUM_FEATURES)  # + progress, if it is there
     model = model or FreezePredictor(**hparams)
     model.train()
     y = labels.float()
@@ -421,8 +427,9 @@ def run(runs_dir, out=None, report=None, label: str = LABEL, epochs: int = 6, se
         label_study: list | None = None, held_out: bool = True, previous=None,
         search: RuleSearch = RuleSearch(), members: int = MEMBERS, settled_run_weight: float = SETTLED_RUN_WEIGHT,
         distil: bool = False, folds: int | str = FOLDS, fixed_rule: dict | str | None = "shipped",
-        label_shifts=None) -> dict:
+        label_shifts=None, progress_input: bool = False) -> dict:
     """``label_shifts``: a file of runs' measured frontiers along ``label`` (``attach_label_shifts``).
+    ``progress_input``: the predictor also reads the share of the planned run done (``with_progress``).
     ``fixed_rule``: a whole engine rule (``engine_rule``, or a weights file whose rule to take; "shipped": the
     packaged one) replayed held out beside each fold's own chosen rule, with each fold's predictor: what the
     held-out runs would have seen from the engine."""
@@ -431,12 +438,12 @@ def run(runs_dir, out=None, report=None, label: str = LABEL, epochs: int = 6, se
     runs = load_runs(runs_dir)
     shifted = attach_label_shifts(runs, label_shifts, label) if label_shifts else 0
     metas = [r["meta"] for r in runs]
-    d = samples(runs, label, settled_run_weight)
+    d = samples(runs, label, settled_run_weight, progress=progress_input)
     run_family = np.array([m["family"] for m in metas])
     run_schedule = np.array([m["spec"]["schedule"] for m in metas])
     all_ids = np.arange(len(runs))
     results = {"label": label, "label_shifts": {"file": str(label_shifts), "runs": shifted} if label_shifts else None,
-               "max_early": MAX_EARLY, "search": asdict(search), "settled_run_weight": settled_run_weight,
+               "progress_input": progress_input, "max_early": MAX_EARLY, "search": asdict(search), "settled_run_weight": settled_run_weight,
                "teachers": members if distil else 0, "folds": folds,
                "runs": [{"name": m["name"], "family": m["family"], "schedule": m["spec"]["schedule"],
                          "optimizer": m["spec"]["optimizer"], "lr": m["spec"]["lr"], "regime": m["spec"]["regime"],
@@ -663,9 +670,11 @@ def _networks_words(res: dict, capital: bool = False) -> str:
 
 
 def _shift_words(res: dict) -> str:
+    progress = (" Besides its window the network reads the share of the planned run done at the decision "
+                "(`--progress-input`), so the engine needs `total_steps`.") if res.get("progress_input") else ""
     if not res.get("label_shifts"):
-        return ""
-    return (f" On {res['label_shifts']['runs']} of the runs each unit's label step is moved to the run's measured "
+        return progress
+    return progress + (f" On {res['label_shifts']['runs']} of the runs each unit's label step is moved to the run's measured "
             f"frontier along it (`{res['label_shifts']['file']}`, `scripts/label_frontier_runs.py`): as far earlier, or "
             "later, as freezing there and training on stayed within 0.5 points of the recorded run.")
 
@@ -698,6 +707,8 @@ def _flags(res: dict) -> str:
         flags.append(f"--folds {res['folds']}")
     if res.get("label_shifts"):
         flags.append(f"--label-shifts {res['label_shifts']['file']}")
+    if res.get("progress_input"):
+        flags.append("--progress-input")
     return "".join(f" {f}" for f in flags)
 
 
@@ -783,6 +794,8 @@ def main(argv=None):
     ap.add_argument("--folds", default=str(FOLDS),
                     help="out-of-fold splits whose predictions calibrate the predictor and choose its rule (each fit on "
                          f"the rest): a number of random splits by run, or one split per {' or '.join(GROUP_FOLDS)}"),
+    ap.add_argument("--progress-input", action="store_true",
+                    help="the predictor also reads the share of the planned run done (the engine then needs total_steps)")
     ap.add_argument("--settled-run-weight", type=float, default=SETTLED_RUN_WEIGHT,
                     help="training weight of runs labelled all-freezable at their first checkpoint")
     a = ap.parse_args(argv)
@@ -805,7 +818,7 @@ def main(argv=None):
     res = run(a.runs, a.out, a.report, a.label, a.epochs, a.seed, label_study=a.label_study, held_out=not a.no_held_out,
               search=search, previous=a.previous, members=a.members, settled_run_weight=a.settled_run_weight,
               distil=a.distil, folds=folds, fixed_rule=None if a.fixed_rule == "none" else a.fixed_rule,
-              label_shifts=a.label_shifts)
+              label_shifts=a.label_shifts, progress_input=a.progress_input)
     print(json.dumps(res["shipped"]))
 
 
