@@ -480,3 +480,16 @@ def test_functional_signal_runs_reproduce_the_recorded_shares_and_the_rule_reads
     with pytest.raises(SystemExit):
         rule_mod.main(["--runs", str(repo / "data" / "freeze_runs"), "--shifts", str(tmp_path / "shifts.json"),
                        "--measures", "tv"])  # a finer measure without --signals
+
+
+def test_progress_input_check_auc_counts_ties_as_half():
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location("progress_input_check", Path(__file__).parents[1] / "scripts" / "progress_input_check.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    y = np.array([False, False, True, True])
+    assert mod.auc(y, np.array([0.1, 0.2, 0.3, 0.4])) == 1.0
+    assert mod.auc(y, np.array([0.4, 0.3, 0.2, 0.1])) == 0.0
+    assert mod.auc(y, np.array([0.5, 0.5, 0.5, 0.5])) == 0.5
+    assert mod.auc(y, np.array([0.1, 0.3, 0.3, 0.4])) == 0.875  # one tie between a positive and a negative: half
