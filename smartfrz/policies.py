@@ -98,9 +98,8 @@ class SmartFRZPolicy(Policy):
         self.predictor.to(engine.recorder.buffer.device)
         total = engine.config.total_steps
         self.start = math.ceil(self.decide_from * total) if total else 0  # decide_from as a step
-        if self.predictor.reads_progress and not total:
-            raise ValueError("the predictor reads the run's progress, so the engine needs total_steps (the planned "
-                             "number of optimizer steps): pass total_steps= to SmartFRZ or FreezeConfig")
+        if getattr(self.predictor, "reads_progress", False) and not total:
+            raise ValueError("the predictor reads the run's progress: pass total_steps= (the planned optimizer steps)")
         if self.decide_from and not total:
             warnings.warn(f"the rule decides nothing before {self.decide_from:.0%} of the planned run, but total_steps "
                           "is not given: decisions start at the first full window instead", UserWarning, stacklevel=3)
@@ -112,9 +111,8 @@ class SmartFRZPolicy(Policy):
             return k, {}  # and before the start nothing is scored: no decision would read it
         windows = rec.windows(candidates)
         finite = torch.isfinite(windows).flatten(1).all(1)
-        total = engine.config.total_steps
-        progress = engine.step_count / total if total else None
-        probs = self.predictor.predict_proba(torch.nan_to_num(windows), progress).masked_fill(~finite, 0.0).tolist()
+        progress = (engine.step_count / engine.config.total_steps,) if getattr(self.predictor, "reads_progress", False) else ()
+        probs = self.predictor.predict_proba(torch.nan_to_num(windows), *progress).masked_fill(~finite, 0.0).tolist()
         if not bool(finite.all()):
             warnings.warn("non-finite weights in a recorded window: no freeze decision is made from them")
         scores = dict(zip(candidates, probs))

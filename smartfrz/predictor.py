@@ -66,8 +66,8 @@ def model_inputs(feats: torch.Tensor) -> torch.Tensor:
 
 def with_progress(feats: torch.Tensor, progress: float | torch.Tensor) -> torch.Tensor:
     """Window features with the share of the planned run done (one value, or one per window) on every token."""
-    progress = torch.as_tensor(progress, dtype=feats.dtype, device=feats.device).reshape(-1, 1, 1)
-    return torch.cat([feats, progress.expand(feats.shape[0], feats.shape[1], 1)], -1)
+    p = torch.as_tensor(progress, dtype=feats.dtype, device=feats.device).reshape(-1, 1, 1)
+    return torch.cat([feats, p.expand(feats.shape[0], feats.shape[1], 1)], -1)
 
 
 class _Member(nn.Module):
@@ -104,6 +104,7 @@ class FreezePredictor(nn.Module):
         self.veto_lookback = "decision"  # how far back the veto's weights are (smartfrz.veto.LOOKBACKS)
         self.decide_from = 0.0  # share of the planned run before which no freeze is decided
         self.freeze_per_decision = 0  # most units newly frozen at one decision; 0: no limit
+        self.reads_progress = num_features == INPUT_FEATURES + 1  # the share of the run done too (--progress-input)
         self.members = nn.ModuleList(_Member(d_model, heads, layers, hidden, num_features) for _ in range(members))
         self.register_buffer("calibration", torch.tensor([1.0, 0.0]))  # Platt scale and bias, fitted after training
 
@@ -112,11 +113,6 @@ class FreezePredictor(nn.Module):
         model = cls(**{**nets[0].hparams, "members": sum(len(n.members) for n in nets)})
         model.members = nn.ModuleList(m for n in nets for m in n.members)
         return model
-
-    @property
-    def reads_progress(self) -> bool:
-        """Whether the network also reads the share of the planned run done (trained with ``--progress-input``)."""
-        return self.hparams["num_features"] == INPUT_FEATURES + 1
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         """(n, W, NUM_FEATURES [+ progress]) window features -> (n,) calibrated logits."""
@@ -129,12 +125,9 @@ class FreezePredictor(nn.Module):
         that reads it (``reads_progress``)."""
         p = next(self.parameters())
         feats = window_features(windows.to(p.device)).to(p.dtype)
-        if self.reads_progress:
-            if progress is None:
-                raise ValueError("this predictor reads the run's progress: give the engine total_steps "
-                                 "(FreezeConfig.total_steps) so it can tell how much of the run is done")
-            feats = with_progress(feats, progress)
-        return torch.sigmoid(self(feats)).float()
+        if self.reads_progress and progress is None:
+            raise ValueError("this predictor reads the run's progress: pass progress= (the share of the planned run done)")
+        return torch.sigmoid(self(with_progress(feats, progress) if self.reads_progress else feats)).float()
 
     def save(self, path: str | Path, extra: dict | None = None) -> None:
         from safetensors.torch import save_file

@@ -209,7 +209,7 @@ def test_a_predictor_that_reads_the_runs_progress_gets_it_from_the_engine(tmp_pa
     pred.save(tmp_path / "p.safetensors")
     back = FreezePredictor.load(tmp_path / "p.safetensors")
     assert back.reads_progress
-    with pytest.raises(ValueError, match="total_steps"):
+    with pytest.raises(ValueError, match="progress="):
         back.predict_proba(w[:4])
     assert back.predict_proba(w[:64], 0.95).mean() > back.predict_proba(w[:64], 0.05).mean() + 0.3
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
