@@ -81,6 +81,7 @@ def record(name: str, runs_dir: str, data_dir, out_dir: str, threads: int = 1) -
     if [u.name for u in units] != meta["units"]:
         raise ValueError(f"{name}: the model's units {[u.name for u in units]} are not the recorded {meta['units']}")
     checkpoints = run["steps"].tolist()
+    at = {s: i for i, s in enumerate(checkpoints)}  # checkpoint step -> row (looked up after every step)
     lookbacks = meta["veto_lookbacks"]
     start = math.ceil(VETO_FROM * total)
     wanted = {c - L for c in checkpoints if c >= start for L in lookbacks if c - L >= 0}
@@ -92,8 +93,7 @@ def record(name: str, runs_dir: str, data_dir, out_dir: str, threads: int = 1) -
             copies[step] = [unit_state(u) for u in units]
 
     def on_step(step: int) -> None:
-        if step in checkpoints and step >= start:
-            i = checkpoints.index(step)
+        if (i := at.get(step)) is not None and step >= start:
             was = model.training
             model.eval()
             for j, L in enumerate(lookbacks):
