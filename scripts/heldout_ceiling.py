@@ -96,7 +96,8 @@ def describe(rule) -> dict:
 
 
 def select(d, runs, p, done, run_ids, grid) -> tuple:
-    """``training.select_rule``'s choice over ``grid``: the largest pooled saving within MAX_EARLY (else the fewest early)."""
+    """``training.select_rule``'s objective over ``grid``: the largest pooled saving within MAX_EARLY (else the fewest
+    early); ties go to fewer decisions, a longer patience, then a smaller relief (not its start, veto or lookback)."""
     best = None
     for rule in grid:
         s = scored(replay_rule(d, runs, p, done, run_ids, rule))
@@ -126,12 +127,16 @@ def main(argv=None) -> None:
     ap.add_argument("--budgets", nargs="+", type=int, default=[29, 45, 60], help="units early the hindsight rule may freeze")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
+    if a.members < 1 or a.epochs < 1:
+        ap.error(f"--members and --epochs must be >= 1; got {a.members} and {a.epochs}")
     if (a.cache is None) != a.no_predictor:
         ap.error("give --cache (the predictor's probabilities) or --no-predictor, not both")
     try:
         reliefs = [(0.0, 1.0)] + [tuple(float(v) for v in r.split("@")) for r in a.reliefs]
+        if not all(len(r) == 2 and r[0] >= 0 and 0 <= r[1] <= 1 for r in reliefs):
+            raise ValueError
     except ValueError:
-        ap.error(f"--reliefs takes DELTA@FROM pairs such as 0.2@0.7; got {a.reliefs}")
+        ap.error(f"--reliefs takes DELTA@FROM pairs, DELTA >= 0 and FROM in [0, 1], such as 0.2@0.7; got {a.reliefs}")
     taus = [None if t == "none" else float(t) for t in a.taus]
     runs = load_runs(a.runs)
     if a.label_shifts:
