@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from smartfrz.predictor import FreezePredictor
 from smartfrz.predictor_training import training as T
 from smartfrz.predictor_training.freeze_dataset import load_runs
 
@@ -33,25 +32,14 @@ KINDS = {"family": lambda meta: meta["family"], "schedule": lambda meta: meta["s
 
 
 def fold_probs(d: dict, runs: list[dict], held: np.ndarray, members: int, epochs: int, seed: int = 0) -> np.ndarray:
-    """Calibrated P(freeze) on every sample: out of fold on the training runs, from the full fit on ``held``'s runs."""
-    run_of, ids = d["run"].numpy(), np.arange(len(runs))
-    train_ids = ids[~np.isin(ids, held)]
-    in_train = np.isin(run_of, train_ids)
-
-    def fit(mask, s):
-        idx = torch.from_numpy(np.nonzero(mask)[0])
-        x, y, w = d["x"][idx], d["y_train"][idx], d["weight"][idx]
-        return FreezePredictor.ensemble([T.train_predictor(x, y, epochs=epochs, seed=s + 100 * j, weights=w)
-                                         for j in range(members)])
-    logits = torch.full((len(run_of),), float("nan"))
-    for f, inner in enumerate(T.inner_splits(runs, train_ids, T.FOLDS, seed)):
-        m_in = np.isin(run_of, inner)
-        te = torch.from_numpy(np.nonzero(m_in)[0])
-        logits[te] = T._logits(fit(in_train & ~m_in, seed + f + 1), d["x"][te])
-    sel = torch.from_numpy(np.nonzero(in_train)[0])
-    a, b = T.fit_platt(logits[sel], d["y_train"][sel])
+    """Calibrated P(freeze) on every sample: out of fold on the training runs, from the full fit on ``held``'s runs
+    (``training.train_selected``'s steps)."""
+    train_ids = np.setdiff1d(np.arange(len(runs)), held)
+    logits, a, b = T.out_of_fold(d, runs, train_ids, seed, epochs, T.FOLDS, members)
+    in_train = np.isin(d["run"].numpy(), train_ids)
+    model = T.fit_members(d, torch.from_numpy(np.nonzero(in_train)[0]), seed, epochs, members)
     te = torch.from_numpy(np.nonzero(~in_train)[0])
-    logits[te] = T._logits(fit(in_train, seed), d["x"][te])
+    logits[te] = T._logits(model, d["x"][te])
     return torch.sigmoid(a * logits + b).numpy()
 
 

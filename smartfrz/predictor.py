@@ -123,10 +123,10 @@ class FreezePredictor(nn.Module):
     def predict_proba(self, windows: torch.Tensor, progress: float | None = None) -> torch.Tensor:
         """P(freeze) for raw (n, W, S) windows; ``progress``: the share of the planned run done, for a predictor
         that reads it (``reads_progress``)."""
-        p = next(self.parameters())
-        feats = window_features(windows.to(p.device)).to(p.dtype)
         if self.reads_progress and progress is None:
             raise ValueError("this predictor reads the run's progress: pass progress= (the share of the planned run done)")
+        p = next(self.parameters())
+        feats = window_features(windows.to(p.device)).to(p.dtype)
         return torch.sigmoid(self(with_progress(feats, progress) if self.reads_progress else feats)).float()
 
     def save(self, path: str | Path, extra: dict | None = None) -> None:

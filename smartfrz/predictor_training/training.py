@@ -366,31 +366,42 @@ def inner_splits(runs: list[dict], run_ids: np.ndarray, folds: int | str, seed: 
     return [order[f::n] for f in range(n)]
 
 
-def train_selected(d: dict, runs: list[dict], run_ids: np.ndarray, seed: int = 0, epochs: int = 6,
-                   folds: int | str = FOLDS, search: RuleSearch = RuleSearch(), members: int = MEMBERS,
-                   distil: bool = False) -> tuple[FreezePredictor, dict]:
-    """Out-of-fold logits (``inner_splits``) -> Platt calibration and the decision rule; then a fit on all of ``run_ids``.
-    Each fit is ``members`` networks with different seeds, logits averaged; with ``distil``, one network then
-    learns their averaged P(freeze) on the same samples, so it costs one network's scoring (the rule and the
-    held-out folds are chosen and replayed with that network, not with the ensemble)."""
-    def fit(idx, s):
-        x, y, w = d["x"][idx], d["y_train"][idx], d["weight"][idx]  # gathered once, not once per network
-        nets = FreezePredictor.ensemble([train_predictor(x, y, epochs=epochs, seed=s + 100 * j, weights=w)
-                                         for j in range(members)])
-        return distil_one(nets, x, w, epochs, s + 100 * members) if distil else nets
+def fit_members(d: dict, idx: torch.Tensor, seed: int, epochs: int = 6, members: int = MEMBERS,
+                distil: bool = False) -> FreezePredictor:
+    """``members`` networks with different seeds on samples ``idx``, logits averaged; with ``distil``, one network
+    then learns their averaged P(freeze) on the same samples, so it costs one network's scoring."""
+    x, y, w = d["x"][idx], d["y_train"][idx], d["weight"][idx]  # gathered once, not once per network
+    nets = FreezePredictor.ensemble([train_predictor(x, y, epochs=epochs, seed=seed + 100 * j, weights=w)
+                                     for j in range(members)])
+    return distil_one(nets, x, w, epochs, seed + 100 * members) if distil else nets
+
+
+def out_of_fold(d: dict, runs: list[dict], run_ids: np.ndarray, seed: int = 0, epochs: int = 6,
+                folds: int | str = FOLDS, members: int = MEMBERS, distil: bool = False) -> tuple[torch.Tensor, float, float]:
+    """Logits for ``run_ids``' samples from fits without their split (``inner_splits``), and the Platt scale and
+    bias fitted on them: what calibrates a predictor and chooses its rule."""
     in_sel = np.isin(d["run"].numpy(), run_ids)
     oof = torch.zeros(len(d["run"]))
     for f, held in enumerate(inner_splits(runs, run_ids, folds, seed)):
         held_m = np.isin(d["run"].numpy(), held)
-        tr = torch.from_numpy(np.nonzero(in_sel & ~held_m)[0])
-        m = fit(tr, seed + f + 1)
+        m = fit_members(d, torch.from_numpy(np.nonzero(in_sel & ~held_m)[0]), seed + f + 1, epochs, members, distil)
         te = torch.from_numpy(np.nonzero(held_m)[0])
         oof[te] = _logits(m, d["x"][te])
     sel = torch.from_numpy(np.nonzero(in_sel)[0])
     a, b = fit_platt(oof[sel], d["y_train"][sel])
+    return oof, a, b
+
+
+def train_selected(d: dict, runs: list[dict], run_ids: np.ndarray, seed: int = 0, epochs: int = 6,
+                   folds: int | str = FOLDS, search: RuleSearch = RuleSearch(), members: int = MEMBERS,
+                   distil: bool = False) -> tuple[FreezePredictor, dict]:
+    """Out-of-fold logits (``out_of_fold``) -> Platt calibration and the decision rule; then a fit on all of
+    ``run_ids`` (``fit_members``: the rule and the held-out folds are chosen and replayed with the distilled
+    network, not with the ensemble, when ``distil``)."""
+    oof, a, b = out_of_fold(d, runs, run_ids, seed, epochs, folds, members, distil)
     p_oof = torch.sigmoid(a * oof + b).numpy()
     rule = select_rule(d, runs, run_ids, p_oof, search)
-    model = fit(sel, seed)
+    model = fit_members(d, torch.from_numpy(np.nonzero(np.isin(d["run"].numpy(), run_ids))[0]), seed, epochs, members, distil)
     model.calibration.copy_(torch.tensor([a, b]))
     model.threshold = rule["threshold"]
     model.patience, model.decisions_per_epoch = rule["patience"], rule["decisions_per_epoch"]
