@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from label_check_runs import label_steps, saved_share, shifted  # noqa: E402
+from label_check_runs import label_steps, shifted  # noqa: E402
+from smartfrz.predictor_training.training import saved_share  # noqa: E402
 
 from smartfrz.predictor_training.freeze_dataset import load_run  # noqa: E402
 

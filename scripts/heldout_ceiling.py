@@ -8,6 +8,8 @@ the fold's runs is kept (``--cache``, resumable). The engine's rule is then repl
   ``MAX_EARLY`` of units early) and replayed on the fold: what the training report's held-out figures measure.
   ``--reliefs DELTA@FROM``: the search may also lower the threshold by DELTA from FROM of the run on (a rule
   that reads progress: high while early-settling runs must stay safe, lower near the end where CNN units settle).
+- ``--per-decisions 0 1 2``: the grid also tries a limit on units frozen at one decision (the engine's
+  ``freeze_per_decision``; 0: none).
 - ``--no-predictor``: P(freeze) is the share of the run done, so a threshold is a fixed point of the run (the
   veto still applies): the baseline any predictor has to beat.
 - ``hindsight``: the one rule (the same grid) with the largest saving on the held-out predictions themselves at
@@ -49,16 +51,17 @@ def relieved(p: np.ndarray, done: np.ndarray, relief: tuple[float, float]) -> np
     return np.where(done >= relax_from, p + delta, p) if delta else p
 
 
-def rules(taus, lookbacks, starts, reliefs):
+def rules(taus, lookbacks, starts, reliefs, per_decisions=(0,)):
     vetoes = [None if t is None else (t, 32, lb) for t in taus for lb in (lookbacks if t is not None else [None])]
-    return list(itertools.product(reliefs, (0, 16), T.DECISIONS_PER_EPOCH, (1, 2, 3), starts, vetoes, T.THRESHOLDS))
+    return list(itertools.product(reliefs, (0, 16), T.DECISIONS_PER_EPOCH, (1, 2, 3), starts, vetoes, T.THRESHOLDS,
+                                  per_decisions))
 
 
 def replay_rule(d, runs, p, done, run_ids, rule) -> list[dict]:
-    relief, per_run, per_epoch, patience, start, veto, threshold = rule
+    relief, per_run, per_epoch, patience, start, veto, threshold, per_decision = rule
     q = relieved(p, done, relief)
     grids = {r: T._grid(d, r, q) for r in run_ids}
-    return T.replay_all(grids, runs, float(threshold), patience, per_epoch, per_run, start, veto)
+    return T.replay_all(grids, runs, float(threshold), patience, per_epoch, per_run, start, veto, per_decision)
 
 
 def scored(rows: list[dict]) -> dict:
@@ -77,21 +80,22 @@ def breakdown(runs: list[dict], rows: list[dict]) -> dict:
 
 
 def describe(rule) -> dict:
-    (delta, relax_from), per_run, per_epoch, patience, start, veto, threshold = rule
+    (delta, relax_from), per_run, per_epoch, patience, start, veto, threshold, per_decision = rule
     return {"threshold": float(threshold), "patience": patience, "decisions_per_epoch": per_epoch,
             "decisions_per_run": per_run, "decide_from": start, "veto": None if veto is None else list(veto),
-            "relief": delta, "relax_from": relax_from}
+            "relief": delta, "relax_from": relax_from, "freeze_per_decision": per_decision}
 
 
 def select(d, runs, p, done, run_ids, grid) -> tuple:
     """``training.select_rule``'s objective over ``grid``: the largest pooled saving within MAX_EARLY (else the fewest
-    early); ties go to fewer decisions, a longer patience, then a smaller relief (not its start, veto or lookback)."""
+    early); ties go to fewer decisions, a longer patience, a smaller relief, then no limit a decision (not its start,
+    veto or lookback)."""
     best = None
     for rule in grid:
         s = scored(replay_rule(d, runs, p, done, run_ids, rule))
         ok = s["early_share"] <= T.MAX_EARLY
         key = (ok, (s["saved_share_of_oracle"] or 0.0) if ok else -s["early_share"], -rule[2], -rule[1], rule[3],
-               -rule[0][0])
+               -rule[0][0], -rule[7])
         if best is None or key > best[0]:
             best = (key, rule)
     return best[1]
@@ -112,11 +116,15 @@ def main(argv=None) -> None:
     ap.add_argument("--lookbacks", nargs="+", default=["decision", "epoch"])
     ap.add_argument("--starts", nargs="+", type=float, default=[0.0, 0.4, 0.6])
     ap.add_argument("--reliefs", nargs="*", default=[], help="DELTA@FROM, e.g. 0.2@0.7 (the selected rule's grid only)")
+    ap.add_argument("--per-decisions", nargs="+", type=int, default=[0],
+                    help="limits on units frozen at one decision to try (0: none; the engine's freeze_per_decision)")
     ap.add_argument("--budgets", nargs="+", type=int, default=[29, 45, 60], help="units early the hindsight rule may freeze")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     if a.members < 1 or a.epochs < 1:
         ap.error(f"--members and --epochs must be >= 1; got {a.members} and {a.epochs}")
+    if min(a.per_decisions) < 0:
+        ap.error(f"--per-decisions takes integers >= 0 (0: no limit); got {a.per_decisions}")
     if (a.cache is None) != a.no_predictor:
         ap.error("give --cache (the predictor's probabilities) or --no-predictor, not both")
     try:
@@ -138,10 +146,10 @@ def main(argv=None) -> None:
     probs = dict(np.load(cache)) if cache and cache.is_file() else {}
     if probs and (made := str(probs.pop("setting"))) != setting:
         raise SystemExit(f"{cache} was made with other settings ({made}, not {setting}); give another --cache")
-    base = rules(taus, a.lookbacks, a.starts, reliefs[:1])
-    grid = rules(taus, a.lookbacks, a.starts, reliefs)
+    base = rules(taus, a.lookbacks, a.starts, reliefs[:1], a.per_decisions)
+    grid = rules(taus, a.lookbacks, a.starts, reliefs, a.per_decisions)
     out = {"setting": json.loads(setting), "predictor": not a.no_predictor, "max_early": T.MAX_EARLY, "grid": {"taus": a.taus, "lookbacks": a.lookbacks,
-           "starts": a.starts, "reliefs": a.reliefs}, "kinds": {}}
+           "starts": a.starts, "reliefs": a.reliefs, "per_decisions": a.per_decisions}, "kinds": {}}
     for kind in a.kinds:
         groups = np.array([KINDS[kind](r["meta"]) for r in runs])
         held_p = np.zeros(len(done))

@@ -29,7 +29,7 @@ from smartfrz import SmartFRZ
 from smartfrz.lab.train import example_input, fit
 from smartfrz.predictor_training.freeze_dataset import RunSpec, _optimizer, build_task, load_run
 from smartfrz.predictor_training.labels import first_steps, front_to_back
-from smartfrz.predictor_training.training import run_settled
+from smartfrz.predictor_training.training import run_settled, saved_share
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from frontier import tolerance  # noqa: E402
@@ -47,10 +47,6 @@ def shifted(freeze: dict[int, int], shift: float, total: int) -> dict[int, int]:
     a negative shift moves them later, and units it moves past the run's end are not frozen."""
     moved = {u: max(1, s - round(shift * total)) for u, s in freeze.items()}
     return {u: s for u, s in moved.items() if s < total}
-
-
-def saved_share(freeze: dict[int, int], flop_share, total: int) -> float:
-    return float(sum(flop_share[u] * (total - s) / total for u, s in freeze.items()))
 
 
 def train(spec: RunSpec, freeze: dict[int, int] | None, units: list[str], data_dir, threads: int = 1) -> float:

@@ -27,7 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from frontier import tolerance  # noqa: E402
-from label_check_runs import label_steps, saved_share, shifted, train  # noqa: E402
+from label_check_runs import label_steps, shifted, train  # noqa: E402
+from smartfrz.predictor_training.training import saved_share  # noqa: E402
 
 from smartfrz.predictor_training.freeze_dataset import RunSpec, load_run  # noqa: E402
 

@@ -17,12 +17,8 @@ from smartfrz.predictor_training.training import attach_label_shifts, samples, t
 
 def auc(y: np.ndarray, p: np.ndarray) -> float:
     """The probability that a random freezable sample scores above a random unfreezable one (ties count half)."""
-    order = np.argsort(p, kind="stable")
-    ranks = np.empty(len(p))
-    ranks[order] = np.arange(1, len(p) + 1)
-    for v in np.unique(p):  # average ranks over ties
-        tie = p == v
-        ranks[tie] = ranks[tie].mean()
+    _, inverse, counts = np.unique(p, return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2)[inverse]  # 1-based ranks, ties at their average
     pos = y.sum()
     return float((ranks[y].sum() - pos * (pos + 1) / 2) / (pos * (len(y) - pos)))
 

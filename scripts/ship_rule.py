@@ -2,7 +2,7 @@
 run gets the same default (smartfrz.policies.SmartFRZPolicy reads it back).
 
     python scripts/ship_rule.py --threshold 0.1 --patience 2 --per-epoch 4 --per-run 16 --tau 0.2 --probe-rows 32 \
-        --decide-from 0.6 \
+        --decide-from 0.6 --per-decision 1 \
         --chosen-on "decision traces of ... (scripts/trace_replay.py)"
 
 Choose the rule first with scripts/trace_replay.py on traces of tasks outside the headroom suite.
@@ -15,7 +15,7 @@ import hashlib
 from smartfrz.predictor import DEFAULT_PATH, FreezePredictor
 
 RULE_KEYS = ("threshold", "patience", "decisions_per_epoch", "decisions_per_run", "veto_tau", "veto_probe_rows",
-             "veto_lookback", "decide_from", "feature_version", "hparams")
+             "veto_lookback", "decide_from", "freeze_per_decision", "feature_version", "hparams")
 
 
 def main(argv=None):
@@ -30,22 +30,25 @@ def main(argv=None):
     ap.add_argument("--lookback", choices=["decision", "epoch"], default="decision",
                     help="how far back the veto's weights are: the previous decision (default) or an epoch")
     ap.add_argument("--decide-from", type=float, default=0.0, help="share of the planned run before any decision")
+    ap.add_argument("--per-decision", type=int, default=0,
+                    help="most units newly frozen at one decision (0: no limit)")
     ap.add_argument("--chosen-on", required=True, help="what the rule was chosen on, kept in the file")
     a = ap.parse_args(argv)
     if not 0 < a.threshold < 1 or a.patience < 1 or a.per_epoch < 1 or a.per_run < 0:
         ap.error("need 0 < threshold < 1, patience >= 1, per-epoch >= 1, per-run >= 0")
     if a.tau is not None and not 0 < a.tau <= 1 or a.probe_rows is not None and a.probe_rows < 1:
         ap.error("need 0 < tau <= 1 and probe-rows >= 1")
-    if not 0 <= a.decide_from < 1:
-        ap.error("need 0 <= decide-from < 1")
+    if not 0 <= a.decide_from < 1 or a.per_decision < 0:
+        ap.error("need 0 <= decide-from < 1 and per-decision >= 0")
     pred = FreezePredictor.load(a.path)
     before = hashlib.sha256(open(a.path, "rb").read()).hexdigest()[:12]
     old = {k: pred.metadata.get(k) for k in ("threshold", "patience", "decisions_per_epoch", "decisions_per_run",
-                                             "veto_tau", "veto_probe_rows", "veto_lookback", "decide_from")}
+                                             "veto_tau", "veto_probe_rows", "veto_lookback", "decide_from",
+                                             "freeze_per_decision")}
     pred.threshold, pred.patience, pred.decisions_per_epoch, pred.decisions_per_run = \
         a.threshold, a.patience, a.per_epoch, a.per_run
     pred.veto_tau, pred.veto_probe_rows, pred.decide_from = a.tau, a.probe_rows, a.decide_from
-    pred.veto_lookback = a.lookback
+    pred.veto_lookback, pred.freeze_per_decision = a.lookback, a.per_decision
     extra = {k: v for k, v in pred.metadata.items() if k not in RULE_KEYS}
     extra.update(rule_chosen_on=a.chosen_on, earlier_rule=str(old))
     pred.save(a.path, extra=extra)

@@ -528,7 +528,34 @@ def test_heldout_ceiling_replays_perfect_predictions_at_the_oracle_and_relief_on
     noise = np.random.default_rng(0).random(len(perfect))
     worse = mod.scored(mod.replay_rule(d, runs, noise, done, ids, mod.select(d, runs, noise, done, ids, grid)))
     assert worse["saved_share_of_oracle"] < s["saved_share_of_oracle"]
+    limited = mod.rules([None], ["decision"], [0.0], [(0.0, 1.0)], (1,))
+    assert len(limited) == len(grid) and mod.describe(limited[0])["freeze_per_decision"] == 1
+    one_a_decision = mod.scored(mod.replay_rule(d, runs, perfect, done, ids, rule[:-1] + (1,)))  # only delays freezes
+    assert one_a_decision["early"] == 0 and one_a_decision["saved_share_of_oracle"] < s["saved_share_of_oracle"]
     p = np.full(len(done), 0.5)
     q = mod.relieved(p, done, (0.2, 0.7))
     assert np.all(q[done >= 0.7] == 0.7) and np.all(q[done < 0.7] == 0.5)
     assert mod.relieved(p, done, (0.0, 1.0)) is p
+
+
+def test_ship_rule_writes_the_whole_rule_and_an_older_file_entry_cannot_override_it(tiny_predictor, tmp_path):
+    """A rule key left in the file's metadata used to come back as an 'extra' entry and override the new value."""
+    import importlib.util
+    import shutil
+    from pathlib import Path
+
+    from smartfrz.predictor import FreezePredictor
+    spec = importlib.util.spec_from_file_location("ship_rule", Path(__file__).parents[1] / "scripts" / "ship_rule.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    path = tmp_path / "p.safetensors"
+    shutil.copy(tiny_predictor, path)
+    rule = ["--path", str(path), "--threshold", "0.2", "--patience", "2", "--per-epoch", "2", "--chosen-on", "a test"]
+    mod.main(rule + ["--per-decision", "2"])
+    assert FreezePredictor.load(path).freeze_per_decision == 2
+    mod.main(rule + ["--tau", "0.1", "--probe-rows", "32", "--decide-from", "0.6"])  # no limit given: none
+    p = FreezePredictor.load(path)
+    assert (p.freeze_per_decision, p.veto_tau, p.veto_probe_rows, p.decide_from, p.threshold) == (0, 0.1, 32, 0.6, 0.2)
+    assert p.metadata["rule_chosen_on"] == "a test" and "'freeze_per_decision': '2'" in p.metadata["earlier_rule"]
+    with pytest.raises(SystemExit):
+        mod.main(rule + ["--per-decision", "-1"])

@@ -217,10 +217,15 @@ def replay(P, Y, steps, meta: dict, threshold: float, patience: int, per_epoch: 
         hit = np.nonzero(Y[:, u])[0]
         if len(hit):
             label[u] = steps[hit[0]]
-    saved = lambda fs: float(sum(share[u] * (total - s) / total for u, s in fs.items()))
     early = [u for u, s in pred.items() if u not in label or s < label[u]]
-    return {"pred": pred, "label": label, "saved": saved(pred), "oracle_saved": saved(label), "early": len(early),
-            "units": limit}
+    return {"pred": pred, "label": label, "saved": saved_share(pred, share, total),
+            "oracle_saved": saved_share(label, share, total), "early": len(early), "units": limit}
+
+
+def saved_share(freeze: dict[int, int], flop_share, total: int) -> float:
+    """What units frozen at these steps ({unit: step}) take off a run of ``total`` steps: each unit's share of the
+    step's forward FLOPs times the share of the run left when it froze (relative, for comparing with an oracle)."""
+    return float(sum(flop_share[u] * (total - s) / total for u, s in freeze.items()))
 
 
 def lookback_steps(meta: dict, lookback: str | None) -> int | None:
