@@ -57,10 +57,15 @@ def rules(taus, lookbacks, starts, reliefs, per_decisions=(0,)):
                                   per_decisions))
 
 
-def replay_rule(d, runs, p, done, run_ids, rule) -> list[dict]:
+def replay_rule(d, runs, p, done, run_ids, rule, grids_by_relief: dict | None = None) -> list[dict]:
+    """``grids_by_relief``: a dict kept across calls with the same ``p`` and ``run_ids``, so each relief's grids are
+    built once rather than once per rule (building them costs more than the replay)."""
     relief, per_run, per_epoch, patience, start, veto, threshold, per_decision = rule
-    q = relieved(p, done, relief)
-    grids = {r: T._grid(d, r, q) for r in run_ids}
+    cache = {} if grids_by_relief is None else grids_by_relief
+    if relief not in cache:
+        q = relieved(p, done, relief)
+        cache[relief] = {r: T._grid(d, r, q) for r in run_ids}
+    grids = cache[relief]
     return T.replay_all(grids, runs, float(threshold), patience, per_epoch, per_run, start, veto, per_decision)
 
 
@@ -90,9 +95,9 @@ def select(d, runs, p, done, run_ids, grid) -> tuple:
     """``training.select_rule``'s objective over ``grid``: the largest pooled saving within MAX_EARLY (else the fewest
     early); ties go to fewer decisions, a longer patience, a smaller relief, then no limit a decision (not its start,
     veto or lookback)."""
-    best = None
+    best, grids = None, {}
     for rule in grid:
-        s = scored(replay_rule(d, runs, p, done, run_ids, rule))
+        s = scored(replay_rule(d, runs, p, done, run_ids, rule, grids))
         ok = s["early_share"] <= T.MAX_EARLY
         key = (ok, (s["saved_share_of_oracle"] or 0.0) if ok else -s["early_share"], -rule[2], -rule[1], rule[3],
                -rule[0][0], -rule[7])
@@ -177,12 +182,13 @@ def main(argv=None) -> None:
         ids = np.arange(len(runs))
         for name, rows in totals.items():
             res[name + "_total"] = scored(rows)
-        every = [(scored(replay_rule(d, runs, held_p, done, ids, rule)), rule) for rule in base]
+        grids: dict = {}
+        every = [(scored(replay_rule(d, runs, held_p, done, ids, rule, grids)), rule) for rule in base]
         for budget in a.budgets:
             ok = [(s, r) for s, r in every if s["early"] <= budget]
             s, r = max(ok, key=lambda sr: sr[0]["saved_share_of_oracle"] or 0.0) if ok else (None, None)
             res["hindsight"][str(budget)] = None if s is None else {"rule": describe(r), **s, **breakdown(
-                runs, replay_rule(d, runs, held_p, done, ids, r))}
+                runs, replay_rule(d, runs, held_p, done, ids, r, grids))}
         print(kind, "selected", res.get("selected_total"), "relief", res.get("relief_total"), flush=True)
         print(kind, "hindsight", {b: (round(v["saved_share_of_oracle"], 2), v["early"]) for b, v in res["hindsight"].items() if v},
               flush=True)
