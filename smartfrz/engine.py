@@ -19,6 +19,9 @@ from .recorder import WeightRecorder
 from .units import Unit, find_units
 
 
+_OUTSIDE = 1 << 30  # owner index of a parameter's use outside all units (a tied head)
+
+
 def _eval_hook(module: nn.Module, args):
     if module.training:
         module.train(False)
@@ -193,16 +196,28 @@ class SmartFRZ:
             self._hooks[i].append(m.register_forward_pre_hook(_eval_hook))
 
     def _param_owners(self) -> dict[int, set[int]]:
-        """Unit indices using each parameter; a huge index marks use outside all units (a tied head)."""
+        """Unit indices using each parameter; a huge index marks use by a module outside all units that runs in the
+        forward pass (``Unit.tied``: a tied head). Parameters with more than one user are named in a warning, once."""
         owners: dict[int, set[int]] = {}
         for i, u in enumerate(self.units):
             for p in u.parameters():
                 owners.setdefault(id(p), set()).add(i)
-        in_units = {id(p) for u in self.units for p in u.parameters()}
-        unit_param_names = {n for u in self.units for n, _ in u.named_parameters()}
-        for name, p in self.model.named_parameters(remove_duplicate=False):
-            if id(p) in in_units and name not in unit_param_names:
-                owners[id(p)].add(1 << 30)  # shared with a module outside the units: never frozen
+        params = {n: p for n, p in self.model.named_parameters(remove_duplicate=False)}
+        outside: dict[int, list[str]] = {}
+        for u in self.units:
+            for p, n in ((params[n], n) for n in u.tied if n in params):  # run outside the units (a tied head)
+                owners[id(p)].add(_OUTSIDE)  # never frozen
+                outside[id(p)] = sorted({*outside.get(id(p), []), n})
+        tied: dict[int, str] = {}
+        for n, p in ((n, p) for u in self.units for n, p in u.named_parameters() if len(owners[id(p)]) > 1):
+            tied.setdefault(id(p), f"{n} (units {[self.units[i].name for i in sorted(owners[id(p)] - {_OUTSIDE})]}"
+                            + (f" and {outside[id(p)]}, outside them)" if id(p) in outside else ")"))
+        if tied:
+            warnings.warn(f"SmartFRZ: tied parameters {'; '.join(tied.values())}. One freezes when the last unit using "
+                          "it does, never while a module outside the units (the head) uses it; until then the units "
+                          "holding it keep changing after they freeze, backward still runs through the frozen units "
+                          "after it (a smaller saving), and PrefixCache refuses to cache. Untie the weights (e.g. "
+                          "tie_word_embeddings=False) to freeze them with their unit.", UserWarning, stacklevel=4)
         return owners
 
     def _event(self, i: int, kind: str, score: float | None) -> dict:

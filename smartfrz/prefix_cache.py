@@ -375,13 +375,13 @@ class PrefixCache:
         if batch_indices(batch) is None:
             self.refuse(f"the loader yields no example indices (batches (x, y, index) or a dict with {INDEX_KEY!r})")
             return 0
-        if (noisy := self._random_before(k, batch)) is not None:
-            self.refuse(f"{noisy} draws random numbers in training mode before unit {self.frz.units[k].name}, "
-                        "outside the frozen units, so the prefix's output is not fixed")
-            return 0
         was = self.model.training
         self.model.eval()
-        try:
+        try:  # a unit fed no tensor (DenseNet's layers read a list) fails here already: refused, not raised
+            if (noisy := self._random_before(k, batch)) is not None:
+                self.refuse(f"{noisy} draws random numbers in training mode before unit {self.frz.units[k].name}, "
+                            "outside the frozen units, so the prefix's output is not fixed")
+                return 0
             x = self._run_to(k, batch).float()
             want = self.loss_fn(self.model, batch)
             with self._replay(batch, k, x):

@@ -4,17 +4,22 @@ Units are found structurally from one traced forward pass, so the same rule cove
 CNNs, timm/torchvision ViTs and Hugging Face encoders without a per-family table:
 
 * a *block* is a module whose class occurs at least twice in the model (ResNet's BasicBlock,
-  MobileNet's InvertedResidual, BERT's BertLayer, ViT's Block), taken at the shallowest such level; a
-  normalisation layer is never one. A *stage*, a block holding a chain of at least two blocks of one class
-  (each fed the previous one's output: RegNet's AnyStage, timm's ConvNeXtStage, T5's encoder stack), gives
-  way to the blocks of its chain;
+  MobileNet's InvertedResidual, BERT's BertLayer, ViT's Block), taken at the shallowest such level, where its class
+  must again occur twice (timm's SqueezeExcite, repeated inside blocks, is none where it stands alone); a
+  normalisation layer (torch's, or any layer whose parameters are all vectors: T5LayerNorm, RMSNorm) is never
+  one. A *stage*, a block holding a chain of at least two blocks of one class (each reading the previous one's
+  output, alone or among its inputs: RegNet's AnyStage, timm's ConvNeXtStage, T5's encoder stack, DenseNet's
+  _DenseBlock, whose layers each read the list of all earlier outputs), gives way to the blocks of its chain;
 * every parameterised module outside blocks becomes its own unit at the shallowest level that
   holds no block (BERT's ``embeddings``, ViT's ``patch_embed``, VGG's conv layers); a block-free model that
   this leaves with one unit, one wrapper module, is split into the wrapper's parts (ALBERT's shared encoder);
-* a normalisation-only unit joins the unit before it (ResNet's ``conv1+bn1`` stem, VGG's conv+BN),
-  and parameters owned directly by containers (ViT's ``cls_token``, ``pos_embed``) join the first unit;
+* a normalisation-only unit joins the unit before it (ResNet's ``conv1+bn1`` stem, VGG's conv+BN, T5's
+  ``encoder.final_layer_norm`` after its last block), except after a block, where it joins the unit after it
+  if that reads it (ConvNeXt's downsampling LayerNorm+conv) and is the head's if no block follows;
+  parameters owned directly by containers (ViT's ``cls_token``, ``pos_embed``) join the first unit;
 * the head is everything that runs after the last block (or, without blocks, the last unit):
-  it is never frozen.
+  it is never frozen. A unit's parameter that a module outside all units also runs (weight tying with the
+  head, as GPT-2's ``lm_head``) is listed in ``Unit.tied``: the engine never freezes it, and says so.
 """
 from __future__ import annotations
 
@@ -25,10 +30,11 @@ from typing import Any, Sequence
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
-_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
+_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.RMSNorm)
 
 
 @dataclass
@@ -38,6 +44,7 @@ class Unit:
     index: int
     members: list[tuple[str, nn.Module]]
     extra_params: list[tuple[str, nn.Parameter]] = field(default_factory=list)
+    tied: list[str] = field(default_factory=list)  # its parameters' names where a module outside all units runs them
     forward_flops: int = 0
     flop_share: float = 0.0
 
@@ -86,9 +93,9 @@ def _trace(model: nn.Module, example_input: Any):
     def pre(m, args, kwargs):
         order.setdefault(m, len(order))
         start.setdefault(m, []).append(counter.get_total_flops())
-        x = next((a for a in (*args, *kwargs.values()) if torch.is_tensor(a)), None)
-        if m not in fed_by and (hit := made.get(id(x))) and hit[0]() is x:
-            fed_by[m] = hit[1]
+        if m not in fed_by and (fed := {w for x in tree_leaves((args, kwargs)) if torch.is_tensor(x)
+                                        and (hit := made.get(id(x))) and hit[0]() is x for w in hit[1]}):
+            fed_by[m] = fed  # every tensor it reads, in lists too (DenseNet's layers read all earlier outputs)
 
     def post(m, args, out):
         flops[m] = flops.get(m, 0) + counter.get_total_flops() - start[m].pop()
@@ -123,8 +130,15 @@ def _has_params(m: nn.Module) -> bool:
     return any(True for _ in m.parameters())
 
 
+def _is_norm(m: nn.Module) -> bool:
+    """A normalisation layer: torch's, or any layer (no parameterised children) whose parameters are all vectors, a
+    per-feature scale and shift (T5LayerNorm, LlamaRMSNorm and other re-implementations)."""
+    return isinstance(m, _NORMS) or (_has_direct_params(m) and not any(_has_params(c) for c in m.children())
+                                     and all(p.dim() <= 1 for p in m.parameters(recurse=False)))
+
+
 def _norm_only(m: nn.Module) -> bool:
-    return isinstance(m, _NORMS) or all(isinstance(c, _NORMS) for c in m.modules() if _has_direct_params(c))
+    return _is_norm(m) or all(_is_norm(c) for c in m.modules() if _has_direct_params(c))
 
 
 def _shallowest(names: set[str]) -> set[str]:
@@ -155,6 +169,9 @@ def _structural_units(model: nn.Module, order: dict, fed_by: dict, opened: froze
     class_count = Counter(type(m) for n, m in named.items() if n and eligible(m))
     is_block = {n for n, m in named.items() if n and class_count[type(m)] >= 2 and eligible(m)} & executed
     blocks = _shallowest(is_block)
+    while lone := {b for b in blocks if sum(type(named[c]) is type(named[b]) for c in blocks) < 2}:
+        is_block -= lone  # its class repeats only inside blocks (timm's SqueezeExcite): no block where it is alone
+        blocks = _shallowest(is_block)
     block_modules = {named[n] for n in is_block}
     while stages := {b for b in blocks if _chain(named[b], order, fed_by, block_modules)}:  # a stage: its blocks
         blocks = (blocks - stages) | _shallowest({n for n in is_block if any(n.startswith(s + ".") for s in stages)})
@@ -179,12 +196,19 @@ def _structural_units(model: nn.Module, order: dict, fed_by: dict, opened: froze
         if owner is None:  # parameters living on a container that also holds blocks (e.g. pos_embedding)
             continue
         chosen[owner] = min(chosen.get(owner, 1 << 30), order[named[owner]])
-    groups: list[list[str]] = []
-    for name in sorted(chosen, key=chosen.get):
-        if _norm_only(named[name]) and groups and name not in blocks and not any(n in blocks for n in groups[-1]):
-            groups[-1].append(name)
-        else:
-            groups.append([name])
+    seq, groups, ahead = sorted(chosen, key=chosen.get), [], []  # ahead: norms that join the unit after them
+    for i, name in enumerate(seq):
+        if _norm_only(named[name]) and name not in blocks:  # joins the unit before it, unless that is a block and
+            reads = i + 1 < len(seq) and named[name] in fed_by.get(named[seq[i + 1]], ())  # the next unit reads it
+            after_block = bool(groups) and any(n in blocks for n in groups[-1])  # or no block follows (the head's)
+            if groups and not ahead and not (after_block and (reads or not any(n in blocks for n in seq[i + 1:]))):
+                groups[-1].append(name)  # conv+BN; a stack's output norm (T5's encoder.final_layer_norm)
+                continue
+            if reads:
+                ahead.append(name)  # a pre-norm: ConvNeXt's downsampling LayerNorm+conv
+                continue
+        groups, ahead = groups + [ahead + [name]], []
+    groups += [ahead] if ahead else []
     if blocks:
         last_block = max((i for i, g in enumerate(groups) if any(n in blocks for n in g)))
         head = [n for g in groups[last_block + 1:] for n in g]
@@ -231,7 +255,15 @@ def find_units(model: nn.Module, example_input: Any, names: Sequence[str] | None
                 if id(p) not in owned:
                     units[0].extra_params.append((f"{mname}.{pname}" if mname else pname, p))
                     owned.add(id(p))
+    inside = {id(m) for u in units for _, top in u.members for m in top.modules()}
+    elsewhere: dict[int, list[str]] = {}  # weight tying: a unit's parameter run by a module outside all units (a head)
+    for mname, m in model.named_modules(remove_duplicate=False):
+        if m in order and id(m) not in inside:
+            for pname, p in m.named_parameters(recurse=False):
+                elsewhere.setdefault(id(p), []).append(f"{mname}.{pname}" if mname else pname)
+    extra = {id(p) for u in units for _, p in u.extra_params}
     for u in units:
+        u.tied = [n for p in u.parameters() if id(p) not in extra for n in elsewhere.get(id(p), [])]
         u.forward_flops = sum(flops[m] for _, m in u.members)
         u.flop_share = u.forward_flops / total if total else 0.0
     return units

@@ -158,5 +158,6 @@ def test_tied_parameters_stay_trainable():
             return self.out(self.mid(self.emb(t)))
 
     m = Tied()
-    frz = freeze_through(m, None, torch.tensor([[1, 2, 3]]), 0, units=["emb", "mid"])
+    with pytest.warns(UserWarning, match=r"tied parameters emb\.weight .*'out\.weight'"):  # named at setup
+        frz = freeze_through(m, None, torch.tensor([[1, 2, 3]]), 0, units=["emb", "mid"])
     assert frz.frozen_units == ["emb"] and m.emb.weight.requires_grad  # still used by the trainable head
