@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import cifar_resnet18, minilm
-from smartfrz import SmartFRZ, freeze_through
+from smartfrz import SmartFRZ, find_units, freeze_through
 
 
 def train_flops(model, loss_fn):
@@ -161,3 +161,28 @@ def test_tied_parameters_stay_trainable():
     with pytest.warns(UserWarning, match=r"tied parameters emb\.weight .*'out\.weight'"):  # named at setup
         frz = freeze_through(m, None, torch.tensor([[1, 2, 3]]), 0, units=["emb", "mid"])
     assert frz.frozen_units == ["emb"] and m.emb.weight.requires_grad  # still used by the trainable head
+
+
+def test_lab_counts_a_tied_prefix_as_the_engine_freezes_it():
+    """The lab's per-prefix FLOPs (smartfrz.lab.costs.prefix_step_flops) keep a weight the head shares trainable, as
+    the engine does: counting it frozen would credit a tied model with backward work it still does."""
+    from smartfrz.lab.costs import count_step_flops, prefix_step_flops
+
+    class Tied(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.mid, self.out = torch.nn.Embedding(50, 32), torch.nn.Linear(32, 32), torch.nn.Linear(32, 50)
+            self.out.weight = self.emb.weight
+
+        def forward(self, t):
+            return self.out(self.mid(self.emb(t)))
+
+    m, batch = Tied(), (torch.randint(0, 50, (4, 6)), torch.randint(0, 50, (4, 6)))
+
+    def loss(model, b):
+        return torch.nn.functional.cross_entropy(model(b[0]).flatten(0, 1), b[1].flatten())
+    counted = prefix_step_flops(m, find_units(m, batch[0], names=["emb", "mid"]), batch, loss)
+    with pytest.warns(UserWarning, match="tied parameters"):
+        freeze_through(m, None, batch[0], 1, units=["emb", "mid"])
+    assert m.emb.weight.requires_grad and not m.mid.weight.requires_grad  # the engine's frozen state
+    assert counted[2] == count_step_flops(m, batch, loss) < counted[0]  # the lab counts that state

@@ -32,10 +32,14 @@ def prefix_step_flops(model: nn.Module, units: Sequence[Unit], batch: Any, loss_
     """Training-step FLOPs with the first k units frozen, for k = 0..max_prefix (measured, not modelled).
 
     Freezing is simulated with requires_grad alone, which is what removes the backward work; the
-    model's flags are restored afterwards.
+    model's flags are restored afterwards. As the engine does, a parameter shared by several units freezes with
+    the last of them, and one a module outside the units runs (``Unit.tied``: a tied head) never does.
     """
     max_prefix = len(units) if max_prefix is None else max_prefix
     flags = {p: p.requires_grad for p in model.parameters()}
+    named = dict(model.named_parameters(remove_duplicate=False))
+    outside = {id(named[n]) for u in units for n in u.tied if n in named}
+    last_user = {id(p): i for i, u in enumerate(units) for p in u.parameters()}
     was = model.training
     model.eval()  # no BN/dropout state changes while counting
     out = []
@@ -43,7 +47,8 @@ def prefix_step_flops(model: nn.Module, units: Sequence[Unit], batch: Any, loss_
         for k in range(max_prefix + 1):
             for u in units[:k]:
                 for p in u.parameters():
-                    p.requires_grad_(False)
+                    if id(p) not in outside and last_user[id(p)] < k:
+                        p.requires_grad_(False)
             out.append(count_step_flops(model, batch, loss_fn))
     finally:
         for p, f in flags.items():
