@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from smartfrz.lab.bench import POLICY_ORDER, main as bench_main, summarize
 from smartfrz.lab.costs import frozen_count_per_step, integrate_train_flops
@@ -429,3 +430,65 @@ def test_label_reach_reads_each_units_freeze_epoch_from_recorded_harms(tmp_path)
     capped = [{**r, "cka": {**r["cka"], "rewind_cap": 0.2}} for r in found["t"]]  # recorded since the cap rose
     assert reach.schedule(capped, "rewind:0.1") == [1.0, 2.0]
     assert reach.schedule(capped, "cka:0.95+rewind:0.02") == [2.0, 3.0]  # each unit at the later of its two labels
+
+
+def test_bench_figure_pairs_each_seed_with_its_none_and_nets_out_the_decisions(tmp_path):
+    """scripts/bench_figure.py: a point is one seed's net saving (the veto's forwards subtracted) and its Δ against
+    `none` of that seed, in points (GLUE scores x100); the figure is written."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench_figure", Path(__file__).parents[1] / "scripts" / "bench_figure.py")
+    fig = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fig)
+
+    def run_(policy, seed, metric, saved=0.0, decision=0.0):
+        return {"task": "t", "policy": policy, "seed": seed, "metric": metric, "metric_name": "accuracy",
+                "flops_saved": saved, "decision_flops": decision, "full_train_flops": 100.0}
+    bench = {"runs": [run_("none", 0, 0.80), run_("none", 1, 0.90), run_("smartfrz", 1, 0.88, 0.2, 1.0),
+                      run_("smartfrz", 0, 0.81, 0.3, 2.0), run_("smartfrz", 2, 0.5, 0.9)]}  # seed 2: no `none`
+    pts = fig.points(bench, "smartfrz", "t")
+    assert [(round(x, 6), round(y, 6)) for x, y in pts] == [(28.0, 1.0), (19.0, -2.0)]
+    bench["runs"] = [dict(r, metric=100 * r["metric"]) for r in bench["runs"]]  # a metric already in %
+    assert [round(y, 6) for _, y in fig.points(bench, "smartfrz", "t")] == [1.0, -2.0]
+    out = tmp_path / "f.png"
+    fig.draw([{"suite": "s", "task": "t", "series": {"smartfrz": pts}, "noise": 0.3, "frontier": 25.0,
+               "tolerance": 0.5}], out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_ablated_predictor_keeps_the_rule_and_lets_every_ready_unit_through(tmp_path):
+    """scripts/ablate_predictor.py: the same weights and rule with threshold 0 (the veto and the start decide alone),
+    and it refuses to overwrite the shipped file."""
+    import importlib.util
+    from smartfrz.predictor import DEFAULT_PATH, FreezePredictor
+    spec = importlib.util.spec_from_file_location("ablate", Path(__file__).parents[1] / "scripts" / "ablate_predictor.py")
+    ablate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablate)
+    out = tmp_path / "np.safetensors"
+    ablate.main(["--out", str(out)])
+    shipped, ablated = FreezePredictor.load(), FreezePredictor.load(out)
+    assert ablated.threshold == 0.0 < shipped.threshold
+    for key in ("patience", "decisions_per_epoch", "decisions_per_run", "veto_tau", "veto_probe_rows", "decide_from",
+                "veto_lookback", "freeze_per_decision"):
+        assert getattr(ablated, key) == getattr(shipped, key), key
+    assert all(torch.equal(a, b) for a, b in zip(shipped.state_dict().values(), ablated.state_dict().values()))
+    assert ablated.metadata["trained_on"] == shipped.metadata["trained_on"]
+    with pytest.raises(SystemExit):
+        ablate.main(["--out", str(DEFAULT_PATH)])
+
+
+def test_compare_timelines_names_the_units_a_change_moved():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("ct", Path(__file__).parents[1] / "scripts" / "compare_timelines.py")
+    ct = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ct)
+
+    def run_(policy, seed, metric, steps=()):
+        return {"task": "t", "policy": policy, "seed": seed, "metric": metric, "flops_saved": 0.1 * len(steps),
+                "timeline": [{"index": i, "step": s, "event": "freeze"} for i, s in enumerate(steps)]}
+    a = {"runs": [run_("none", 0, 90.0), run_("none", 1, 80.0), run_("smartfrz", 0, 89.0, (5, 9)),
+                  run_("smartfrz", 1, 80.0, (4,))]}
+    b = {"runs": [run_("none", 0, 90.0), run_("none", 1, 80.0), run_("smartfrz", 0, 88.0, (5, 7)),
+                  run_("smartfrz", 1, 80.0, (4,))]}
+    lines = ct.compare(a, b)
+    assert lines[0] == "t seed 0: units moved (first -> second step): 1: 9 -> 7" and lines[1] == "t seed 1: same"
+    assert lines[2].startswith("t: 1 of 2 runs identical; Δ vs none -0.5 -> -1,")
