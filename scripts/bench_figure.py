@@ -61,7 +61,7 @@ def panels(extras: dict[str, str]) -> list[dict]:
             n, f = noise(suite, task), frontier(task)
             out.append({"suite": suite, "task": task, "series": {k: v for k, v in series.items() if v},
                         "noise": None if n is None else scale * max(abs(v) for v in n["median_delta_by_scale"].values()),
-                        "frontier": None if not f or not f.get("frontier") else 100 * f["frontier"]["median_flops_saved"],
+                        "frontier": 100 * f["frontier"]["median_flops_saved"] if f and f.get("frontier") else None,
                         "tolerance": 0.5})
     return out
 
@@ -90,9 +90,10 @@ def draw(entries: list[dict], out: Path) -> None:
             xs, ys = zip(*pts)
             ax.scatter(xs, ys, s=12, color=colors[label], alpha=0.45, zorder=2)
             extra = label not in COLORS  # hollow, so a policy it coincides with shows through
-            ax.scatter([statistics.median(xs)], [statistics.median(ys)], s=110 if extra else 70, zorder=4 if extra else 3,
-                       facecolor="none" if extra else colors[label], edgecolor=colors[label] if extra else "k",
-                       linewidth=2 if extra else 1, label=label, marker="D" if extra else "o")
+            ax.scatter([statistics.median(xs)], [statistics.median(ys)], s=110 if extra else 70,
+                       zorder=4 if extra else 3, facecolor="none" if extra else colors[label],
+                       edgecolor=colors[label] if extra else "k", linewidth=2 if extra else 1, label=label,
+                       marker="D" if extra else "o")
         ax.set_title(f"{e['suite']}: {e['task']}", fontsize=9)
         ax.set_xlabel("FLOPs saved, net (%)", fontsize=8)
         ax.set_ylabel("Δ vs none (points)", fontsize=8)
