@@ -16,10 +16,7 @@ from torch import nn
 from .config import SmartFRZConfig
 from .policies import Policy, make_policy
 from .recorder import WeightRecorder
-from .units import Unit, find_units
-
-
-_OUTSIDE = 1 << 30  # owner index of a parameter's use outside all units (a tied head)
+from .units import OUTSIDE, Unit, find_units, param_owners
 
 
 def _eval_hook(module: nn.Module, args):
@@ -196,21 +193,15 @@ class SmartFRZ:
             self._hooks[i].append(m.register_forward_pre_hook(_eval_hook))
 
     def _param_owners(self) -> dict[int, set[int]]:
-        """Unit indices using each parameter; a huge index marks use by a module outside all units that runs in the
-        forward pass (``Unit.tied``: a tied head). Parameters with more than one user are named in a warning, once."""
-        owners: dict[int, set[int]] = {}
-        for i, u in enumerate(self.units):
-            for p in u.parameters():
-                owners.setdefault(id(p), set()).add(i)
-        params = {n: p for n, p in self.model.named_parameters(remove_duplicate=False)}
-        outside: dict[int, list[str]] = {}
-        for u in self.units:
-            for p, n in ((params[n], n) for n in u.tied if n in params):  # run outside the units (a tied head)
-                owners[id(p)].add(_OUTSIDE)  # never frozen
-                outside[id(p)] = sorted({*outside.get(id(p), []), n})
+        """``units.param_owners``; parameters with more than one user are named in a warning, once."""
+        owners = param_owners(self.model, self.units)
+        params = dict(self.model.named_parameters(remove_duplicate=False))
+        outside: dict[int, list[str]] = {}  # the names a module outside the units runs it by (a tied head)
+        for n in (n for u in self.units for n in u.tied if n in params):
+            outside[id(params[n])] = sorted({*outside.get(id(params[n]), []), n})
         tied: dict[int, str] = {}
         for n, p in ((n, p) for u in self.units for n, p in u.named_parameters() if len(owners[id(p)]) > 1):
-            tied.setdefault(id(p), f"{n} (units {[self.units[i].name for i in sorted(owners[id(p)] - {_OUTSIDE})]}"
+            tied.setdefault(id(p), f"{n} (units {[self.units[i].name for i in sorted(owners[id(p)] - {OUTSIDE})]}"
                             + (f" and {outside[id(p)]}, outside them)" if id(p) in outside else ")"))
         if tied:
             warnings.warn(f"SmartFRZ: tied parameters {'; '.join(tied.values())}. One freezes when the last unit using "

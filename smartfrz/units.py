@@ -269,6 +269,23 @@ def find_units(model: nn.Module, example_input: Any, names: Sequence[str] | None
     return units
 
 
+OUTSIDE = 1 << 30  # owner index of a parameter's use by a module outside all units (a tied head)
+
+
+def param_owners(model: nn.Module, units: Sequence[Unit]) -> dict[int, set[int]]:
+    """Unit indices using each unit parameter, and OUTSIDE where a module outside the units runs it too
+    (``Unit.tied``). A parameter freezes once all its owners lie in the frozen prefix: the engine's rule, and the
+    lab's FLOP count of each prefix."""
+    owners: dict[int, set[int]] = {}
+    for i, u in enumerate(units):
+        for p in u.parameters():
+            owners.setdefault(id(p), set()).add(i)
+    params = dict(model.named_parameters(remove_duplicate=False))
+    for n in (n for u in units for n in u.tied if n in params):
+        owners[id(params[n])].add(OUTSIDE)
+    return owners
+
+
 def _is_container_owned(mname: str, units: list[Unit]) -> bool:
     """A parameter-holding module that is an ancestor of some unit (root, ViT encoder)."""
     prefix = mname + "." if mname else ""

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..units import Unit
+from ..units import Unit, param_owners
 
 
 def count_step_flops(model: nn.Module, batch: Any, loss_fn: Callable) -> int:
@@ -32,14 +32,12 @@ def prefix_step_flops(model: nn.Module, units: Sequence[Unit], batch: Any, loss_
     """Training-step FLOPs with the first k units frozen, for k = 0..max_prefix (measured, not modelled).
 
     Freezing is simulated with requires_grad alone, which is what removes the backward work; the
-    model's flags are restored afterwards. As the engine does, a parameter shared by several units freezes with
-    the last of them, and one a module outside the units runs (``Unit.tied``: a tied head) never does.
+    model's flags are restored afterwards. A parameter freezes as the engine freezes it (``units.param_owners``:
+    a tied head's never, one shared by two units with the later).
     """
     max_prefix = len(units) if max_prefix is None else max_prefix
     flags = {p: p.requires_grad for p in model.parameters()}
-    named = dict(model.named_parameters(remove_duplicate=False))
-    outside = {id(named[n]) for u in units for n in u.tied if n in named}
-    last_user = {id(p): i for i, u in enumerate(units) for p in u.parameters()}
+    owners = param_owners(model, units)
     was = model.training
     model.eval()  # no BN/dropout state changes while counting
     out = []
@@ -47,7 +45,7 @@ def prefix_step_flops(model: nn.Module, units: Sequence[Unit], batch: Any, loss_
         for k in range(max_prefix + 1):
             for u in units[:k]:
                 for p in u.parameters():
-                    if id(p) not in outside and last_user[id(p)] < k:
+                    if all(o < k for o in owners[id(p)]):
                         p.requires_grad_(False)
             out.append(count_step_flops(model, batch, loss_fn))
     finally:
