@@ -16,12 +16,22 @@ from torch import nn
 from .config import SmartFRZConfig
 from .policies import Policy, make_policy
 from .recorder import WeightRecorder
-from .units import OUTSIDE, Unit, find_units, param_owners
+from .units import OUTSIDE, Unit, find_units, param_owners, uncompiled
 
 
 def _eval_hook(module: nn.Module, args):
     if module.training:
         module.train(False)
+
+
+def _warn_recompiles(model: nn.Module, freezable: int) -> None:
+    """Each frozen prefix (and the veto's eval-mode pass) compiles a compiled model again; past dynamo's limit it
+    runs uncompiled from then on, unannounced."""
+    limit = torch._dynamo.config.recompile_limit if uncompiled(model) is not model else freezable + 2
+    if limit < freezable + 2:
+        warnings.warn(f"SmartFRZ: the model is compiled and up to {freezable} freezes each compile it again, past "
+                      f"torch._dynamo.config.recompile_limit ({limit}); set it to {freezable + 2} before training.",
+                      UserWarning, stacklevel=3)
 
 
 class SmartFRZ:
@@ -48,6 +58,7 @@ class SmartFRZ:
         self._hooks: dict[int, list] = {}
         self._home: dict[int, int] = {}  # param id -> optimizer group index, to restore on unfreeze
         self._owners = self._param_owners()
+        _warn_recompiles(model, self.max_frozen)
         self.policy = make_policy(policy, cfg)  # windows shaped as the predictor's training windows unless set
         self.window, self.sample_size = cfg.window or self.policy.window, cfg.sample_size or self.policy.sample_size
         self.record_every = cfg.record_every or (max(1, cfg.steps_per_epoch // self.window) if cfg.steps_per_epoch else 10)

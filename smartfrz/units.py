@@ -226,6 +226,7 @@ def find_units(model: nn.Module, example_input: Any, names: Sequence[str] | None
 
     Each override entry may join several modules with '+', e.g. ``["conv1+bn1", "layer1", "layer2"]``.
     """
+    model = uncompiled(model)
     if not _has_params(model):
         raise ValueError(f"{type(model).__name__} has no parameters: there is nothing to train or freeze.")
     named = dict(model.named_modules())
@@ -272,6 +273,11 @@ def find_units(model: nn.Module, example_input: Any, names: Sequence[str] | None
 OUTSIDE = 1 << 30  # owner index of a parameter's use by a module outside all units (a tied head)
 
 
+def uncompiled(model: nn.Module) -> nn.Module:
+    """The module torch.compile wrapped (traced eagerly, named as the user named it), else the model itself."""
+    return model._orig_mod if type(model).__name__ == "OptimizedModule" else model
+
+
 def param_owners(model: nn.Module, units: Sequence[Unit]) -> dict[int, set[int]]:
     """Unit indices using each unit parameter, and OUTSIDE where a module outside the units runs it too
     (``Unit.tied``). A parameter freezes once all its owners lie in the frozen prefix: the engine's rule, and the
@@ -280,7 +286,7 @@ def param_owners(model: nn.Module, units: Sequence[Unit]) -> dict[int, set[int]]
     for i, u in enumerate(units):
         for p in u.parameters():
             owners.setdefault(id(p), set()).add(i)
-    params = dict(model.named_parameters(remove_duplicate=False))
+    params = dict(uncompiled(model).named_parameters(remove_duplicate=False))
     for n in (n for u in units for n in u.tied if n in params):
         owners[id(params[n])].add(OUTSIDE)
     return owners
