@@ -186,3 +186,37 @@ def test_lab_counts_a_tied_prefix_as_the_engine_freezes_it():
         freeze_through(m, None, batch[0], 1, units=["emb", "mid"])
     assert m.emb.weight.requires_grad and not m.mid.weight.requires_grad  # the engine's frozen state
     assert counted[2] == count_step_flops(m, batch, loss) < counted[0]  # the lab counts that state
+
+
+@pytest.mark.parametrize("setup", ["accumulation", "autocast", "grad_scaler", "bf16_weights"])
+def test_a_frozen_unit_stays_bit_identical_under_common_training_setups(setup):
+    """Gradient accumulation, bf16 autocast, a GradScaler and bf16 weights: the frozen unit's weights and BatchNorm
+    statistics must not move after it freezes, whatever the loop does around the optimizer."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    block = lambda c_in: nn.Sequential(nn.Conv2d(c_in, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())  # noqa: E731
+    model = nn.Sequential(block(3), block(8), block(8), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+    dtype = torch.bfloat16 if setup == "bf16_weights" else torch.float32
+    model = model.to(dtype)
+    x, y = torch.randn(32, 3, 8, 8, dtype=dtype), torch.randint(0, 4, (32,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    frz = SmartFRZ(model, opt, example_input=x[:4], policy="linear", total_steps=30)
+    scaler = torch.amp.GradScaler("cpu") if setup == "grad_scaler" else None
+    accum, frozen_state = 2 if setup == "accumulation" else 1, None
+    for _ in range(30):
+        for xb, yb in zip(x.chunk(accum), y.chunk(accum)):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=setup == "autocast"):
+                loss = F.cross_entropy(model(xb).float(), yb) / accum
+            (scaler.scale(loss) if scaler else loss).backward()
+        if scaler:
+            scaler.step(opt), scaler.update()
+        else:
+            opt.step()
+        opt.zero_grad()
+        frz.step()
+        if frz.num_frozen and frozen_state is None:
+            frozen_state = {k: v.clone() for k, v in model[0].state_dict().items()}
+    assert frz.num_frozen >= 2 and frozen_state is not None
+    assert all(torch.equal(v, frozen_state[k]) for k, v in model[0].state_dict().items())
+    assert not model[1][0].weight.requires_grad
