@@ -559,3 +559,23 @@ def test_ship_rule_writes_the_whole_rule_and_an_older_file_entry_cannot_override
     assert p.metadata["rule_chosen_on"] == "a test" and "'freeze_per_decision': '2'" in p.metadata["earlier_rule"]
     with pytest.raises(SystemExit):
         mod.main(rule + ["--per-decision", "-1"])
+
+
+def test_the_projected_veto_scales_a_window_by_the_learning_rate_still_to_come():
+    """scripts/projected_veto.py: under a constant rate the projection is the windows left; under a decaying one
+    (the rate now held to the end) it is smaller, and it is zero at the run's end."""
+    import importlib.util
+    from pathlib import Path
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("projected", Path(__file__).parents[1] / "scripts" / "projected_veto.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    run = {"steps": torch.tensor([20, 50, 80, 100]),
+           "meta": {"total_steps": 100, "spec": {"arch": "digits_cnn", "task": "digits", "optimizer": "sgd", "lr": 0.1, "schedule": "constant"}}}
+    np.testing.assert_allclose(mod.projection(run, 10, "steps"), [8, 5, 2, 0])
+    np.testing.assert_allclose(mod.projection(run, 10, "lr"), [8, 5, 2, 0], rtol=1e-6)
+    run["meta"]["spec"]["schedule"] = "linear"
+    lr = mod.projection(run, 10, "lr")
+    assert (lr[:3] < [8, 5, 2]).all() and lr[-1] == 0 and (np.diff(lr) < 0).all()
