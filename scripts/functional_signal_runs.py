@@ -10,7 +10,10 @@ lookbacks, for every prefix:
 - ``share32``: the changed share on the first 32 rows (the recording's; the check),
 - ``share``: the changed share on the whole probe (256 images, 128 or 256 sentences),
 - ``tv``: the mean total-variation distance between the probe's softmax outputs, which moves before any argmax
-  flips and does not count near-ties as all-or-nothing; ``tv32`` the same on the first 32 rows (the veto's cost).
+  flips and does not count near-ties as all-or-nothing; ``tv32`` the same on the first 32 rows (the veto's cost),
+- ``margin32``, ``margin32_tv``: the changed share and the mean total-variation distance on the 32 rows of the
+  whole probe whose prediction the current model holds least firmly (smallest gap between its two most probable
+  classes): the veto's cost, spent where a prediction can change (classification outputs only).
 
     python scripts/functional_signal_runs.py --runs data/freeze_runs --names <run names> --data-dir ../shared/data \\
         --jobs 2 --out artifacts/signals      # one <name>.safetensors per run; calling again skips those done
@@ -34,7 +37,7 @@ from smartfrz.predictor_training.labels import VETO_FROM
 from smartfrz.units import find_units
 from smartfrz.veto import load_unit_state, logits, token_mask, unit_state
 
-MEASURES = ("share32", "share", "tv", "tv32")
+MEASURES = ("share32", "share", "tv", "tv32", "margin32", "margin32_tv")
 CAP = 0.5  # a prefix scan stops once every measure is above this (larger prefixes: NaN, read as above it)
 
 
@@ -46,6 +49,8 @@ def prefix_measures(model, units, old: dict, probe) -> torch.Tensor:
     ref = logits(model, probe)
     kept = token_mask(probe, ref)
     p_ref = ref.softmax(-1)
+    top2 = p_ref.topk(2, -1).values if kept is None and ref.dim() == 2 else None
+    low = None if top2 is None else (top2[:, 0] - top2[:, 1]).argsort()[:32]
     try:
         for i, u in enumerate(units):
             load_unit_state(u, old[i])
@@ -53,10 +58,12 @@ def prefix_measures(model, units, old: dict, probe) -> torch.Tensor:
             flips = ref.argmax(-1) != new.argmax(-1)
             tv = 0.5 * (new.softmax(-1) - p_ref).abs().sum(-1)
             if kept is None:
-                vals = [flips[:32].float().mean(), flips.float().mean(), tv.mean(), tv[:32].mean()]
+                vals = [flips[:32].float().mean(), flips.float().mean(), tv.mean(), tv[:32].mean(),
+                        flips[low].float().mean(), tv[low].mean()]
             else:  # per-token outputs: padding counts for nothing
                 vals = [(flips & kept)[:32].sum() / kept[:32].sum().clamp_min(1), (flips & kept).sum() / kept.sum(),
-                        (tv * kept).sum() / kept.sum(), (tv * kept)[:32].sum() / kept[:32].sum().clamp_min(1)]
+                        (tv * kept).sum() / kept.sum(), (tv * kept)[:32].sum() / kept[:32].sum().clamp_min(1),
+                        torch.tensor(float("nan")), torch.tensor(float("nan"))]
             out[i] = torch.stack([v.float() for v in vals])
             if bool((out[i] > CAP).all()):
                 break
