@@ -396,6 +396,46 @@ def test_noise_floor_trains_none_at_nudged_learning_rates_against_each_seeds_non
                  "--out", str(tmp_path / "n.json")])
 
 
+def test_noise_floor_null_freeze_freezes_only_the_units_that_carry_no_flops(tmp_path, monkeypatch):
+    """--null-freeze: the oracle freezes the front units without FLOPs from step 0 on every seed, read against that
+    seed's `none` run (found under its bench key); a model whose first unit carries FLOPs has no null freeze."""
+    import importlib.util
+    import json
+    import sys
+    sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
+    spec = importlib.util.spec_from_file_location("noise_floor", Path(__file__).parents[1] / "scripts" / "noise_floor.py")
+    nf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(nf)
+    from smartfrz.lab.bench import SUITES, run_key
+    from smartfrz.lab.experiment import ExperimentConfig
+    units = [{"name": "emb", "flop_share": 0.0}, {"name": "pos", "flop_share": 0.0}, {"name": "l0", "flop_share": 0.5}]
+    assert nf.no_flop_front(units) == ["emb", "pos"] and nf.no_flop_front(units[2:]) == []
+    runs = tmp_path / "b.runs"
+    runs.mkdir()
+    base = {k: v for k, v in SUITES["demo"]["tasks"]["digits_cnn_demo"].items() if k != "extra_policies"}
+    for seed in (0, 1, 2):
+        cfg = ExperimentConfig(**base, name="bench-demo-digits_cnn_demo", policy="none", seed=seed, device="auto",
+                               out_dir=None, progress=False, record_cka=True)
+        (runs / f"{run_key(cfg, 1)}.json").write_text(json.dumps({"metric": 98.5, "units": units}))
+    seen = []
+
+    def fake_train(cfgs, runs_dir, jobs):
+        seen.extend(cfgs)
+        return [{"metric": 98.5 + c.seed, "flops_saved": 0.0} for c in cfgs]
+    monkeypatch.setattr(nf, "train_all", fake_train)
+    nf.main(["--suite", "demo", "--task", "digits_cnn_demo", "--bench", str(tmp_path / "b.json"), "--null-freeze",
+             "--out", str(tmp_path / "n.json")])
+    assert [(c.seed, c.policy, c.oracle_freeze_steps) for c in seen] == [
+        (s, "oracle", {"emb": 0, "pos": 0}) for s in (0, 1, 2)]
+    out = json.loads((tmp_path / "n.json").read_text())
+    assert out["median_delta"] == pytest.approx(1.0) and out["max_abs_delta"] == pytest.approx(2.0)
+    for f in runs.iterdir():
+        f.write_text(json.dumps({"metric": 98.5, "units": units[2:]}))
+    with pytest.raises(SystemExit, match="carries FLOPs"):
+        nf.main(["--suite", "demo", "--task", "digits_cnn_demo", "--bench", str(tmp_path / "b.json"), "--null-freeze",
+                 "--out", str(tmp_path / "n.json")])
+
+
 def test_label_reach_reads_each_units_freeze_epoch_from_recorded_harms(tmp_path):
     """scripts/label_reach.py: a label's schedule is read off the `none` runs' harms or CKA curves (median epoch over
     runs; a unit labelled in fewer than half of them is never frozen); rewind thresholds above the recorded cap and
