@@ -206,7 +206,7 @@ class SmartFRZ:
     def _param_owners(self) -> dict[int, set[int]]:
         """``units.param_owners``; parameters with more than one user are named in a warning, once."""
         owners = param_owners(self.model, self.units)
-        params = dict(self.model.named_parameters(remove_duplicate=False))
+        params = dict(uncompiled(self.model).named_parameters(remove_duplicate=False))  # the names u.tied uses
         outside: dict[int, list[str]] = {}  # the names a module outside the units runs it by (a tied head)
         for n in (n for u in self.units for n in u.tied if n in params):
             outside[id(params[n])] = sorted({*outside.get(id(params[n]), []), n})
