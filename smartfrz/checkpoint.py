@@ -71,8 +71,13 @@ def _check_safe(obj: Any, where: str = "checkpoint") -> None:
 
 
 def _unwrap(model):
+    """The plain module under DDP and ``torch.compile`` wrappers, in any nesting: a checkpoint holds its keys (no
+    'module.' or '_orig_mod.'), so a run saved compiled or under DDP resumes plain, and back."""
     from .distributed import unwrap
-    return unwrap(model)
+    from .units import uncompiled
+    while (inner := uncompiled(unwrap(model))) is not model:
+        model = inner
+    return model
 
 
 def save_checkpoint(path, *, model, optimizer, frz=None, scheduler=None, step: int, epoch: int,

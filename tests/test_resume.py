@@ -194,3 +194,31 @@ def test_rng_round_trip(device):
     ckpt_mod.set_rng_state(state)
     again = (torch.rand(3, device=device), random.random(), np.random.rand(3))
     assert torch.equal(draws[0], again[0]) and draws[1] == again[1] and (draws[2] == again[2]).all()
+
+
+@pytest.mark.parametrize("saved_compiled, resumed_compiled", [(True, False), (False, True), (True, True)])
+def test_resume_across_compiled_and_uncompiled(tmp_path, saved_compiled, resumed_compiled):
+    """torch.compile prefixes a model's state keys with '_orig_mod.'; a checkpoint holds the plain module's, so a run
+    saved compiled resumes uncompiled (and back), bitwise where the uninterrupted run ends."""
+    def run(steps, compiled, save=None, load=None):
+        m, opt, frz = parts()
+        frz = SmartFRZ(m, opt, example_input=torch.randn(2, 4), policy="linear", total_steps=8, freeze_start=0.2)
+        net = torch.compile(m, backend="eager") if compiled else m
+        start = load_checkpoint(load, model=net, optimizer=opt, frz=frz)["step"] if load else 0
+        g = torch.Generator().manual_seed(1)
+        batches = [torch.randn(8, 4, generator=g) for _ in range(8)]
+        for step in range(start, steps):
+            opt.zero_grad()
+            net(batches[step]).square().mean().backward()
+            opt.step()
+            frz.step()
+        if save:
+            save_checkpoint(save, model=net, optimizer=opt, frz=frz, step=steps, epoch=0)
+        return m, frz
+
+    full, full_frz = run(8, compiled=False)
+    run(4, saved_compiled, save=tmp_path / "ckpt.pt")
+    assert not any(k.startswith("_orig_mod") for k in read_checkpoint(tmp_path / "ckpt.pt")["model"])
+    res, res_frz = run(8, resumed_compiled, load=tmp_path / "ckpt.pt")
+    assert res_frz.frozen_units == full_frz.frozen_units and res_frz.num_frozen > 0
+    assert all(torch.equal(a, b) for a, b in zip(full.state_dict().values(), res.state_dict().values()))
