@@ -56,9 +56,13 @@ class WeightRecorder:
     def record(self, active: Sequence[int]) -> None:
         if not active:
             return
-        rows = [torch.cat([p.detach().reshape(-1).index_select(0, i).float() for p, i in self._gather[u]])
-                for u in active]
-        self.buffer[list(active), self.ptr] = torch.stack(rows).to(self.buffer.device)
+        active = list(active)
+        rows = torch.cat([p.detach().reshape(-1).index_select(0, i) for u in active for p, i in self._gather[u]])
+        rows = rows.to(self.buffer.device, self.buffer.dtype).view(len(active), self.sample_size)
+        if active == list(range(active[0], active[0] + len(active))):  # the engine's active units: a slice, one copy
+            self.buffer[active[0]:active[0] + len(active), self.ptr].copy_(rows)
+        else:
+            self.buffer[active, self.ptr] = rows
         self.ptr = (self.ptr + 1) % self.window
         for u in active:
             self.count[u] += 1

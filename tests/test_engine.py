@@ -186,3 +186,33 @@ def test_a_compiled_model_is_told_how_many_recompiles_freezing_needs(monkeypatch
         if frz.num_frozen and first is None:
             first = model[0][0].weight.detach().clone()
     assert frz.num_frozen > 1 and torch.equal(model[0][0].weight, first)
+
+
+def test_recorder_windows_hold_the_sampled_weights_oldest_first():
+    """A record is one gather per parameter tensor into one ring slot; each slot holds exactly the sampled weights
+    (any dtype, as float32), for the engine's contiguous active units and for any other set, and a window reads
+    them back oldest first."""
+    from smartfrz.recorder import WeightRecorder
+    from smartfrz.units import find_units
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.Linear(5, 4), nn.Linear(4, 3), nn.Linear(3, 2))
+    units = find_units(model, torch.randn(2, 6), names=["0", "1", "2", "3"])
+    model[1].to(torch.bfloat16)  # weights of another dtype in one unit
+    rec = WeightRecorder(units, window=3, sample_size=16, seed=1)
+    sampled = lambda u: torch.cat([p.detach().reshape(-1).float() for p in units[u].parameters()])[rec.indices[u]]  # noqa: E731
+    for t, active in enumerate([range(0, 4), range(1, 4), [0, 2], range(1, 3), range(0, 4), range(0, 4)]):
+        for p in model.parameters():
+            p.data.add_(t + 1)
+        slot = rec.ptr
+        rec.record(active)
+        for u in range(4):
+            assert torch.equal(rec.buffer[u, slot], sampled(u)) == (u in active), (t, u)
+    assert rec.count == [4, 5, 6, 4]
+    history = []
+    for t in range(3):
+        for p in model.parameters():
+            p.data.mul_(1.5)
+        rec.record(range(4))
+        history.append(torch.stack([sampled(u) for u in range(4)]))
+    assert torch.equal(rec.windows(range(4)), torch.stack(history, 1))
