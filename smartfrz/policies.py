@@ -89,6 +89,7 @@ class SmartFRZPolicy(Policy):
         self.decide_from = decide_from if decide_from is not None else float(getattr(self.predictor, "decide_from", 0.0))
         self.freeze_per_decision = freeze_per_decision if freeze_per_decision is not None else \
             int(getattr(self.predictor, "freeze_per_decision", 0))
+        self.max_frozen_share = float(getattr(self.predictor, "max_frozen_share", 1.0))
         meta = getattr(self.predictor, "metadata", {})  # what it read in training; windows of other shapes shift its inputs
         self.window, self.sample_size = int(meta.get("window", self.window)), int(meta.get("sample_size", self.sample_size))
         self.streak: dict[int, int] = {}
@@ -106,6 +107,7 @@ class SmartFRZPolicy(Policy):
 
     def decide(self, engine):
         k, limit, rec = engine.num_frozen, engine.max_frozen, engine.recorder
+        limit = max(k, min(limit, math.floor(self.max_frozen_share * len(engine.units) + 1e-9)))  # as linear counts
         candidates = [u for u in range(k, limit) if rec.ready(u)] if engine.step_count >= self.start else []
         if not candidates:
             return k, {}  # and before the start nothing is scored: no decision would read it

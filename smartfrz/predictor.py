@@ -104,6 +104,7 @@ class FreezePredictor(nn.Module):
         self.veto_lookback = "decision"  # how far back the veto's weights are (smartfrz.veto.LOOKBACKS)
         self.decide_from = 0.0  # share of the planned run before which no freeze is decided
         self.freeze_per_decision = 0  # most units newly frozen at one decision; 0: no limit
+        self.max_frozen_share = 1.0  # most share of the units ever frozen (FreezeOut's freeze_level); 1: no cap
         self.reads_progress = num_features == INPUT_FEATURES + 1  # the share of the run done too (--progress-input)
         self.members = nn.ModuleList(_Member(d_model, heads, layers, hidden, num_features) for _ in range(members))
         self.register_buffer("calibration", torch.tensor([1.0, 0.0]))  # Platt scale and bias, fitted after training
@@ -137,6 +138,7 @@ class FreezePredictor(nn.Module):
                 "decisions_per_run": str(int(self.decisions_per_run)), "veto_tau": repr(self.veto_tau),
                 "veto_probe_rows": repr(self.veto_probe_rows), "decide_from": repr(float(self.decide_from)),
                 "veto_lookback": str(self.veto_lookback), "freeze_per_decision": str(int(self.freeze_per_decision)),
+                **({"max_frozen_share": repr(float(self.max_frozen_share))} if self.max_frozen_share < 1 else {}),
                 "feature_version": FEATURE_VERSION, **{k: str(v) for k, v in (extra or {}).items()}}
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(str(path) + ".tmp")
@@ -188,6 +190,7 @@ class FreezePredictor(nn.Module):
         model.decide_from = float(meta.get("decide_from", 0.0))
         model.veto_lookback = meta.get("veto_lookback", "decision")  # files written before it: the previous decision
         model.freeze_per_decision = int(meta.get("freeze_per_decision", 0))  # files written before it: no limit
+        model.max_frozen_share = float(meta.get("max_frozen_share", 1.0))  # and no cap
         model.metadata = meta
         return model.to(device).eval()
 

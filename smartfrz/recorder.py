@@ -57,12 +57,10 @@ class WeightRecorder:
         if not active:
             return
         active = list(active)
-        rows = torch.cat([p.detach().reshape(-1).index_select(0, i) for u in active for p, i in self._gather[u]])
-        rows = rows.to(self.buffer.device, self.buffer.dtype).view(len(active), self.sample_size)
-        if active == list(range(active[0], active[0] + len(active))):  # the engine's active units: a slice, one copy
-            self.buffer[active[0]:active[0] + len(active), self.ptr].copy_(rows)
-        else:
-            self.buffer[active, self.ptr] = rows
+        rows = torch.cat([p.detach().reshape(-1).index_select(0, i) for u in active for p, i in self._gather[u]]
+                         ).to(self.buffer.device, self.buffer.dtype).view(len(active), self.sample_size)
+        a, b = active[0], active[0] + len(active)  # the engine's active units are a slice: one plain copy
+        self.buffer[slice(a, b) if active == list(range(a, b)) else active, self.ptr] = rows
         self.ptr = (self.ptr + 1) % self.window
         for u in active:
             self.count[u] += 1

@@ -508,7 +508,7 @@ def test_ablated_predictor_keeps_the_rule_and_lets_every_ready_unit_through(tmp_
     shipped, ablated = FreezePredictor.load(), FreezePredictor.load(out)
     assert ablated.threshold == 0.0 < shipped.threshold
     for key in ("patience", "decisions_per_epoch", "decisions_per_run", "veto_tau", "veto_probe_rows", "decide_from",
-                "veto_lookback", "freeze_per_decision"):
+                "veto_lookback", "freeze_per_decision", "max_frozen_share"):
         assert getattr(ablated, key) == getattr(shipped, key), key
     assert all(torch.equal(a, b) for a, b in zip(shipped.state_dict().values(), ablated.state_dict().values()))
     assert ablated.metadata["trained_on"] == shipped.metadata["trained_on"]

@@ -146,6 +146,31 @@ def test_freeze_per_decision_grows_the_prefix_a_unit_at_a_time(tiny_predictor, t
         SmartFRZConfig(freeze_per_decision=-1)
 
 
+def test_max_frozen_share_caps_the_prefix_as_linear_counts_its_freeze_level(tiny_predictor, tmp_path):
+    """A cap travels in the predictor file: a rule that would freeze every unit but the last stops at
+    floor(share * units), and a file written without it has none."""
+    from smartfrz.predictor import FreezePredictor
+    x = data()[0]
+
+    def frozen(path):
+        frz = SmartFRZ(small_cnn(), None, example_input=x[:2], window=3, sample_size=32, record_every=1,
+                       threshold=0.01, patience=1, veto_tau=1.0, predictor_path=path)
+        for _ in range(3):
+            frz.step()
+        for _ in range(3):
+            frz.epoch_end()
+        return frz.num_frozen, len(frz.units)
+
+    assert FreezePredictor.load(tiny_predictor).max_frozen_share == 1.0
+    n, units = frozen(tiny_predictor)
+    assert n == units - 1 == 3
+    pred = FreezePredictor.load(tiny_predictor)
+    pred.max_frozen_share = 0.5
+    pred.save(tmp_path / "capped.safetensors")
+    assert FreezePredictor.load(tmp_path / "capped.safetensors").max_frozen_share == 0.5
+    assert frozen(tmp_path / "capped.safetensors")[0] == 2  # floor(0.5 * 4)
+
+
 def test_windows_take_the_shape_the_predictor_was_trained_on(tmp_path, tiny_predictor):
     """The features are scale-free but not shape-free (path efficiency, step cosines): the engine records
     what the predictor file names unless told otherwise, and what it did before files named it."""

@@ -43,6 +43,15 @@ def test_replay_freezes_at_most_per_decision_units_a_decision():
     assert one["saved"] < at_once["saved"]
 
 
+def test_replay_caps_the_rule_at_max_share_of_the_units_and_not_the_oracle():
+    P = np.ones((len(STEPS), 3))
+    Y = np.ones_like(P, dtype=bool)
+    capped = replay(P, Y, STEPS, META, threshold=0.5, patience=1, per_epoch=4, max_share=0.34)  # floor(1.02) = 1 unit
+    uncapped = replay(P, Y, STEPS, META, threshold=0.5, patience=1, per_epoch=4)
+    assert list(capped["pred"]) == [0] and list(uncapped["pred"]) == [0, 1]
+    assert capped["label"] == uncapped["label"] and capped["oracle_saved"] == uncapped["oracle_saved"]
+
+
 def test_replay_per_run_floor_gives_a_short_run_more_decisions():
     P = np.zeros((len(STEPS), 3))
     P[5:, 0] = 0.9  # unit 0 scores high from step 12

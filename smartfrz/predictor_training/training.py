@@ -38,7 +38,7 @@ GROUP_FOLDS = {"family": lambda meta: meta["family"], "schedule": lambda meta: m
 THRESHOLDS = tuple(np.round(np.linspace(0.30, 0.96, 23), 2))
 DECISIONS_PER_EPOCH = (1, 2, 4)  # 4 = every checkpoint of the recorded runs
 RULE_KEYS = ("threshold", "patience", "decisions_per_epoch", "decisions_per_run")  # what the search chooses
-ENGINE_KEYS = ("decide_from", "veto_tau", "veto_probe_rows", "veto_lookback", "freeze_per_decision")  # the rest of a shipped rule (scripts/ship_rule.py)
+ENGINE_KEYS = ("decide_from", "veto_tau", "veto_probe_rows", "veto_lookback", "freeze_per_decision", "max_frozen_share")  # the rest of a shipped rule (scripts/ship_rule.py)
 OBJECTIVES = ("pooled", "mean_run")
 
 
@@ -175,13 +175,14 @@ def veto_pass(shares: np.ndarray, k: int, settled: int, tau: float) -> int:
 
 
 def replay(P, Y, steps, meta: dict, threshold: float, patience: int, per_epoch: int, per_run: int = 0,
-           min_active: int = 1, start: float = 0.0, veto: tuple | None = None, per_decision: int = 0) -> dict:
+           min_active: int = 1, start: float = 0.0, veto: tuple | None = None, per_decision: int = 0,
+           max_share: float = 1.0) -> dict:
     """The engine's rule (``SmartFRZPolicy.decide``) on one run's checkpoints; freeze steps and what they save.
     A decision falls at each multiple of the engine's cadence from ``start`` of the run on; it reads the first
     checkpoint at or after it (several decisions between two checkpoints read the same one). A unit settles when
     it and every active unit before it score >= threshold and, with ``veto`` = (shares (checkpoints, units), tau),
     the recorded veto passes; it freezes after ``patience`` decisions settled in a row, at most ``per_decision``
-    units a decision (0: no limit).
+    units a decision (0: no limit), and never more than ``max_share`` of the units (the oracle is not capped).
 
     Saving = sum over units of (share of the step's forward FLOPs) x (share of the run left when frozen):
     what a frozen prefix takes off the backward pass, relative for comparisons with the oracle."""
@@ -190,6 +191,7 @@ def replay(P, Y, steps, meta: dict, threshold: float, patience: int, per_epoch: 
     first = math.ceil(start * total)
     U = P.shape[1]
     limit = U - min_active
+    rule_limit = min(limit, math.floor(max_share * U + 1e-9)) if max_share < 1 else limit
     k, streak, pred = 0, [0] * U, {}
     rows, shares = P.tolist(), None if veto is None else veto[0].tolist()  # plain floats: tiny rows, many replays
     steps = np.asarray(steps).tolist()
@@ -200,15 +202,15 @@ def replay(P, Y, steps, meta: dict, threshold: float, patience: int, per_epoch: 
         last, done = done, max(done, s // every)
         for d in range(last + 1, done + 1):  # the decisions at d * every steps read this checkpoint
             settled, row = k, rows[t]
-            while settled < limit and row[settled] >= threshold:
+            while settled < rule_limit and row[settled] >= threshold:
                 settled += 1
             if veto is not None and settled > k:
                 too_late = (total - d * every) // every < patience - streak[k] - 1
                 settled = k if too_late else veto_pass(shares[t], k, settled, veto[1])
             for u in range(k, U):
                 streak[u] = streak[u] + 1 if u < settled else 0
-            cap = k + per_decision if per_decision else limit
-            while k < min(limit, cap) and streak[k] >= patience:
+            cap = k + per_decision if per_decision else rule_limit
+            while k < min(rule_limit, cap) and streak[k] >= patience:
                 pred[k] = s
                 k += 1
     share = np.asarray(meta["flop_share"], dtype=float)
@@ -253,11 +255,11 @@ def recorded_veto(run: dict, meta: dict, per_epoch: int, per_run: int, tau: floa
 
 
 def replay_all(grids: dict, runs, threshold, patience, per_epoch, per_run=0, start=0.0, veto=None,
-               per_decision: int = 0) -> list[dict]:
+               per_decision: int = 0, max_share: float = 1.0) -> list[dict]:
     """``replay`` on each run of ``grids`` (run -> ``_grid``); ``veto``: (tau, probe rows[, lookback]) read from each run."""
     return [{"run": int(r), **replay(P, Y, steps, runs[r]["meta"], threshold, patience, per_epoch, per_run, start=start,
                                      veto=veto and recorded_veto(runs[r], runs[r]["meta"], per_epoch, per_run, *veto),
-                                     per_decision=per_decision)}
+                                     per_decision=per_decision, max_share=max_share)}
             for r, (P, Y, steps) in grids.items()]
 
 
@@ -267,7 +269,8 @@ def engine_rule(predictor: FreezePredictor) -> dict:
             "decisions_per_epoch": int(predictor.decisions_per_epoch), "decisions_per_run": int(predictor.decisions_per_run),
             "decide_from": float(predictor.decide_from), "veto_tau": predictor.veto_tau,
             "veto_probe_rows": predictor.veto_probe_rows, "veto_lookback": predictor.veto_lookback,
-            "freeze_per_decision": int(predictor.freeze_per_decision)}
+            "freeze_per_decision": int(predictor.freeze_per_decision),
+            "max_frozen_share": float(getattr(predictor, "max_frozen_share", 1.0))}
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -432,7 +435,8 @@ def heldout(d, runs, model, rule, run_ids) -> dict:
     grids = {r: _grid(d, r, p) for r in run_ids}
     veto = (rule["veto_tau"], rule["veto_probe_rows"], rule.get("veto_lookback")) if rule.get("veto_tau") is not None else None
     rows = replay_all(grids, runs, rule["threshold"], rule["patience"], rule["decisions_per_epoch"],
-                      rule["decisions_per_run"], rule.get("decide_from", 0.0), veto, rule.get("freeze_per_decision", 0))
+                      rule["decisions_per_run"], rule.get("decide_from", 0.0), veto, rule.get("freeze_per_decision", 0),
+                      rule.get("max_frozen_share", 1.0))
     return {"rule": {k: rule[k] for k in rule if k in RULE_KEYS or k in ENGINE_KEYS},
             **summarize(rows), **classification(p, d, sel, rule["threshold"]),
             "per_run": [{**r, "pred": {str(k): v for k, v in r["pred"].items()},
