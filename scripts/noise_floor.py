@@ -84,15 +84,13 @@ def no_flop_front(units: list[dict]) -> list[str]:
 
 def null_freeze(a, argv) -> None:
     """The oracle policy with only the front units that carry no FLOPs frozen, from step 0, on every seed."""
-    from smartfrz.lab.bench import run_key
+    from smartfrz.lab.bench import run_key, task_config
 
-    seeds, base = list(SUITES[a.suite]["seeds"]), {k: v for k, v in SUITES[a.suite]["tasks"][a.task].items()
-                                                  if k != "extra_policies"}
+    seeds, spec = list(SUITES[a.suite]["seeds"]), SUITES[a.suite]["tasks"][a.task]
+    base = {k: v for k, v in spec.items() if k != "extra_policies"}
     runs_dir, none = Path(a.bench).with_suffix(".runs"), {}
     for seed in seeds:
-        cfg = ExperimentConfig(**base, name=f"bench-{a.suite}-{a.task}", policy="none", seed=seed, data_dir=a.data_dir,
-                               device="auto", out_dir=None, progress=False, record_cka=True)
-        path = runs_dir / f"{run_key(cfg, 1)}.json"
+        path = runs_dir / f"{run_key(task_config(a.suite, a.task, spec, seed, 'none', a.data_dir), 1)}.json"
         if not path.is_file():
             raise SystemExit(f"no `none` run of {a.task} seed {seed} at {path}: run the bench first")
         none[seed] = json.loads(path.read_text())

@@ -251,18 +251,8 @@ def run_tasks(tasks: dict[str, dict], seeds, policies=ALL_POLICIES, name: str = 
     t0 = time.perf_counter()
 
     def config(task, seed, label) -> ExperimentConfig | None:
-        base = dict(tasks[task])
-        base.pop("extra_policies", None)
-        policy, cache = label.removesuffix("+cache"), label.endswith("+cache")
-        frz = {**base.pop("frz", {}), **(LINEAR_DEFAULTS if policy == "linear" else {})}
-        if policy == "smartfrz" and predictor is not None:
-            frz["predictor_path"] = str(Path(predictor).resolve())
-        if policy == "smartfrz" and veto_probe is not None:
-            base["veto_probe"] = veto_probe
-        cfg = ExperimentConfig(name=f"bench-{suite}-{task}", policy=policy, seed=seed, data_dir=data_dir,
-                               device=device, out_dir=None, progress=False, record_cka=policy == "none",
-                               cache=cache, frz=frz, **base)
-        if policy != "oracle":
+        cfg = task_config(suite, task, tasks[task], seed, label, data_dir, device, predictor, veto_probe)
+        if cfg.policy != "oracle":
             return cfg
         ref = results.get((task, seed, "none"))
         return None if ref is None else replace(cfg, oracle_freeze_steps=oracle_steps(ref, cfg.oracle_label))
@@ -332,6 +322,23 @@ def run_tasks(tasks: dict[str, dict], seeds, policies=ALL_POLICIES, name: str = 
     out["complete"] = not pending
     out["suite_wall_s"] = time.perf_counter() - t0
     return out
+
+
+def task_config(suite: str, task: str, spec: dict, seed: int, label: str, data_dir=None, device="auto",
+                predictor: str | None = None, veto_probe: int | None = None) -> ExperimentConfig:
+    """The configuration the bench trains for ``label`` (a policy, ``+cache`` for the prefix cache) on a task spec
+    and seed: with ``run_key``, what finds a suite's run in its ``.runs`` folder. An oracle's freeze steps come from
+    its ``none`` run, added by the caller."""
+    base = dict(spec)
+    base.pop("extra_policies", None)
+    policy, cache = label.removesuffix("+cache"), label.endswith("+cache")
+    frz = {**base.pop("frz", {}), **(LINEAR_DEFAULTS if policy == "linear" else {})}
+    if policy == "smartfrz" and predictor is not None:
+        frz["predictor_path"] = str(Path(predictor).resolve())
+    if policy == "smartfrz" and veto_probe is not None:
+        base["veto_probe"] = veto_probe
+    return ExperimentConfig(name=f"bench-{suite}-{task}", policy=policy, seed=seed, data_dir=data_dir, device=device,
+                            out_dir=None, progress=False, record_cka=policy == "none", cache=cache, frz=frz, **base)
 
 
 def _train_here(cfg: ExperimentConfig, threads: int | None) -> dict:
