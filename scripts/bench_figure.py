@@ -23,6 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_table import ROOT, SUITES, frontier, noise  # noqa: E402
 
+from smartfrz.lab.bench import seed_deltas  # noqa: E402
+
 POLICIES = ("oracle", "smartfrz", "linear", "autofreeze")  # the +cache runs repeat their policy's decisions
 COLORS = {"oracle": "#555555", "smartfrz": "#d62728", "linear": "#1f77b4", "autofreeze": "#2ca02c"}
 EXTRA_COLORS = ("#ff7f0e", "#9467bd", "#8c564b")
@@ -33,11 +35,8 @@ def points(bench: dict, policy: str, task: str) -> list[tuple[float, float]]:
     runs = [r for r in bench["runs"] if r["task"] == task]
     base = {r["seed"]: r["metric"] for r in runs if r["policy"] == "none"}
     scale = 100.0 if base and max(abs(v) for v in base.values()) <= 1.0 else 1.0  # GLUE in [0, 1]; the rest in %
-    out = []
-    for r in sorted((r for r in runs if r["policy"] == policy and r["seed"] in base), key=lambda r: r["seed"]):
-        net = r["flops_saved"] - (r.get("decision_flops") or 0.0) / r["full_train_flops"]
-        out.append((100.0 * net, scale * (r["metric"] - base[r["seed"]])))
-    return out
+    return [(100.0 * (r["flops_saved"] - (r.get("decision_flops") or 0.0) / r["full_train_flops"]), scale * d)
+            for r, d in seed_deltas(runs, task, policy)]  # net of the decisions' own forwards
 
 
 def panels(extras: dict[str, str]) -> list[dict]:

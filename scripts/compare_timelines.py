@@ -12,6 +12,8 @@ import argparse
 import json
 import statistics
 
+from smartfrz.lab.bench import seed_deltas
+
 
 def freezes(run: dict) -> dict[int, int]:
     return {e["index"]: e["step"] for e in run["timeline"] if e["event"] == "freeze"}
@@ -22,9 +24,7 @@ def by_key(bench: dict, policy: str) -> dict[tuple[str, int], dict]:
 
 
 def delta(bench: dict, run: dict) -> float | None:
-    base = next((r["metric"] for r in bench["runs"] if r["policy"] == "none" and (r["task"], r["seed"]) ==
-                 (run["task"], run["seed"])), None)
-    return None if base is None else run["metric"] - base
+    return next((d for r, d in seed_deltas(bench["runs"], run["task"], run["policy"]) if r is run), None)
 
 
 def compare(a: dict, b: dict, policy: str = "smartfrz") -> list[str]:

@@ -389,6 +389,14 @@ def _median(xs):
     return statistics.median(xs) if xs else None
 
 
+def seed_deltas(runs: list[dict], task: str, policy: str) -> list[tuple[dict, float]]:
+    """Each run of ``policy`` on ``task``, in seed order, with its metric's change against `none` of its own seed
+    (same initialisation and data order); runs whose seed has no `none` are left out."""
+    base = {r["seed"]: r["metric"] for r in runs if r["task"] == task and r["policy"] == "none"}
+    return [(r, r["metric"] - base[r["seed"]]) for r in sorted(runs, key=lambda r: r["seed"])
+            if r["task"] == task and r["policy"] == policy and r["seed"] in base]
+
+
 def summarize(bench: dict) -> list[dict]:
     """Medians over seeds per (task, policy), with ratios against `none` of the same run."""
     rows = []
@@ -401,8 +409,7 @@ def summarize(bench: dict) -> list[dict]:
         bmed = {k: _median([r[k] for r in base]) for k in med}
         extra = {m: _median([r["final"].get(m) for r in rs if isinstance(r["final"].get(m), (int, float))])
                  for m in ("accuracy", "f1", "matthews_correlation") if any(m in r["final"] for r in rs)}
-        base_by_seed = {r["seed"]: r["metric"] for r in base}
-        paired = sorted((r["seed"], r["metric"] - base_by_seed[r["seed"]]) for r in rs if r["seed"] in base_by_seed)
+        paired = [(r["seed"], d) for r, d in seed_deltas(bench["runs"], task, policy)]
         rows.append({"task": task, "policy": policy, "seeds": len(rs), "metric_name": rs[0]["metric_name"], **med,
                      "metric_delta": med["metric"] - bmed["metric"],
                      "metric_delta_per_seed": [d for _, d in paired],  # against `none` of the same seed, by seed
