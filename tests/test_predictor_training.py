@@ -176,6 +176,21 @@ def test_replay_with_the_recorded_veto_cuts_the_prefix_as_the_engine_does():
     assert r["pred"] == {0: 4, 1: 24}  # unit 1 settles from step 22, twice in a row at 24
 
 
+def test_a_gated_veto_checks_only_where_a_freeze_would_follow():
+    """scripts/veto_gate.py: the shipped rule runs the veto at every decision where the predictor settles a unit, and
+    counts it in the streak; gated, the streak is the predictor's and one passing check at the freezing decision
+    will do. Each check is a reference forward plus one per prefix tried."""
+    P = np.full((len(STEPS), 3), 0.9)
+    Y = np.ones_like(P, dtype=bool)
+    veto = np.zeros((len(STEPS), 3))
+    veto[:3, 0] = 0.5  # putting unit 0 back changes half the predictions until step 6
+    shipped = replay(P, Y, STEPS, META, threshold=0.5, patience=2, per_epoch=4, veto=(veto, 0.1))
+    gated = replay(P, Y, STEPS, META, threshold=0.5, patience=2, per_epoch=4, veto=(veto, 0.1), gate=True)
+    assert shipped["pred"] == {0: 10, 1: 10} and gated["pred"] == {0: 8, 1: 8}  # decisions every 2 steps from step 2
+    assert shipped["veto_checks"] == 5 and shipped["veto_forwards"] == 5 + 3 + 2 * 2  # fails alone; then front, whole
+    assert gated["veto_checks"] == 3 and gated["veto_forwards"] == 3 + 2 + 2  # steps 4, 6 fail at the front; 8 passes
+
+
 def test_the_rule_search_takes_the_veto_when_only_the_veto_keeps_freezes_after_their_labels():
     """With recorded veto shares, the search tries starts and veto taus too: here the predictor says "freeze" from
     the first checkpoint, the label only from step 22, and the veto's share falls exactly then."""

@@ -167,22 +167,26 @@ def cadence(meta: dict, per_epoch: int, per_run: int = 0) -> int:
     return decision_cadence(meta["steps_per_epoch"], meta["total_steps"], per_epoch, per_run)
 
 
-def veto_pass(shares: np.ndarray, k: int, settled: int, tau: float) -> int:
+def veto_pass(shares: np.ndarray, k: int, settled: int, tau: float, checked: list | None = None) -> int:
     """``FunctionalVeto.allow`` on a recorded run: the longest prefix k..ok-1 whose share stays within tau, searched
     as the engine does (the front unit, then the whole prefix, then unit by unit). ``shares[i]``: units 0..i put
-    back (in the run nothing was frozen, so the frozen units' own moves count too: it tends to veto more)."""
-    return longest_passing(lambda upto: shares[upto - 1] <= tau, k, settled)  # NaN (not recorded) fails
+    back (in the run nothing was frozen, so the frozen units' own moves count too: it tends to veto more).
+    ``checked`` collects each prefix tried (the engine's probe forwards, less its reference)."""
+    checked = [] if checked is None else checked
+    return longest_passing(lambda upto: checked.append(upto) or shares[upto - 1] <= tau, k, settled)  # NaN fails
 
 
 def replay(P, Y, steps, meta: dict, threshold: float, patience: int, per_epoch: int, per_run: int = 0,
            min_active: int = 1, start: float = 0.0, veto: tuple | None = None, per_decision: int = 0,
-           max_share: float = 1.0) -> dict:
+           max_share: float = 1.0, gate: bool = False) -> dict:
     """The engine's rule (``SmartFRZPolicy.decide``) on one run's checkpoints; freeze steps and what they save.
     A decision falls at each multiple of the engine's cadence from ``start`` of the run on; it reads the first
     checkpoint at or after it (several decisions between two checkpoints read the same one). A unit settles when
     it and every active unit before it score >= threshold and, with ``veto`` = (shares (checkpoints, units), tau),
     the recorded veto passes; it freezes after ``patience`` decisions settled in a row, at most ``per_decision``
     units a decision (0: no limit), and never more than ``max_share`` of the units (the oracle is not capped).
+    ``gate`` (scripts/veto_gate.py; not the engine's): the streak counts the predictor alone, and the veto checks
+    only the prefix that would freeze, only then; a prefix it cuts keeps its streak.
 
     Saving = sum over units of (share of the step's forward FLOPs) x (share of the run left when frozen):
     what a frozen prefix takes off the backward pass, relative for comparisons with the oracle."""
@@ -192,7 +196,7 @@ def replay(P, Y, steps, meta: dict, threshold: float, patience: int, per_epoch: 
     U = P.shape[1]
     limit = U - min_active
     rule_limit = min(limit, math.floor(max_share * U + 1e-9)) if max_share < 1 else limit
-    k, streak, pred = 0, [0] * U, {}
+    k, streak, pred, checks, checked = 0, [0] * U, {}, 0, []
     rows, shares = P.tolist(), None if veto is None else veto[0].tolist()  # plain floats: tiny rows, many replays
     steps = np.asarray(steps).tolist()
     # decisions counted so far: none before the start, nor before the first checkpoint's window was full (the
@@ -204,15 +208,20 @@ def replay(P, Y, steps, meta: dict, threshold: float, patience: int, per_epoch: 
             settled, row = k, rows[t]
             while settled < rule_limit and row[settled] >= threshold:
                 settled += 1
-            if veto is not None and settled > k:
+            if veto is not None and settled > k and not gate:
                 too_late = (total - d * every) // every < patience - streak[k] - 1
-                settled = k if too_late else veto_pass(shares[t], k, settled, veto[1])
+                checks += not too_late
+                settled = k if too_late else veto_pass(shares[t], k, settled, veto[1], checked)
             for u in range(k, U):
                 streak[u] = streak[u] + 1 if u < settled else 0
-            cap = k + per_decision if per_decision else rule_limit
-            while k < min(rule_limit, cap) and streak[k] >= patience:
-                pred[k] = s
-                k += 1
+            n, cap = k, k + per_decision if per_decision else rule_limit
+            while n < min(rule_limit, cap) and streak[n] >= patience:
+                n += 1
+            if veto is not None and n > k and gate:
+                checks, n = checks + 1, veto_pass(shares[t], k, n, veto[1], checked)
+            for u in range(k, n):
+                pred[u] = s
+            k = n
     share = np.asarray(meta["flop_share"], dtype=float)
     label = {}
     for u in range(limit):
@@ -221,7 +230,8 @@ def replay(P, Y, steps, meta: dict, threshold: float, patience: int, per_epoch: 
             label[u] = steps[hit[0]]
     early = [u for u, s in pred.items() if u not in label or s < label[u]]
     return {"pred": pred, "label": label, "saved": saved_share(pred, share, total),
-            "oracle_saved": saved_share(label, share, total), "early": len(early), "units": limit}
+            "oracle_saved": saved_share(label, share, total), "early": len(early), "units": limit,
+            "veto_checks": checks, "veto_forwards": checks + len(checked)}  # a reference forward a check, then each prefix
 
 
 def saved_share(freeze: dict[int, int], flop_share, total: int) -> float:
