@@ -34,6 +34,9 @@ GRIDS = {
     # sst2: the first three points all lost more than 0.5 points on seed 0; (4, 1.5) and (2, 0.5) were added then
     ("headroom", "sst2_minilm"): dict(cache=True, points=[(6, 1.5), (4, 1.0), (3, 0.5), (4, 1.5), (2, 0.5)]),
     ("headroom", "cifar10_resnet20_long"): dict(cache=False, points=[(9, 24), (7, 21), (4, 15)]),
+    # the same model and run length as headroom's SST-2, so its grid (as it ended, added points included); no cache,
+    # as none of this suite's policies runs with one (2026-12-07, after its smartfrz, linear and oracle runs)
+    ("tuning_sst2", "sst2_minilm_6k"): dict(cache=False, points=[(6, 1.5), (4, 1.0), (3, 0.5), (4, 1.5), (2, 0.5)]),
 }
 
 
