@@ -312,6 +312,35 @@ def test_trace_replay_reads_the_veto_as_far_back_as_the_rules_previous_decision(
         replay.replay(trace, 0.5, 1, 2, 0.1, probe=64)  # every 3rd: not recorded
 
 
+def test_frontier_every_seed_judges_each_grid_point_by_its_median(tmp_path, monkeypatch):
+    """--every-seed: where the search seed loses at every point, the search alone finds nothing; the whole grid on
+    every seed takes the point that saves most among those safe by the median."""
+    import importlib.util
+    import json
+    import sys
+    from types import SimpleNamespace
+    sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
+    spec = importlib.util.spec_from_file_location("frontier", Path(__file__).parents[1] / "scripts" / "frontier.py")
+    fr = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fr)
+    metric = {(6, 1.0): (88.0, 88.0, 90.0), (4, 1.0): (89.0, 89.8, 90.0), (3, 0.5): (89.0, 90.0, 90.0)}  # seeds 0, 1, 2
+    saved = {(6, 1.0): 0.4, (4, 1.0): 0.25, (3, 0.5): 0.2}
+    monkeypatch.setitem(fr.GRIDS, ("headroom", "t"), dict(cache=False, points=list(metric)))
+    monkeypatch.setattr(fr, "configs", lambda suite, task, epochs, seeds, cache, data_dir, ks: [
+        (epochs[0], ks[0], SimpleNamespace(k=ks[0], e=epochs[0], seed=s, cache=cache)) for s in seeds])
+    monkeypatch.setattr(fr, "train_all", lambda cfgs, runs_dir, jobs: [
+        {"metric": metric[c.k, c.e][c.seed], "flops_saved": saved[c.k, c.e], "frozen_units": [0] * c.k} for c in cfgs])
+    none = [{"task": "t", "policy": "none", "seed": s, "metric": 90.0, "flops_saved": 0.0} for s in (0, 1, 2)]
+    (tmp_path / "b.json").write_text(json.dumps({"runs": none}))
+    fr.main(["--task", "t", "--bench", str(tmp_path / "b.json"), "--out", str(tmp_path / "f.json")])
+    assert json.loads((tmp_path / "f.json").read_text())["frontier"] is None  # seed 0 loses 1 point at every point
+    fr.main(["--task", "t", "--bench", str(tmp_path / "b.json"), "--every-seed", "--out", str(tmp_path / "f.json")])
+    out = json.loads((tmp_path / "f.json").read_text())
+    assert [(c["first_units"], c["at_epoch"], c["safe"]) for c in out["confirmed"]] == \
+        [(6, 1.0, False), (4, 1.0, True), (3, 0.5, True)]
+    assert "first 4 units at epoch 1" in out["frontier"]["source"] and out["frontier"]["median_delta"] == pytest.approx(-0.2)
+
+
 def test_frontier_confirms_the_largest_safe_grid_point_on_every_seed(tmp_path, monkeypatch):
     """scripts/frontier.py: the grid runs on one seed; the largest saving within the tolerance there is confirmed
     on the others, and the frontier is the best of that and the safe oracles (median of per-seed deltas)."""
