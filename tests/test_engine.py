@@ -189,27 +189,27 @@ def test_windows_take_the_shape_the_predictor_was_trained_on(tmp_path, tiny_pred
     assert (meta["window"], meta["sample_size"]) == ("20", "512")  # the shipped file names its training windows
 
 
-def test_a_compiled_model_is_told_how_many_recompiles_freezing_needs(monkeypatch):
-    """Each frozen prefix compiles the model again; past dynamo's limit it would run uncompiled, unannounced."""
+def test_a_compiled_model_is_told_how_many_recompiles_freezing_needs():
+    """Each frozen prefix compiles the model again; past dynamo's limit it would run uncompiled, unannounced.
+    (dynamo's own config.patch: pytest's monkeypatch deletes a config entry when it undoes its change)"""
     import torch._dynamo
 
     torch.manual_seed(0)
     model = nn.Sequential(*[nn.Sequential(nn.Linear(8, 8), nn.ReLU()) for _ in range(12)], nn.Linear(8, 2))
     compiled = torch.compile(model, backend="eager")
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
-    with pytest.warns(UserWarning, match=r"recompile_limit \(8\); set it to 13"):
+    with torch._dynamo.config.patch(recompile_limit=8), pytest.warns(UserWarning, match=r"recompile_limit \(8\); set it to 13"):
         SmartFRZ(compiled, opt, example_input=torch.randn(4, 8), policy="linear", total_steps=100)
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 13)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        frz = SmartFRZ(compiled, opt, example_input=torch.randn(4, 8), policy="linear", total_steps=100)
-    x, y, first = torch.randn(16, 8), torch.randint(0, 2, (16,)), None
-    for _ in range(100):  # and freezing a compiled model still freezes it: the front unit stops moving
-        loss = nn.functional.cross_entropy(compiled(x), y)
-        opt.zero_grad(); loss.backward(); opt.step(); frz.step()
-        if frz.num_frozen and first is None:
-            first = model[0][0].weight.detach().clone()
+    with torch._dynamo.config.patch(recompile_limit=13):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            frz = SmartFRZ(compiled, opt, example_input=torch.randn(4, 8), policy="linear", total_steps=100)
+        x, y, first = torch.randn(16, 8), torch.randint(0, 2, (16,)), None
+        for _ in range(100):  # and freezing a compiled model still freezes it: the front unit stops moving
+            loss = nn.functional.cross_entropy(compiled(x), y)
+            opt.zero_grad(); loss.backward(); opt.step(); frz.step()
+            if frz.num_frozen and first is None:
+                first = model[0][0].weight.detach().clone()
     assert frz.num_frozen > 1 and torch.equal(model[0][0].weight, first)
 
 
