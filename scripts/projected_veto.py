@@ -59,23 +59,32 @@ def projection(run: dict, lookback: int, mode: str) -> np.ndarray:
     return np.where(window > 0, now * left / np.maximum(window, 1e-12), 0.0)
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def replay_parser(doc: str) -> argparse.ArgumentParser:
+    """The options of a replay of a predictor's rule on the recorded runs (this script, veto_gate.py)."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--runs", type=Path, default=Path("data/freeze_runs"))
     ap.add_argument("--shifts", type=Path, default=None, help="scripts/label_frontier_runs.py's output")
     ap.add_argument("--label", default="scratch=rewind:0.05,finetune=rewind:0.02")
     ap.add_argument("--predictor", default=None, help="weights (default: the shipped ones)")
     ap.add_argument("--taus", type=float, nargs="+", default=[0.02, 0.05, 0.1, 0.2])
     ap.add_argument("--out", type=Path, default=None)
-    a = ap.parse_args(argv)
+    return ap
+
+
+def replay_inputs(a) -> tuple[dict, list, dict, np.ndarray]:
+    """(the predictor file's rule, the recorded runs with their labels shifted, their samples, P(freeze) of each)."""
     pred = FreezePredictor.load(a.predictor)
-    rule = T.engine_rule(pred)
     runs = load_runs(a.runs)
     if a.shifts is not None:
         T.attach_label_shifts(runs, a.shifts, a.label)
     d = T.samples(runs, a.label)
     with torch.no_grad():
-        p = torch.sigmoid(pred(d["x"])).numpy()
+        return T.engine_rule(pred), runs, d, torch.sigmoid(pred(d["x"])).numpy()
+
+
+def main(argv=None) -> None:
+    a = replay_parser(__doc__).parse_args(argv)
+    rule, runs, d, p = replay_inputs(a)
     per_epoch, per_run = rule["decisions_per_epoch"], rule["decisions_per_run"]
     kinds = {"from scratch": lambda m: m["spec"]["regime"] == "scratch",
              "fine-tunes": lambda m: m["spec"]["regime"] == "finetune", "all": lambda m: True}

@@ -16,35 +16,20 @@ before their label, and the veto's probe forwards (a reference, then one per pre
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-import torch
 
-from smartfrz.predictor import FreezePredictor
-from smartfrz.predictor_training import training as T
-from smartfrz.predictor_training.freeze_dataset import load_runs
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from projected_veto import replay_inputs, replay_parser  # noqa: E402
+
+from smartfrz.predictor_training import training as T  # noqa: E402
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=Path, default=Path("data/freeze_runs"))
-    ap.add_argument("--shifts", type=Path, default=None, help="scripts/label_frontier_runs.py's output")
-    ap.add_argument("--label", default="scratch=rewind:0.05,finetune=rewind:0.02")
-    ap.add_argument("--predictor", default=None, help="weights (default: the shipped ones)")
-    ap.add_argument("--taus", type=float, nargs="+", default=[0.02, 0.05, 0.1, 0.2])
-    ap.add_argument("--out", type=Path, default=None)
-    a = ap.parse_args(argv)
-    pred = FreezePredictor.load(a.predictor)
-    rule = T.engine_rule(pred)
-    runs = load_runs(a.runs)
-    if a.shifts is not None:
-        T.attach_label_shifts(runs, a.shifts, a.label)
-    d = T.samples(runs, a.label)
-    with torch.no_grad():
-        p = torch.sigmoid(pred(d["x"])).numpy()
+    a = replay_parser(__doc__).parse_args(argv)
+    rule, runs, d, p = replay_inputs(a)
     grids = [T._grid(d, r, p) for r in range(len(runs))]
     shares = [T.recorded_veto(run, run["meta"], rule["decisions_per_epoch"], rule["decisions_per_run"], rule["veto_tau"],
                               rule["veto_probe_rows"], rule["veto_lookback"])[0] for run in runs]
