@@ -211,6 +211,8 @@ def test_the_rule_search_takes_the_veto_when_only_the_veto_keeps_freezes_after_t
     rule = select_rule(d, runs, np.array([0]), p, RuleSearch(patiences=(1,), taus=(None, 0.1), starts=(0.0, 0.75)))
     assert rule["veto_tau"] == 0.1 and rule["veto_probe_rows"] == 32 and rule["early"] == 0
     assert rule["saved_share_of_oracle"] == 1.0 and rule["decide_from"] == 0.0  # a start at 0.75 (step 30) would lose saving
+    from smartfrz.predictor_training.training import ENGINE_KEYS, RULE_KEYS
+    assert set(RULE_KEYS + ENGINE_KEYS) <= set(rule)  # the whole rule a weights file ships (training's "shipped")
 
 
 def test_the_rule_search_tries_a_veto_an_epoch_back():

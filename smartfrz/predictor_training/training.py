@@ -314,7 +314,7 @@ def select_rule(d, runs, idx_runs, p, search: RuleSearch = RuleSearch()) -> dict
             best = (key, {"threshold": float(thr), "patience": patience, "decisions_per_epoch": per_epoch,
                           "decisions_per_run": per_run, "decide_from": start, "veto_tau": tau,
                           "veto_probe_rows": None if tau is None else search.veto_rows, "veto_lookback": lookback,
-                          "freeze_per_decision": 0, **s})  # the search does not try limits
+                          "freeze_per_decision": 0, "max_frozen_share": 1.0, **s})  # the search tries no limit, no cap
     return best[1]
 
 
