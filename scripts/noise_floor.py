@@ -22,6 +22,7 @@ import argparse
 import json
 import statistics
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -87,7 +88,6 @@ def null_freeze(a, argv) -> None:
     from smartfrz.lab.bench import run_key, task_config
 
     seeds, spec = list(SUITES[a.suite]["seeds"]), SUITES[a.suite]["tasks"][a.task]
-    base = {k: v for k, v in spec.items() if k != "extra_policies"}
     runs_dir, none = Path(a.bench).with_suffix(".runs"), {}
     for seed in seeds:
         path = runs_dir / f"{run_key(task_config(a.suite, a.task, spec, seed, 'none', a.data_dir), 1)}.json"
@@ -98,9 +98,8 @@ def null_freeze(a, argv) -> None:
     free = no_flop_front(units)
     if not free:
         raise SystemExit(f"{a.task}: its first unit carries FLOPs ({units[0]['name']}), so no freeze saves nothing")
-    cfgs = [ExperimentConfig(**base, name=f"nullfreeze-{a.suite}-{a.task}", policy="oracle", seed=seed,
-                             data_dir=a.data_dir, out_dir=None, progress=False, oracle_freeze_steps=dict.fromkeys(free, 0))
-            for seed in seeds]
+    cfgs = [replace(task_config(a.suite, a.task, spec, seed, "oracle", a.data_dir), name=f"nullfreeze-{a.suite}-{a.task}",
+                    oracle_freeze_steps=dict.fromkeys(free, 0)) for seed in seeds]
     results = train_all(cfgs, Path(a.out).with_suffix(".runs"), a.jobs)
     rows = [{"frozen_from_step_0": free, "seed": c.seed, "metric": r["metric"], "none_metric": none[c.seed]["metric"],
              "delta": r["metric"] - none[c.seed]["metric"], "flops_saved": r["flops_saved"]} for c, r in zip(cfgs, results)]

@@ -56,11 +56,10 @@ class WeightRecorder:
     def record(self, active: Sequence[int]) -> None:
         if not active:
             return
-        active = list(active)
         rows = torch.cat([p.detach().reshape(-1).index_select(0, i) for u in active for p, i in self._gather[u]]
                          ).to(self.buffer.device, self.buffer.dtype).view(len(active), self.sample_size)
-        a, b = active[0], active[0] + len(active)  # the engine's active units are a slice: one plain copy
-        self.buffer[slice(a, b) if active == list(range(a, b)) else active, self.ptr] = rows
+        contiguous = isinstance(active, range) and active.step == 1  # the engine's active units: one plain copy
+        self.buffer[slice(active.start, active.stop) if contiguous else list(active), self.ptr] = rows
         self.ptr = (self.ptr + 1) % self.window
         for u in active:
             self.count[u] += 1

@@ -195,7 +195,7 @@ def replay(P, Y, steps, meta: dict, threshold: float, patience: int, per_epoch: 
     first = math.ceil(start * total)
     U = P.shape[1]
     limit = U - min_active
-    rule_limit = min(limit, math.floor(max_share * U + 1e-9)) if max_share < 1 else limit
+    rule_limit = min(limit, math.floor(max_share * U + 1e-9))  # as the engine caps (1: no cap)
     k, streak, pred, checks, checked = 0, [0] * U, {}, 0, []
     rows, shares = P.tolist(), None if veto is None else veto[0].tolist()  # plain floats: tiny rows, many replays
     steps = np.asarray(steps).tolist()
