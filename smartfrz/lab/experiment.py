@@ -47,6 +47,7 @@ class ExperimentConfig:
     image_size: int = 32
     classes: list | None = None  # imagefolder: a class subset (e.g. ImageNet-100)
     max_length: int = 128
+    lora: int = 0  # text: LoRA adapters of this rank on the pretrained model (peft's defaults per model), the rest fixed; 0: all weights train
     group_by_length: bool = False  # text: batches of similar length (less padding), as the HF Trainer option
     augment: bool = True
     frz: dict = field(default_factory=dict)  # SmartFRZ options (threshold, window, decide_every, ...)
@@ -78,6 +79,10 @@ class ExperimentConfig:
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise ValueError(f"{name} must be a positive integer or None; got {v!r}")
+        if isinstance(self.lora, bool) or not isinstance(self.lora, int) or self.lora < 0:
+            raise ValueError(f"lora must be a LoRA rank (a positive integer) or 0 for full fine-tuning; got {self.lora!r}")
+        if self.lora and self.task in VISION_TASKS:
+            raise ValueError(f"lora applies to text models (GLUE tasks); task {self.task!r} is a vision task")
         if self.cache_dtype not in CACHE_DTYPES:
             raise ValueError(f"cache_dtype must be one of {', '.join(CACHE_DTYPES)}; got {self.cache_dtype!r}")
         if self.task not in VISION_TASKS:
@@ -212,6 +217,9 @@ def build(cfg: ExperimentConfig, device: str):
     train = D.load_glue(cfg.task, tok, cfg.data_dir, "train", cfg.max_length, subset=cfg.subset, seed=cfg.seed)
     dev = D.load_glue(cfg.task, tok, cfg.data_dir, "validation", cfg.max_length, subset=cfg.eval_subset)
     model = build_model(cfg.model, num_classes=train.num_labels, pretrained=cfg.pretrained).float()
+    if cfg.lora:
+        import peft  # parameter-efficient fine-tuning: adapters train, the pretrained weights stay as loaded
+        model = peft.get_peft_model(model, peft.LoraConfig(task_type="SEQ_CLS", r=cfg.lora, lora_alpha=2 * cfg.lora))
     collate = D.glue_collate(tok)
     metric = lambda logits, labels: D.glue_metrics(cfg.task, logits.numpy(), labels.numpy())
     probe_batch = collate([dev[i] for i in range(min(cfg.veto_probe or 128, len(dev)))])
@@ -233,10 +241,11 @@ def make_optimizer(cfg: ExperimentConfig, model, total_steps: int):
     kind = cfg.optimizer or ("adamw" if text else "sgd")
     lr = learning_rate(cfg)
     wd = cfg.weight_decay if cfg.weight_decay is not None else (0.01 if kind == "adamw" else 5e-4)
+    params = [p for p in model.parameters() if p.requires_grad]  # all of them but with LoRA
     if kind == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=wd)
+        opt = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=wd)
     elif kind == "adamw":
-        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=wd)
     else:
         raise ValueError(f"unknown optimizer {kind!r}; allowed: sgd, adamw")
     if cfg.schedule == "cosine":
