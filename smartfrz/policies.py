@@ -108,16 +108,18 @@ class SmartFRZPolicy(Policy):
     def decide(self, engine):
         k, limit, rec = engine.num_frozen, engine.max_frozen, engine.recorder
         limit = max(k, min(limit, math.floor(self.max_frozen_share * len(engine.units) + 1e-9)))  # as linear counts
-        candidates = [u for u in range(k, limit) if rec.ready(u)] if engine.step_count >= self.start else []
-        if not candidates:
+        ready = [u for u in range(k, limit) if rec.ready(u)] if engine.step_count >= self.start else []
+        if not ready:
             return k, {}  # and before the start nothing is scored: no decision would read it
-        windows = rec.windows(candidates)
-        finite = torch.isfinite(windows).flatten(1).all(1)
-        progress = (engine.step_count / engine.config.total_steps,) if getattr(self.predictor, "reads_progress", False) else ()
-        probs = self.predictor.predict_proba(torch.nan_to_num(windows), *progress).masked_fill(~finite, 0.0).tolist()
-        if not bool(finite.all()):
-            warnings.warn("non-finite weights in a recorded window: no freeze decision is made from them")
-        scores = dict(zip(candidates, probs))
+        scores = {u: 1.0 for u in ready if not rec.learns[u]}  # no weight of it trains: nothing to wait for
+        if candidates := [u for u in ready if rec.learns[u]]:
+            windows = rec.windows(candidates)
+            finite = torch.isfinite(windows).flatten(1).all(1)
+            progress = (engine.step_count / engine.config.total_steps,) if getattr(self.predictor, "reads_progress", False) else ()
+            probs = self.predictor.predict_proba(torch.nan_to_num(windows), *progress).masked_fill(~finite, 0.0)
+            if not bool(finite.all()):
+                warnings.warn("non-finite weights in a recorded window: no freeze decision is made from them")
+            scores.update(zip(candidates, probs.tolist()))
         settled = k  # units k..settled-1 look settled now, each with every active unit before it
         while settled < limit and scores.get(settled, 0.0) >= self.threshold:
             settled += 1

@@ -1,7 +1,9 @@
 """Layer tailoring: a fixed random sample of each unit's weights, kept as a rolling window.
 
 The sample keeps the predictor's input the same size for every layer of every network, and the
-ring buffer lives on the training device so recording never synchronises with the host.
+ring buffer lives on the training device so recording never synchronises with the host. It reads
+the weights that train: in a LoRA fine-tune a unit is mostly fixed pretrained weights, whose flat
+window would read as "settled" while the adapters inside it still learn.
 """
 from __future__ import annotations
 
@@ -13,9 +15,14 @@ import torch
 from .units import Unit
 
 
+def tailored_params(unit: Unit) -> list[torch.nn.Parameter]:
+    """The weights a unit's window samples: those that train, or all of them where none does (a flat window)."""
+    return [p for p in unit.parameters() if p.requires_grad] or unit.parameters()
+
+
 def sample_indices(unit: Unit, sample_size: int, seed: int) -> torch.Tensor:
-    """Seeded indices into the unit's concatenated flat parameters; stable across processes."""
-    n = unit.num_params
+    """Seeded indices into the unit's concatenated flat ``tailored_params``; stable across processes."""
+    n = sum(p.numel() for p in tailored_params(unit))
     g = torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(unit.name.encode())) % (2**63))
     if n <= 4 * sample_size:  # small units: without replacement where possible
         idx = torch.randperm(n, generator=g)[:sample_size]
@@ -33,18 +40,20 @@ class WeightRecorder:
                  indices: Sequence[torch.Tensor] | None = None):
         self.units, self.window, self.sample_size = list(units), window, sample_size
         device = self.units[0].parameters()[0].device
+        self.params = [tailored_params(u) for u in self.units]  # as set now: the engine's freezes don't change them
+        self.learns = [any(p.requires_grad for p in u.parameters()) for u in self.units]  # False: nothing to wait for
         self.indices = [t.cpu() for t in indices] if indices is not None else \
             [sample_indices(u, sample_size, seed) for u in self.units]
-        self._gather = [self._split(u, idx) for u, idx in zip(self.units, self.indices)]
+        self._gather = [self._split(ps, idx) for ps, idx in zip(self.params, self.indices)]
         self.buffer = torch.zeros(len(self.units), window, sample_size, device=device)
         self.ptr = 0  # next write position in the ring
         self.count = [0] * len(self.units)  # records since the unit's window was last reset
 
     @staticmethod
-    def _split(unit: Unit, idx: torch.Tensor):
+    def _split(params: list, idx: torch.Tensor):
         """Per-parameter local indices, so a record is one index_select per parameter tensor."""
         out, start = [], 0
-        for p in unit.parameters():
+        for p in params:
             n = p.numel()
             lo, hi = torch.searchsorted(idx, torch.tensor([start, start + n]))
             if hi > lo:
@@ -83,6 +92,6 @@ class WeightRecorder:
         if len(state["indices"]) != len(self.units):
             raise ValueError(f"recorder state covers {len(state['indices'])} units; this model has {len(self.units)}")
         self.indices = [i.clone() for i in state["indices"]]
-        self._gather = [self._split(u, idx) for u, idx in zip(self.units, self.indices)]
+        self._gather = [self._split(ps, idx) for ps, idx in zip(self.params, self.indices)]
         self.buffer.copy_(state["buffer"].to(self.buffer.device))
         self.ptr, self.count = int(state["ptr"]), [int(c) for c in state["count"]]

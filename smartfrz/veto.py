@@ -18,16 +18,19 @@ from .units import Unit, call_model, first_tensor
 
 
 def unit_state(unit: Unit) -> list:
-    """Copies of a unit's parameters and buffers, on the CPU (one copy of the active units in all)."""
-    return [{k: v.detach().to("cpu", copy=True) for k, v in m.state_dict().items()} for _, m in unit.members] + \
-        [p.detach().to("cpu", copy=True) for _, p in unit.extra_params]
+    """Copies of what can change in a unit, on the CPU: its buffers and the parameters that train (not the fixed
+    pretrained weights around a LoRA adapter: a copy of the whole model each decision, for nothing)."""
+    return [{k: v.detach().to("cpu", copy=True) for k, v in m.state_dict(keep_vars=True).items()
+             if not isinstance(v, torch.nn.Parameter) or v.requires_grad} for _, m in unit.members] + \
+        [p.detach().to("cpu", copy=True) if p.requires_grad else None for _, p in unit.extra_params]
 
 
 def load_unit_state(unit: Unit, state: list) -> None:
     for (_, m), s in zip(unit.members, state):
-        m.load_state_dict(s)
+        m.load_state_dict(s, strict=False)  # what unit_state left out never changed
     for (_, p), v in zip(unit.extra_params, state[len(unit.members):]):
-        p.data.copy_(v)
+        if v is not None:
+            p.data.copy_(v)
 
 
 def logits(model: torch.nn.Module, batch: Any) -> torch.Tensor:
