@@ -58,8 +58,8 @@ class SmartFRZ:
         self._hooks: dict[int, list] = {}
         self._home: dict[int, int] = {}  # param id -> optimizer group index, to restore on unfreeze
         self._owners = self._param_owners()
-        self._trainable = [sum(p.numel() for p in u.parameters() if p.requires_grad) for u in self.units]  # as set now
-        self._trainable_total = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        self.trainable_per_unit = [sum(p.numel() for p in u.parameters() if p.requires_grad) for u in self.units]
+        self.trainable_total = sum(p.numel() for p in model.parameters() if p.requires_grad)  # both before any freeze
         _warn_recompiles(model, self.max_frozen)
         self.policy = make_policy(policy, cfg)  # windows shaped as the predictor's training windows unless set
         self.window, self.sample_size = cfg.window or self.policy.window, cfg.sample_size or self.policy.sample_size
@@ -227,14 +227,14 @@ class SmartFRZ:
     def _event(self, i: int, kind: str, score: float | None) -> dict:
         u = self.units[i]
         return {"step": self.step_count, "epoch": round(self.epoch, 4), "unit": u.name, "index": i, "event": kind,
-                "params_frozen": self._trainable[i], "flop_share": u.flop_share,
+                "params_frozen": self.trainable_per_unit[i], "flop_share": u.flop_share,
                 "p_freeze": None if score is None else float(score)}
 
     # ------------------------------------------------------------------ accounting
     @property
     def frozen_param_fraction(self) -> float:
         """Share of the weights that train (all of them, or a LoRA fine-tune's adapters) now frozen."""
-        return sum(self._trainable[: self.num_frozen]) / max(self._trainable_total, 1)
+        return sum(self.trainable_per_unit[: self.num_frozen]) / max(self.trainable_total, 1)
 
     @property
     def frozen_flop_share(self) -> float:

@@ -96,7 +96,7 @@ def summarize(frz=None, result: Any = None, total_steps: int | None = None) -> d
     if frz is not None:
         total = total_steps or (out.get("steps") or frz.step_count)
         spans = frozen_spans(frz.timeline, total)
-        n_params = max(1, sum(p.numel() for p in frz.model.parameters()))
+        n_params = max(1, frz.trainable_total)  # the weights that train, as params_frozen counts them
         avg = lambda key: sum(s[key] * s["steps_frozen"] for s in spans) / max(total, 1)
         out.update({"smartfrz/policy": frz.policy.name, "smartfrz/frozen_units": frz.num_frozen,
                     "smartfrz/frozen_param_fraction": frz.frozen_param_fraction,
