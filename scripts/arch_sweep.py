@@ -110,6 +110,14 @@ def _hf_classifier(cls_name: str, cfg_name: str, note: str = "", **cfg) -> Calla
     return build
 
 
+def _hf_lora() -> Case:
+    import peft
+    case = _hf_classifier("BertForSequenceClassification", "BertConfig", **_BERTISH)()
+    case.model = peft.get_peft_model(case.model, peft.LoraConfig(task_type="SEQ_CLS", r=4))
+    case.note = "peft LoRA of rank 4 (query, value): only the adapters and the classifier train"
+    return case
+
+
 def _bart() -> Case:
     import transformers
     config = transformers.BartConfig(vocab_size=100, d_model=32, encoder_layers=2, decoder_layers=2, num_labels=2,
@@ -247,6 +255,7 @@ ARCHS: dict[str, tuple[str, Callable[[], Case]]] = {
                                                     num_hidden_layers=4, num_attention_heads=2, num_key_value_heads=2,
                                                     intermediate_size=64, pad_token_id=0)),
     "hf_bart_cls": ("transformers", _bart),
+    "hf_bert_lora": ("peft", _hf_lora),
     "hf_electra": ("transformers", _hf_classifier("ElectraForSequenceClassification", "ElectraConfig",
                                                   embedding_size=16, **_BERTISH)),
     "lstm_classifier": ("torch", _lstm),

@@ -219,3 +219,12 @@ def test_prefix_cache_refuses_a_boundary_fed_a_list_instead_of_crashing():
         assert cache.enabled is ok and (cache.level == 7 if ok else "no tensor input" in cache.refused)
         assert ok or any("prefix cache off" in str(w.message) for w in caught)
         frz.unfreeze()
+
+
+def test_peft_lora_model_passes_every_check():
+    """A LoRA fine-tune (peft): the fixed pretrained weights are in no check's way, the adapters freeze with their
+    unit, and no backward runs through the frozen prefix."""
+    pytest.importorskip("peft")
+    row, checks = run_checks("hf_bert_lora")
+    assert all(v is not False for v in checks.values()), row["checks"]
+    assert checks["frozen_no_grad"] and checks["frozen_unchanged"] and checks["backward_skipped"]
