@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_map
 
 from .config import SmartFRZConfig
 from .policies import Policy, make_policy
@@ -22,6 +23,15 @@ from .units import OUTSIDE, Unit, find_units, param_owners, uncompiled
 def _eval_hook(module: nn.Module, args):
     if module.training:
         module.train(False)
+
+
+def _require_grad(module: nn.Module, args, out):
+    """The frozen prefix's output as a tensor that requires grad, so reentrant checkpointing after it still trains
+    (a copy, not the leaf itself: an in-place op after it, such as ReLU(inplace=True), stays legal)."""
+    if not torch.is_grad_enabled():
+        return out
+    return tree_map(lambda t: t.detach().requires_grad_().clone() if isinstance(t, torch.Tensor) and
+                    t.is_floating_point() and not t.requires_grad else t, out)
 
 
 def _warn_recompiles(model: nn.Module, freezable: int) -> None:
@@ -57,6 +67,8 @@ class SmartFRZ:
         self.timeline: list[dict] = []
         self._hooks: dict[int, list] = {}
         self._home: dict[int, int] = {}  # param id -> optimizer group index, to restore on unfreeze
+        self._watch: list = []  # gradient hooks on the first active unit for the step after a freeze (_watch_unit)
+        self._got_grad, self._feed = False, None  # _feed: the hook making the prefix's output require grad
         self._owners = self._param_owners()
         self.trainable_per_unit = [sum(p.numel() for p in u.parameters() if p.requires_grad) for u in self.units]
         self.trainable_total = sum(p.numel() for p in model.parameters() if p.requires_grad)  # both before any freeze
@@ -105,6 +117,16 @@ class SmartFRZ:
     def step(self) -> None:
         """Call once per optimizer step, after ``optimizer.step()``."""
         self.step_count += 1
+        if self._watch:
+            self._unwatch()
+            if not self._got_grad:
+                self._feed_grad(self.num_frozen)
+                warnings.warn(f"SmartFRZ: unit {self.units[self.num_frozen].name!r} got no gradient in the step after "
+                              "the prefix before it froze, as reentrant activation checkpointing (torch.utils."
+                              "checkpoint(..., use_reentrant=True)) does to a block none of whose inputs requires grad: "
+                              "every unit after the prefix would stop learning. From now on the prefix's output "
+                              "requires grad (the first active unit computes its input's gradient); "
+                              "use_reentrant=False avoids that cost.", UserWarning, stacklevel=2)
         self.policy.on_step(self)
         if not self.decide_every and not self._epochs_ended and self.step_count == self.window * self.record_every + 1:
             self._warn_no_cadence()
@@ -173,13 +195,39 @@ class SmartFRZ:
                 self.recorder.count[i] = 0  # its window went stale while frozen
             self.timeline.append(self._event(i, "unfreeze", None))
         self.num_frozen = min(self.num_frozen, n)
+        if self._feed is not None:
+            self._feed_grad(n)
 
     def _freeze_prefix(self, n: int, scores: dict[int, float]) -> None:
         n = min(n, len(self.units))
         for i in range(self.num_frozen, n):
             self._freeze_unit(i, n)
             self.timeline.append(self._event(i, "freeze", scores.get(i)))
+        if n > self.num_frozen and self._feed is not None:
+            self._feed_grad(n)
+        elif n > self.num_frozen:
+            self._watch_unit(n)
         self.num_frozen = max(self.num_frozen, n)
+
+    def _watch_unit(self, k: int) -> None:
+        """Watches, for one step, that the first active unit that trains still gets gradients (see ``step``)."""
+        self._unwatch()
+        k = next((j for j in range(k, len(self.units)) if self.trainable_per_unit[j]), None)
+        self._got_grad = False
+        if k is not None:
+            seen = lambda _: setattr(self, "_got_grad", True)
+            self._watch = [p.register_post_accumulate_grad_hook(seen) for p in self.units[k].parameters() if p.requires_grad]
+
+    def _unwatch(self) -> None:
+        for h in self._watch:
+            h.remove()
+        self._watch = []
+
+    def _feed_grad(self, k: int) -> None:
+        """The output of units 0..k-1 requires grad from now on (none when k is 0)."""
+        if self._feed is not None:
+            self._feed.remove()
+        self._feed = self.units[k - 1].members[-1][1].register_forward_hook(_require_grad) if k else None
 
     def _freeze_unit(self, i: int, prefix: int) -> None:
         u = self.units[i]
@@ -247,7 +295,7 @@ class SmartFRZ:
                 "epochs_ended": self._epochs_ended, "timeline": copy.deepcopy(self.timeline),
                 "recorder": None if self.recorder is None else self.recorder.state_dict(),
                 "policy": self.policy.state_dict(), "config": self.config.to_dict(),
-                "veto": None if self.veto is None else self.veto.state_dict()}
+                "veto": None if self.veto is None else self.veto.state_dict(), "feeds_grad": self._feed is not None}
 
     def load_state_dict(self, state: dict) -> None:
         """Restores onto a fresh model and optimizer: call before ``optimizer.load_state_dict``."""
@@ -257,6 +305,9 @@ class SmartFRZ:
                              f"but this model has {names[:4]}... ({len(state['units'])} vs {len(names)} units)")
         self.unfreeze(0)
         self._freeze_prefix(int(state["num_frozen"]), {})
+        if state.get("feeds_grad"):  # found before the checkpoint: fed at once, so the resumed run steps as it did
+            self._unwatch()
+            self._feed_grad(self.num_frozen)
         self.step_count, self._epochs_ended = int(state["step_count"]), int(state["epochs_ended"])
         self.timeline = copy.deepcopy(list(state["timeline"]))
         if self.recorder is not None and state.get("recorder") is not None:

@@ -220,3 +220,63 @@ def test_a_frozen_unit_stays_bit_identical_under_common_training_setups(setup):
     assert frz.num_frozen >= 2 and frozen_state is not None
     assert all(torch.equal(v, frozen_state[k]) for k, v in model[0].state_dict().items())
     assert not model[1][0].weight.requires_grad
+
+
+class _CheckpointedNet(torch.nn.Module):
+    """A stem, then blocks run under activation checkpointing, as memory-bound training loops do."""
+
+    def __init__(self, reentrant: bool):
+        super().__init__()
+        nn = torch.nn
+        self.reentrant = reentrant
+        self.stem = nn.Sequential(nn.Linear(16, 16), nn.BatchNorm1d(16), nn.ReLU(inplace=True))
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(16, 16), nn.ReLU()) for _ in range(4))
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for b in self.blocks:
+            x = torch.utils.checkpoint.checkpoint(b, x, use_reentrant=self.reentrant) if self.training else b(x)
+        return self.head(x)
+
+
+def _checkpointed_steps(reentrant: bool, steps: int, state=None):
+    torch.manual_seed(0)
+    m = _CheckpointedNet(reentrant)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    frz = SmartFRZ(m, opt, example_input=torch.randn(4, 16), policy="none")
+    if state is None:
+        frz.freeze_through(0)
+    else:
+        frz.load_state_dict(state)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(8, 16, generator=g), torch.randint(0, 3, (8,), generator=g)
+    missing = []
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(m(x), y).backward()
+        missing.append([n for n, p in m.named_parameters() if p.requires_grad and p.grad is None])
+        opt.step()
+        frz.step()
+    return m, frz, missing
+
+
+@pytest.mark.filterwarnings("ignore:None of the inputs have requires_grad")
+def test_reentrant_checkpointing_after_a_frozen_prefix_is_found_and_fed():
+    """Reentrant checkpointing gives a block no gradient when none of its inputs requires grad, and after a freeze
+    the prefix's output no longer does: every later unit would stop learning. One step shows it; from the next on
+    the prefix's output requires grad, and the frozen prefix itself still gets no gradient."""
+    with pytest.warns(UserWarning, match="got no gradient in the step after the prefix"):
+        m, frz, missing = _checkpointed_steps(True, 3)
+    assert len(missing[0]) == 8 and missing[1:] == [[], []]  # the four blocks' weights and biases, then none
+    assert all(p.grad is None and not p.requires_grad for p in m.stem.parameters())
+    state = frz.state_dict()
+    assert state["feeds_grad"]
+    _, resumed, missing = _checkpointed_steps(True, 1, state)  # a resumed run feeds at once: no step is lost
+    assert missing == [[]] and resumed._feed is not None
+
+
+def test_no_feeding_without_reentrant_checkpointing(recwarn):
+    _, frz, missing = _checkpointed_steps(False, 3)
+    assert missing == [[], [], []] and frz._feed is None and not frz._watch
+    assert not [w for w in recwarn if "SmartFRZ" in str(w.message)]
