@@ -49,3 +49,33 @@ def test_the_callback_probes_the_veto_with_the_first_batch_and_leaves_the_data_o
                       train_dataloader=loader)
     assert torch.equal(torch.get_rng_state(), before)  # the Trainer's own first batch is the one it would have drawn
     assert cb.frz.veto.probe["input_ids"].shape[0] == 8 and "labels" not in cb.frz.veto.probe
+
+
+def test_trainer_callback_on_a_peft_lora_model_freezes_adapters_only(tmp_path, tiny_predictor):
+    """The Trainer with a peft model: its optimizer holds the adapters alone, and the engine freezes those."""
+    import pytest
+    peft = pytest.importorskip("peft")
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+    from smartfrz.integrations.hf import SmartFRZCallback
+
+    torch.manual_seed(0)
+    base, tok = minilm()
+    model = peft.get_peft_model(base, peft.LoraConfig(task_type="SEQ_CLS", r=4))
+    texts = [("a good movie", "a fine film"), ("bad one here", "the sky is blue"), ("I loved it", "it was great"),
+             ("terrible", "wonderful day")] * 4
+    data = [dict(tok(a, b), labels=i % 2) for i, (a, b) in enumerate(texts)]
+    args = TrainingArguments(output_dir=str(tmp_path), num_train_epochs=3, per_device_train_batch_size=8,
+                             report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0)
+    cb = SmartFRZCallback(policy="smartfrz", predictor_path=str(tiny_predictor), threshold=0.01, patience=1, window=2,
+                          sample_size=64, record_every=1)
+    fixed = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=DataCollatorWithPadding(tok),
+                      callbacks=[cb])
+    trainer.train()
+    frz = cb.frz
+    assert frz.num_frozen >= 2 and frz.timeline[0]["params_frozen"] == 0  # the embeddings: nothing of them trained
+    assert frz.timeline[1]["params_frozen"] == sum(p.numel() for p in frz.recorder.params[1]) > 0
+    assert not any(p.requires_grad for u in frz.units[: frz.num_frozen] for p in u.parameters())
+    assert all(torch.equal(p, fixed[n]) for n, p in model.named_parameters() if n in fixed)
+    frozen = {id(p) for u in frz.units[: frz.num_frozen] for p in u.parameters()}
+    assert frozen.isdisjoint({id(p) for g in trainer.optimizer.param_groups for p in g["params"]})
