@@ -3,12 +3,11 @@ import torch
 from conftest import minilm
 
 
-def test_trainer_callback_freezes_and_skips_updates(tmp_path, tiny_predictor):
-    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+def _pairs_args_callback(tok, tmp_path, tiny_predictor):
+    """Sixteen sentence pairs, 3 epochs of 2 steps, and a callback that freezes at the first epoch's end."""
+    from transformers import TrainingArguments
     from smartfrz.integrations.hf import SmartFRZCallback
 
-    torch.manual_seed(0)
-    model, tok = minilm()
     texts = [("a good movie", "a fine film"), ("bad one here", "the sky is blue"), ("I loved it", "it was great"),
              ("terrible", "wonderful day")] * 4
     data = [dict(tok(a, b), labels=i % 2) for i, (a, b) in enumerate(texts)]
@@ -16,6 +15,15 @@ def test_trainer_callback_freezes_and_skips_updates(tmp_path, tiny_predictor):
                              report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0)
     cb = SmartFRZCallback(policy="smartfrz", predictor_path=str(tiny_predictor), threshold=0.01, patience=1, window=2,
                           sample_size=64, record_every=1)
+    return data, args, cb
+
+
+def test_trainer_callback_freezes_and_skips_updates(tmp_path, tiny_predictor):
+    from transformers import DataCollatorWithPadding, Trainer
+
+    torch.manual_seed(0)
+    model, tok = minilm()
+    data, args, cb = _pairs_args_callback(tok, tmp_path, tiny_predictor)
     emb = model.bert.embeddings.word_embeddings.weight
     trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=DataCollatorWithPadding(tok),
                       callbacks=[cb])
@@ -55,19 +63,12 @@ def test_trainer_callback_on_a_peft_lora_model_freezes_adapters_only(tmp_path, t
     """The Trainer with a peft model: its optimizer holds the adapters alone, and the engine freezes those."""
     import pytest
     peft = pytest.importorskip("peft")
-    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
-    from smartfrz.integrations.hf import SmartFRZCallback
+    from transformers import DataCollatorWithPadding, Trainer
 
     torch.manual_seed(0)
     base, tok = minilm()
     model = peft.get_peft_model(base, peft.LoraConfig(task_type="SEQ_CLS", r=4))
-    texts = [("a good movie", "a fine film"), ("bad one here", "the sky is blue"), ("I loved it", "it was great"),
-             ("terrible", "wonderful day")] * 4
-    data = [dict(tok(a, b), labels=i % 2) for i, (a, b) in enumerate(texts)]
-    args = TrainingArguments(output_dir=str(tmp_path), num_train_epochs=3, per_device_train_batch_size=8,
-                             report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0)
-    cb = SmartFRZCallback(policy="smartfrz", predictor_path=str(tiny_predictor), threshold=0.01, patience=1, window=2,
-                          sample_size=64, record_every=1)
+    data, args, cb = _pairs_args_callback(tok, tmp_path, tiny_predictor)
     fixed = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=DataCollatorWithPadding(tok),
                       callbacks=[cb])
