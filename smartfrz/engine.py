@@ -25,13 +25,17 @@ def _eval_hook(module: nn.Module, args):
         module.train(False)
 
 
-def _require_grad(module: nn.Module, args, out):
-    """The frozen prefix's output as a tensor that requires grad, so reentrant checkpointing after it still trains
-    (a copy, not the leaf itself: an in-place op after it, such as ReLU(inplace=True), stays legal)."""
-    if not torch.is_grad_enabled():
-        return out
-    return tree_map(lambda t: t.detach().requires_grad_().clone() if isinstance(t, torch.Tensor) and
-                    t.is_floating_point() and not t.requires_grad else t, out)
+def _boundary_hook(cut: bool, feed: bool):
+    """A forward hook on the frozen prefix's last module. ``cut``: its output leaves the graph, so no backward runs
+    into a prefix where nothing trains. ``feed``: its output requires grad, so reentrant checkpointing after it still
+    trains (a copy, not a leaf: an in-place op after it, such as ReLU(inplace=True), stays legal)."""
+    def hook(module, args, out):
+        def fix(t):
+            if not (isinstance(t, torch.Tensor) and t.is_floating_point()) or (t.requires_grad and not cut):
+                return t
+            return t.detach().requires_grad_().clone() if feed else t.detach()
+        return tree_map(fix, out) if torch.is_grad_enabled() else out
+    return hook
 
 
 def _warn_recompiles(model: nn.Module, freezable: int) -> None:
@@ -68,7 +72,7 @@ class SmartFRZ:
         self._hooks: dict[int, list] = {}
         self._home: dict[int, int] = {}  # param id -> optimizer group index, to restore on unfreeze
         self._watch: list = []  # gradient hooks on the first active unit for the step after a freeze (_watch_unit)
-        self._got_grad, self._feed = False, None  # _feed: the hook making the prefix's output require grad
+        self._got_grad, self._feeding, self._boundary = False, False, None  # see _set_boundary
         self._owners = self._param_owners()
         self.trainable_per_unit = [sum(p.numel() for p in u.parameters() if p.requires_grad) for u in self.units]
         self.trainable_total = sum(p.numel() for p in model.parameters() if p.requires_grad)  # both before any freeze
@@ -120,7 +124,8 @@ class SmartFRZ:
         if self._watch:
             self._unwatch()
             if not self._got_grad:
-                self._feed_grad(self.num_frozen)
+                self._feeding = True
+                self._set_boundary(self.num_frozen)
                 warnings.warn(f"SmartFRZ: unit {self.units[self.num_frozen].name!r} got no gradient in the step after "
                               "the prefix before it froze, as reentrant activation checkpointing (torch.utils."
                               "checkpoint(..., use_reentrant=True)) does to a block none of whose inputs requires grad: "
@@ -195,18 +200,17 @@ class SmartFRZ:
                 self.recorder.count[i] = 0  # its window went stale while frozen
             self.timeline.append(self._event(i, "unfreeze", None))
         self.num_frozen = min(self.num_frozen, n)
-        if self._feed is not None:
-            self._feed_grad(n)
+        self._set_boundary(n)
 
     def _freeze_prefix(self, n: int, scores: dict[int, float]) -> None:
         n = min(n, len(self.units))
         for i in range(self.num_frozen, n):
             self._freeze_unit(i, n)
             self.timeline.append(self._event(i, "freeze", scores.get(i)))
-        if n > self.num_frozen and self._feed is not None:
-            self._feed_grad(n)
-        elif n > self.num_frozen:
-            self._watch_unit(n)
+        if n > self.num_frozen:
+            self._set_boundary(n)
+            if not self._feeding:
+                self._watch_unit(n)
         self.num_frozen = max(self.num_frozen, n)
 
     def _watch_unit(self, k: int) -> None:
@@ -223,11 +227,16 @@ class SmartFRZ:
             h.remove()
         self._watch = []
 
-    def _feed_grad(self, k: int) -> None:
-        """The output of units 0..k-1 requires grad from now on (none when k is 0)."""
-        if self._feed is not None:
-            self._feed.remove()
-        self._feed = self.units[k - 1].members[-1][1].register_forward_hook(_require_grad) if k else None
+    def _set_boundary(self, k: int) -> None:
+        """The hook after units 0..k-1 (``_boundary_hook``). Cut only where their output requires grad for Hugging
+        Face's ``enable_input_require_grads`` (PEFT with gradient checkpointing) and none of their weights trains;
+        else an input gradient may be the user's (adversarial training), or a tied weight's."""
+        if self._boundary is not None:
+            self._boundary.remove()
+        cut = k > 0 and any(getattr(m, "_require_grads_hook", None) is not None for m in self.model.modules()) \
+            and not any(p.requires_grad for u in self.units[:k] for p in u.parameters())
+        self._boundary = self.units[k - 1].members[-1][1].register_forward_hook(_boundary_hook(cut, self._feeding)) \
+            if k and (cut or self._feeding) else None
 
     def _freeze_unit(self, i: int, prefix: int) -> None:
         u = self.units[i]
@@ -295,7 +304,7 @@ class SmartFRZ:
                 "epochs_ended": self._epochs_ended, "timeline": copy.deepcopy(self.timeline),
                 "recorder": None if self.recorder is None else self.recorder.state_dict(),
                 "policy": self.policy.state_dict(), "config": self.config.to_dict(),
-                "veto": None if self.veto is None else self.veto.state_dict(), "feeds_grad": self._feed is not None}
+                "veto": None if self.veto is None else self.veto.state_dict(), "feeds_grad": self._feeding}
 
     def load_state_dict(self, state: dict) -> None:
         """Restores onto a fresh model and optimizer: call before ``optimizer.load_state_dict``."""
@@ -304,10 +313,8 @@ class SmartFRZ:
             raise ValueError(f"SmartFRZ state was saved for units {list(state['units'])[:4]}..., "
                              f"but this model has {names[:4]}... ({len(state['units'])} vs {len(names)} units)")
         self.unfreeze(0)
+        self._feeding = bool(state.get("feeds_grad"))  # found before the checkpoint: fed at once, as the run stepped
         self._freeze_prefix(int(state["num_frozen"]), {})
-        if state.get("feeds_grad"):  # found before the checkpoint: fed at once, so the resumed run steps as it did
-            self._unwatch()
-            self._feed_grad(self.num_frozen)
         self.step_count, self._epochs_ended = int(state["step_count"]), int(state["epochs_ended"])
         self.timeline = copy.deepcopy(list(state["timeline"]))
         if self.recorder is not None and state.get("recorder") is not None:

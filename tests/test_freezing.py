@@ -273,10 +273,10 @@ def test_reentrant_checkpointing_after_a_frozen_prefix_is_found_and_fed():
     state = frz.state_dict()
     assert state["feeds_grad"]
     _, resumed, missing = _checkpointed_steps(True, 1, state)  # a resumed run feeds at once: no step is lost
-    assert missing == [[]] and resumed._feed is not None
+    assert missing == [[]] and resumed._feeding and resumed._boundary is not None
 
 
 def test_no_feeding_without_reentrant_checkpointing(recwarn):
     _, frz, missing = _checkpointed_steps(False, 3)
-    assert missing == [[], [], []] and frz._feed is None and not frz._watch
+    assert missing == [[], [], []] and frz._boundary is None and not frz._watch
     assert not [w for w in recwarn if "SmartFRZ" in str(w.message)]

@@ -138,3 +138,45 @@ def test_peft_lora_model_trains_with_the_shipped_rule_and_freezes_only_adapters(
     assert frz.veto is not None and frz.veto.forwards > 0  # the shipped rule's veto ran on it
     frz.freeze_through(1)
     assert [e["params_frozen"] for e in frz.timeline[:2]] == [0, sum(p.numel() for p in rec.params[1])]
+
+
+def _peft_bert(checkpointing: bool):
+    peft = pytest.importorskip("peft")
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=64, hidden_size=64, num_hidden_layers=4, num_attention_heads=2, intermediate_size=128,
+                     max_position_embeddings=32, num_labels=2)
+    model = peft.get_peft_model(BertForSequenceClassification(cfg), peft.LoraConfig(task_type="SEQ_CLS", r=4))
+    if checkpointing:  # the PEFT recipe: checkpointing, and the embeddings' output made to require grad for it
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+    return model.train()
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_no_backward_into_a_frozen_prefix_under_peft_gradient_checkpointing(checkpointing):
+    """enable_input_require_grads makes the embeddings' output require grad, so backward (and checkpointing's
+    recomputation) would run through a prefix where nothing trains: the engine cuts the graph at its end."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = _peft_bert(checkpointing)
+    g = torch.Generator().manual_seed(0)
+    batch = {"input_ids": torch.randint(1, 64, (8, 16), generator=g), "attention_mask": torch.ones(8, 16, dtype=torch.long)}
+    y = torch.randint(0, 2, (8,), generator=g)
+    frz = SmartFRZ(model, None, example_input=batch, policy="none")
+
+    def step_flops():
+        with FlopCounterMode(display=False) as counter:
+            F.cross_entropy(model(**batch).logits, y).backward()
+        starved = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+        model.zero_grad(set_to_none=True)
+        return counter.get_total_flops(), starved
+
+    full, _ = step_flops()
+    frz.freeze_through(3)  # the embeddings and three of four layers
+    frozen, starved = step_flops()
+    assert starved == [] and (frz._boundary is not None) == checkpointing
+    assert 1 - frozen / full > (0.5 if checkpointing else 0.4)  # with checkpointing: 55%, and 29% before the cut
+    frz.unfreeze()
+    assert frz._boundary is None and step_flops()[0] == full
