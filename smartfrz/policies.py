@@ -111,8 +111,9 @@ class SmartFRZPolicy(Policy):
         ready = [u for u in range(k, limit) if rec.ready(u)] if engine.step_count >= self.start else []
         if not ready:
             return k, {}  # and before the start nothing is scored: no decision would read it
-        scores = {u: 1.0 for u in ready if not rec.learns[u]}  # no weight of it trains: nothing to wait for
-        if candidates := [u for u in ready if rec.learns[u]]:
+        trains = engine.trainable_per_unit
+        scores = {u: 1.0 for u in ready if not trains[u]}  # no weight of it trains: nothing to wait for
+        if candidates := [u for u in ready if trains[u]]:
             windows = rec.windows(candidates)
             finite = torch.isfinite(windows).flatten(1).all(1)
             progress = (engine.step_count / engine.config.total_steps,) if getattr(self.predictor, "reads_progress", False) else ()

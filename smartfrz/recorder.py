@@ -41,7 +41,6 @@ class WeightRecorder:
         self.units, self.window, self.sample_size = list(units), window, sample_size
         device = self.units[0].parameters()[0].device
         self.params = [tailored_params(u) for u in self.units]  # as set now: the engine's freezes don't change them
-        self.learns = [any(p.requires_grad for p in u.parameters()) for u in self.units]  # False: nothing to wait for
         self.indices = [t.cpu() for t in indices] if indices is not None else \
             [sample_indices(u, sample_size, seed) for u in self.units]
         self._gather = [self._split(ps, idx) for ps, idx in zip(self.params, self.indices)]
