@@ -74,7 +74,9 @@ class SmartFRZ:
         self._watch: list = []  # gradient hooks on the first active unit for the step after a freeze (_watch_unit)
         self._got_grad, self._feeding, self._boundary = False, False, None  # see _set_boundary
         self._owners = self._param_owners()
-        self.trainable_per_unit = [sum(p.numel() for p in u.parameters() if p.requires_grad) for u in self.units]
+        self._unit_params = [u.parameters() for u in self.units]  # once: walking the modules at every record costs
+        self._trains = [tuple(p.requires_grad for p in ps) for ps in self._unit_params]  # what the user lets train
+        self.trainable_per_unit = [sum(p.numel() for p in ps if p.requires_grad) for ps in self._unit_params]
         self.trainable_total = sum(p.numel() for p in model.parameters() if p.requires_grad)  # both before any freeze
         _warn_recompiles(model, self.max_frozen)
         self.policy = make_policy(policy, cfg)  # windows shaped as the predictor's training windows unless set
@@ -136,6 +138,7 @@ class SmartFRZ:
         if not self.decide_every and not self._epochs_ended and self.step_count == self.window * self.record_every + 1:
             self._warn_no_cadence()
         if self.recorder is not None and self.step_count % self.record_every == 0 and self.step_count >= self.record_from:
+            self._follow_trainability()
             self.recorder.record(range(self.num_frozen, self.max_frozen))
         if self.decide_every and self.step_count % self.decide_every == 0:
             self.decide()
@@ -157,6 +160,7 @@ class SmartFRZ:
     def decide(self) -> int:
         """Asks the policy and freezes the prefix it returns; returns how many units were newly frozen."""
         before = self.num_frozen
+        self._follow_trainability()
         n, scores = self.policy.decide(self)
         if self.veto is not None:  # before the broadcast: rank 0's answer, veto included, is every rank's
             if not self.policy.reads_veto:
@@ -170,6 +174,22 @@ class SmartFRZ:
             n = broadcast_int(n)  # rank 0 decides for all: DDP hangs if ranks freeze different prefixes
         self._freeze_prefix(min(max(n, before), self.max_frozen), scores)
         return self.num_frozen - before
+
+    def _follow_trainability(self) -> None:
+        """Follows weights the user's loop set training or fixed after the engine was built (a backbone unfrozen
+        after a warm-up epoch, ULMFiT's gradual unfreezing): an active unit whose trainable weights changed is
+        counted anew and its window starts again over what trains now, so it waits for the predictor instead of
+        passing as fixed. Only the user flips an active unit's weights: the engine's freezes stop at the prefix."""
+        for i in range(self.num_frozen, len(self.units)):
+            if (flags := tuple(p.requires_grad for p in self._unit_params[i])) != self._trains[i]:
+                self._set_trains(i, flags)
+                if self.recorder is not None:
+                    self.recorder.retarget(i)
+
+    def _set_trains(self, i: int, flags: tuple) -> None:
+        self._trains[i] = flags
+        self.trainable_per_unit[i] = sum(p.numel() for p, f in zip(self._unit_params[i], flags) if f)
+        self.trainable_total = sum(p.numel() for p in self.model.parameters() if p.requires_grad or id(p) in self._home)
 
     # ------------------------------------------------------------------ freezing
     def freeze_through(self, k: int) -> None:
@@ -304,7 +324,8 @@ class SmartFRZ:
                 "epochs_ended": self._epochs_ended, "timeline": copy.deepcopy(self.timeline),
                 "recorder": None if self.recorder is None else self.recorder.state_dict(),
                 "policy": self.policy.state_dict(), "config": self.config.to_dict(),
-                "veto": None if self.veto is None else self.veto.state_dict(), "feeds_grad": self._feeding}
+                "veto": None if self.veto is None else self.veto.state_dict(), "feeds_grad": self._feeding,
+                "trains": [list(f) for f in self._trains]}
 
     def load_state_dict(self, state: dict) -> None:
         """Restores onto a fresh model and optimizer: call before ``optimizer.load_state_dict``."""
@@ -319,6 +340,12 @@ class SmartFRZ:
         self.timeline = copy.deepcopy(list(state["timeline"]))
         if self.recorder is not None and state.get("recorder") is not None:
             self.recorder.load_state_dict(state["recorder"])
+        for i, then in enumerate(state.get("trains") or []):  # what the windows were recorded over
+            if i >= self.num_frozen and (then := tuple(map(bool, then))) != self._trains[i]:
+                self._set_trains(i, then)
+                if self.recorder is not None:
+                    self.recorder.retarget(i, keep_window=True)
+        self._follow_trainability()  # and a unit that trains otherwise now starts anew
         self.policy.load_state_dict(state.get("policy") or {})
         if self.veto is not None and state.get("veto") is not None:
             self.veto.load_state_dict(state["veto"])

@@ -38,9 +38,9 @@ class WeightRecorder:
 
     def __init__(self, units: Sequence[Unit], window: int = 30, sample_size: int = 1024, seed: int = 0,
                  indices: Sequence[torch.Tensor] | None = None):
-        self.units, self.window, self.sample_size = list(units), window, sample_size
+        self.units, self.window, self.sample_size, self.seed = list(units), window, sample_size, seed
         device = self.units[0].parameters()[0].device
-        self.params = [tailored_params(u) for u in self.units]  # as set now: the engine's freezes don't change them
+        self.params = [tailored_params(u) for u in self.units]  # as set now; the engine retargets a unit the user changes
         self.indices = [t.cpu() for t in indices] if indices is not None else \
             [sample_indices(u, sample_size, seed) for u in self.units]
         self._gather = [self._split(ps, idx) for ps, idx in zip(self.params, self.indices)]
@@ -71,6 +71,15 @@ class WeightRecorder:
         self.ptr = (self.ptr + 1) % self.window
         for u in active:
             self.count[u] += 1
+
+    def retarget(self, u: int, keep_window: bool = False) -> None:
+        """Unit u's trainable weights changed (the user's loop set them training or fixed them): a new sample of
+        what trains now, and its window begins again. ``keep_window``: the window was recorded over what trains
+        now (a resumed run), so its sample and snapshots stay."""
+        self.params[u] = tailored_params(self.units[u])
+        if not keep_window:
+            self.indices[u], self.count[u] = sample_indices(self.units[u], self.sample_size, self.seed), 0
+        self._gather[u] = self._split(self.params[u], self.indices[u])
 
     def ready(self, u: int) -> bool:
         return self.count[u] >= self.window

@@ -180,3 +180,77 @@ def test_no_backward_into_a_frozen_prefix_under_peft_gradient_checkpointing(chec
     assert 1 - frozen / full > (0.5 if checkpointing else 0.4)  # with checkpointing: 55%, and 29% before the cut
     frz.unfreeze()
     assert frz._boundary is None and step_flops()[0] == full
+
+
+# ---------------------------------------------------------------- weights the user's loop sets training or fixes later
+
+def backbone_mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(*[nn.Sequential(nn.Linear(8 if i == 0 else 32, 32), nn.ReLU()) for i in range(4)], nn.Linear(32, 3))
+
+
+def run_steps(model, frz, opt, steps, start=0, unfreeze_at=None):
+    """SGD on a fixed toy set; at step ``unfreeze_at`` the loop sets the backbone (units 0-2) training, as a
+    head-first warm-up does."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 8, generator=g)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+    for s in range(start, start + steps):
+        if s == unfreeze_at:
+            model[:3].requires_grad_(True)
+        b = slice((s * 16) % 64, (s * 16) % 64 + 16)
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x[b]), y[b]).backward()
+        opt.step()
+        frz.step()
+
+
+def warmup_engine(tiny_predictor, **kw):
+    m = backbone_mlp()
+    m[:3].requires_grad_(False)  # only the last layers train at first
+    opt = torch.optim.SGD(m.parameters(), lr=0.05)  # over every weight: a fixed one has no gradient and is skipped
+    options = dict(policy="smartfrz", predictor_path=tiny_predictor, window=4, sample_size=64, record_every=1,
+                   decide_every=4, veto_tau=1.0, decide_from=0.0)
+    return m, opt, SmartFRZ(m, opt, example_input=torch.randn(4, 8), **{**options, **kw})
+
+
+def test_a_unit_the_user_sets_training_waits_for_the_predictor(tiny_predictor):
+    m, opt, frz = warmup_engine(tiny_predictor)
+    assert frz.trainable_per_unit[:3] == [0, 0, 0]
+    frz.policy.predictor.predict_proba = lambda w, *a: torch.zeros(w.shape[0])  # nothing that trains looks settled
+    run_steps(m, frz, opt, 24, unfreeze_at=6)
+    # read as fixed, the backbone would score 1.0 and freeze at the second decision, however it still learns
+    assert frz.num_frozen == 0 and frz.trainable_per_unit[:3] == [32 * 8 + 32, 32 * 32 + 32, 32 * 32 + 32]
+    assert frz.trainable_total == sum(p.numel() for p in m.parameters())
+    rec = frz.recorder
+    assert rec.count[0] == 24 - 6  # its window began again when it started training: no flat snapshots in it
+    assert (rec.windows([0])[0].diff(dim=0).abs().sum(1) > 0).all()
+
+
+def test_a_unit_the_user_fixes_is_read_as_fixed(tiny_predictor):
+    m, opt, frz = warmup_engine(tiny_predictor)
+    m[:3].requires_grad_(True)
+    frz.policy.predictor.predict_proba = lambda w, *a: torch.zeros(w.shape[0])
+    run_steps(m, frz, opt, 8)
+    assert frz.num_frozen == 0
+    m[0].requires_grad_(False)  # the loop fixes the first layer itself
+    run_steps(m, frz, opt, 16, start=8)
+    assert frz.num_frozen == 1 and frz.timeline[0]["params_frozen"] == 0  # settled by definition, after a new window
+
+
+def test_resume_keeps_the_windows_recorded_after_the_user_set_a_unit_training(tiny_predictor):
+    import copy
+    m, opt, frz = warmup_engine(tiny_predictor)
+    run_steps(m, frz, opt, 12, unfreeze_at=6)
+    saved = copy.deepcopy((m.state_dict(), opt.state_dict(), frz.state_dict()))
+    run_steps(m, frz, opt, 12, start=12)
+
+    m2, opt2, frz2 = warmup_engine(tiny_predictor)  # the script builds everything as at its start
+    m2[:3].requires_grad_(True)  # and its schedule, resumed past step 6, sets the backbone training
+    m2.load_state_dict(saved[0])
+    frz2.load_state_dict(saved[2])
+    opt2.load_state_dict(saved[1])
+    assert frz2.recorder.count[:3] == [6, 6, 6] and frz2.trainable_per_unit == frz.trainable_per_unit
+    run_steps(m2, frz2, opt2, 12, start=12)
+    assert torch.equal(frz2.recorder.buffer, frz.recorder.buffer) and frz2.recorder.count == frz.recorder.count
+    assert frz2.timeline == frz.timeline and frz2.num_frozen == frz.num_frozen
