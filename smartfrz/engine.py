@@ -33,7 +33,11 @@ def _boundary_hook(cut: bool, feed: bool):
         def fix(t):
             if not (isinstance(t, torch.Tensor) and t.is_floating_point()) or (t.requires_grad and not cut):
                 return t
-            return t.detach().requires_grad_().clone() if feed else t.detach()
+            if not feed:
+                return t.detach()
+            leaf = t.detach().requires_grad_()
+            leaf.smartfrz_fed = True  # what the prefix cache may store all the same (prefix_cache._fed)
+            return leaf.clone()
         return tree_map(fix, out) if torch.is_grad_enabled() else out
     return hook
 

@@ -143,6 +143,7 @@ class PrefixCache:
         self._specs: dict[nn.Module, tuple] = {}
         self._trimmed = self._channels_last = False
         self.expected = None  # examples the training loader can bring: when ``store`` holds them all, it is full
+        self._lingering: list = []  # the last step's feed of unit k, for its backward's recomputation (``_replay``)
 
     # ------------------------------------------------------------------ setup
     def attach(self, model: nn.Module, frz, train_loader, loss_fn: Callable, to_device: Callable, device) -> bool:
@@ -155,6 +156,7 @@ class PrefixCache:
         if self.enabled:
             warnings.warn(f"prefix cache off: {why}; training goes on without it", stacklevel=3)
         self.enabled, self.refused = False, why
+        self._release()
         self._drop_older()
         self.store.clear()
         self.level = 0
@@ -298,8 +300,10 @@ class PrefixCache:
         return out.contiguous(memory_format=torch.channels_last) if self._channels_last else out
 
     @contextlib.contextmanager
-    def _replay(self, batch, k: int, stored: torch.Tensor):
-        """Frozen members of units < k return zeros of their recorded shape; unit k gets ``stored``."""
+    def _replay(self, batch, k: int, stored: torch.Tensor, step: bool = False):
+        """Frozen members of units < k return zeros of their recorded shape; unit k gets ``stored``. ``step``: a
+        training step's forward, whose backward may run unit k again (activation checkpointing recomputes it from
+        the input it was called with): until the next step, unit k is fed ``stored`` again for that input alone."""
         dims = _batch_dims(batch)
         param = next(self.model.parameters())
         stored = stored.to(device=param.device)
@@ -314,14 +318,26 @@ class PrefixCache:
                 restore.append((m, m.__dict__.get("forward")))
                 m.forward = stub
 
+        seen: list[torch.Tensor] = []  # the input unit k got in the step's forward (kept: its memory is not reused)
+
         def feed(mod, args, kwargs):
-            return _swap_boundary(args, kwargs, stored.to(_boundary(args, kwargs).dtype))
+            live = _boundary(args, kwargs)
+            if handle in self._lingering and not any(_same_values(live, t) for t in seen):
+                return None  # after the step, only its recomputation is fed
+            seen.append(live)
+            value = stored.to(live.dtype)
+            if live.requires_grad:  # the engine feeds reentrant checkpointing (engine._boundary_hook): so does the store
+                value = value.detach().requires_grad_().clone()
+            return _swap_boundary(args, kwargs, value)
 
         handle = self.frz.units[k].members[0][1].register_forward_pre_hook(feed, with_kwargs=True)
         try:
             yield
         finally:
-            handle.remove()
+            if step:
+                self._lingering.append(handle)
+            else:
+                handle.remove()
             for m, fwd in restore:
                 if fwd is None:
                     del m.forward
@@ -331,6 +347,7 @@ class PrefixCache:
     def context(self, batch):
         """A context for a training step's forward: served from the current boundary's store; or run
         from an earlier boundary's store (or the input) while keeping the current boundary's input."""
+        self._release()
         idx = batch_indices(batch) if self.enabled and self.level else None
         if idx is None:
             self.served.append(0)
@@ -340,8 +357,14 @@ class PrefixCache:
         self.served.append(base)
         stored = None if store is None else self._gather(store, ids, batch)
         if base == self.level:
-            return self._replay(batch, base, stored)
+            return self._replay(batch, base, stored, step=True)
         return self._capturing(batch, ids, base, stored)
+
+    def _release(self) -> None:
+        """Ends the previous step's feeding of its recomputation (see ``_replay``)."""
+        for h in self._lingering:
+            h.remove()
+        self._lingering = []
 
     @contextlib.contextmanager
     def _capturing(self, batch, ids: list[int], base: int, stored: torch.Tensor | None):
@@ -353,13 +376,13 @@ class PrefixCache:
 
         handle = self.frz.units[self.level].members[0][1].register_forward_pre_hook(keep, with_kwargs=True)
         try:
-            with self._replay(batch, base, stored) if base else contextlib.nullcontext():
+            with self._replay(batch, base, stored, step=True) if base else contextlib.nullcontext():
                 yield
         finally:
             handle.remove()
         if (x := got.get("x")) is None:
             return
-        if x.requires_grad:
+        if x.requires_grad and not _fed(x):
             return self.refuse(f"the input of unit {self.frz.units[self.level].name} depends on trainable "
                                "parameters outside the frozen units, so it keeps changing")
         self._put(ids, x, batch)
@@ -438,6 +461,21 @@ def _boundary(args, kwargs) -> torch.Tensor:
         if torch.is_tensor(v):
             return v
     raise TypeError("the first active unit receives no tensor input")
+
+
+def _same_values(a: torch.Tensor, b: torch.Tensor) -> bool:  # or a detached alias (reentrant checkpointing's)
+    return a is b or (a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride())
+
+
+def _fed(x: torch.Tensor) -> bool:
+    """Whether x requires grad only through the engine's feed (``engine._boundary_hook``): the one leaf upstream of
+    it is the feed's copy of the prefix's output, no weight (a short walk: a longer graph counts as a weight)."""
+    todo, seen = [x.grad_fn], 0
+    while todo and (seen := seen + 1) < 256:
+        if (fn := todo.pop()) is not None and hasattr(fn, "variable") and not getattr(fn.variable, "smartfrz_fed", 0):
+            return False
+        todo.extend(f for f, _ in (fn.next_functions if fn is not None else ()))
+    return not todo and x.grad_fn is not None
 
 
 def _swap_boundary(args, kwargs, value):

@@ -1,4 +1,5 @@
 """The prefix cache: exact (loss and gradients as uncached), bounded, and refused when it cannot be exact."""
+import contextlib
 import warnings
 
 import pytest
@@ -308,3 +309,53 @@ def test_refused_when_dropout_runs_before_the_boundary_outside_frozen_units():
     ds = torch.utils.data.TensorDataset(torch.randn(32, 8, generator=g), torch.randint(0, 3, (32,), generator=g))
     loader = D.make_loader(D.IndexedDataset(ds), 8, shuffle=True)
     assert "drop draws random numbers" in _refusal(loader, Noisy(), k=0)
+
+
+@pytest.mark.filterwarnings("ignore:None of the inputs have requires_grad")
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_activation_checkpointing_after_the_boundary_gets_the_stored_input_and_its_gradients(reentrant):
+    """Activation checkpointing runs the first active unit again in backward, from the input it was called with: a
+    served step must feed it the stored input then too, or that unit's gradients come from the stubs' zeros (wrong,
+    silently). Under reentrant checkpointing the engine also makes the prefix's output require grad
+    (test_freezing): a served input must too, or every later unit stops learning, and a training step's capture must
+    not read that as a prefix depending on trainable weights."""
+    from test_freezing import _CheckpointedNet
+    torch.manual_seed(0)
+    model = _CheckpointedNet(reentrant=reentrant)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(32, 16, generator=g), torch.randint(0, 3, (32,), generator=g)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y, torch.arange(32)), batch_size=8)
+    batches = list(loader)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    frz = SmartFRZ(model, opt, example_input=x[:4], policy="none")
+    frz.freeze_through(0)
+    with pytest.warns(UserWarning, match="got no gradient") if reentrant else contextlib.nullcontext():
+        batch_loss(model, batches[0]).backward()
+        frz.step()  # the step after the freeze: under reentrant checkpointing the engine feeds from now on
+    assert frz._feeding == reentrant
+    cache = PrefixCache(dtype=torch.float32)
+    cache.attach(model, frz, loader, batch_loss, to_device, "cpu")
+    cache.sync()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no refusal
+        with cache.context(batches[1]):  # a training step fills part of the store as it computes
+            batch_loss(model, batches[1])
+        cache.fill()
+    assert cache.enabled and len(cache.store) == 32
+    active = [p for p in model.parameters() if p.requires_grad]
+    grads = []
+    for served in (None, cache.context(batches[2])):
+        model.zero_grad(set_to_none=True)
+        with served or contextlib.nullcontext():
+            loss = batch_loss(model, batches[2])
+        loss.backward()
+        grads.append([p.grad for p in active])
+    assert cache.hits == 1 and all(g is not None for g in grads[1])  # every active unit learns on a served step
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    assert cache._lingering  # until the next step, unit k is fed again for that step's input alone:
+    with torch.no_grad():
+        other = model(batches[3][0])  # not for another forward (an evaluation between steps)
+        cache.context(batches[3])
+        assert not cache._lingering
+        torch.testing.assert_close(other, model(batches[3][0]), atol=0, rtol=0)
