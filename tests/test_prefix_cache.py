@@ -359,3 +359,28 @@ def test_activation_checkpointing_after_the_boundary_gets_the_stored_input_and_i
         cache.context(batches[3])
         assert not cache._lingering
         torch.testing.assert_close(other, model(batches[3][0]), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_minilm_with_gradient_checkpointing_cached_step_matches_uncached(reentrant):
+    """Hugging Face's gradient_checkpointing_enable(): each layer runs under checkpointing. Before the cache fed the
+    engine's reentrant feed, a served step left every active layer without gradients."""
+    from smartfrz.lab.models import build_model, build_tokenizer
+    tok = build_tokenizer("minilm")
+    torch.manual_seed(0)
+    model = build_model("minilm", num_classes=2).float()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+    loader = _text_loader(tok)
+    frz = _engine(model, loader, 3)
+    model.train()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        batch_loss(model, next(iter(loader))).backward()
+        frz.step()  # reentrant: the step after the freeze finds the starved layers, and the engine feeds them
+    model.zero_grad(set_to_none=True)
+    assert frz._feeding == reentrant
+    (plain, cached), cache = _one_step_both_ways(model, loader, frz, len(SENTENCES))
+    assert cache.hits == 1
+    torch.testing.assert_close(cached[0], plain[0], atol=1e-5, rtol=1e-5)
+    for a, b in zip(cached[1], plain[1]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
