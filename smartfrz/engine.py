@@ -74,7 +74,7 @@ class SmartFRZ:
         self.num_frozen, self.step_count, self._epochs_ended = 0, 0, 0
         self.timeline: list[dict] = []
         self._hooks: dict[int, list] = {}
-        self._home: dict[int, int] = {}  # param id -> optimizer group index, to restore on unfreeze
+        self._home: dict[int, int] = {}  # frozen param id -> optimizer group index (-1: none), to restore on unfreeze
         self._watch: list = []  # gradient hooks on the first active unit for the step after a freeze (_watch_unit)
         self._got_grad, self._feeding, self._boundary = False, False, None  # see _set_boundary
         self._owners = self._param_owners()
@@ -163,6 +163,12 @@ class SmartFRZ:
 
     def decide(self) -> int:
         """Asks the policy and freezes the prefix it returns; returns how many units were newly frozen."""
+        if (undone := self._undone_freeze()) is not None:
+            warnings.warn(f"SmartFRZ: the training loop set weights of frozen unit {self.units[undone].name!r} training "
+                          f"again (model.requires_grad_(True) after a warm-up?): unfrozen back to it, so units "
+                          f"{undone}.. train and are recorded anew. Set requires_grad only on the units meant to train "
+                          "to keep the others frozen.", UserWarning, stacklevel=2)
+            self.unfreeze(undone)
         before = self.num_frozen
         self._follow_trainability()
         n, scores = self.policy.decide(self)
@@ -190,6 +196,12 @@ class SmartFRZ:
                 if self.recorder is not None:
                     self.recorder.retarget(i)
 
+    def _undone_freeze(self) -> int | None:
+        """The first frozen unit with a weight the engine holds frozen that requires grad again: the loop undid it."""
+        k = self.num_frozen
+        return next((i for i in range(k) if any(p.requires_grad and all(o < k for o in self._owners[id(p)])
+                                                for p in self._unit_params[i])), None)
+
     def _set_trains(self, i: int, flags: tuple) -> None:
         self._trains[i] = flags
         self.trainable_per_unit[i] = sum(p.numel() for p, f in zip(self._unit_params[i], flags) if f)
@@ -216,10 +228,10 @@ class SmartFRZ:
             for _, m in u.members:
                 m.train(self.model.training)
             for p in u.parameters():
-                if not p.requires_grad and id(p) in self._home:
+                if id(p) in self._home:  # the engine froze it (the loop may have set it training again already)
                     p.requires_grad_(True)
-                    if self.optimizer is not None:
-                        self.optimizer.param_groups[self._home.pop(id(p))]["params"].append(p)
+                    if (group := self._home.pop(id(p))) >= 0 and self.optimizer is not None:
+                        self.optimizer.param_groups[group]["params"].append(p)
             if self.recorder is not None:
                 self.recorder.count[i] = 0  # its window went stale while frozen
             self.timeline.append(self._event(i, "unfreeze", None))
@@ -280,7 +292,7 @@ class SmartFRZ:
                         kept.append(p)
                 group["params"] = kept
         for p in freeze:
-            self._home.setdefault(id(p), 0)
+            self._home.setdefault(id(p), -1)  # in no group of the optimizer: none to go back to
         self._hooks[i] = []
         for _, m in u.members:
             m.train(False)

@@ -254,3 +254,33 @@ def test_resume_keeps_the_windows_recorded_after_the_user_set_a_unit_training(ti
     run_steps(m2, frz2, opt2, 12, start=12)
     assert torch.equal(frz2.recorder.buffer, frz.recorder.buffer) and frz2.recorder.count == frz.recorder.count
     assert frz2.timeline == frz.timeline and frz2.num_frozen == frz.num_frozen
+
+
+def test_a_frozen_unit_the_loop_sets_training_again_is_unfrozen_with_a_warning():
+    m = backbone_mlp()
+    opt = torch.optim.SGD(m.parameters(), lr=0.05)
+    frz = SmartFRZ(m, opt, example_input=torch.randn(4, 8), policy="none")
+    frz.freeze_through(1)
+    in_opt = lambda p: any(p is q for g in opt.param_groups for q in g["params"])
+    assert not in_opt(m[0][0].weight)
+    m.requires_grad_(True)  # a warm-up's end, written for the whole model: it undoes the engine's freezes
+    with pytest.warns(UserWarning, match="set weights of frozen unit '0.0' training again"):
+        frz.decide()
+    assert frz.num_frozen == 0 and in_opt(m[0][0].weight) and in_opt(m[1][0].weight)  # trained again, for real
+    assert [e["event"] for e in frz.timeline] == ["freeze", "freeze", "unfreeze", "unfreeze"]
+    m[1].requires_grad_(True)
+    frz.freeze_through(1)
+    m[1].requires_grad_(True)  # a layer set training by hand: the prefix goes back to it, the units before stay frozen
+    with pytest.warns(UserWarning, match="frozen unit '1.0'"):
+        frz.decide()
+    assert frz.num_frozen == 1 and not m[0][0].weight.requires_grad and in_opt(m[1][0].weight)
+
+
+def test_unfreezing_gives_the_optimizer_back_only_what_it_held():
+    m = backbone_mlp()
+    opt = torch.optim.SGD(m[1:].parameters(), lr=0.05)  # the loop trains the first layer with no optimizer of its own
+    frz = SmartFRZ(m, opt, example_input=torch.randn(4, 8), policy="none")
+    frz.freeze_through(1)
+    frz.unfreeze()
+    held = [id(p) for g in opt.param_groups for p in g["params"]]
+    assert sorted(held) == sorted(id(p) for p in m[1:].parameters())  # before, the first layer's joined group 0
