@@ -212,6 +212,65 @@ def _small_vit() -> Case:
                                                      hidden_dim=32, mlp_dim=64, num_classes=10))
 
 
+def _segmentation(name: str, size=64, **kw) -> Callable[[], Case]:
+    """A dense-prediction model: a dict output ({"out": per-pixel logits}), a per-pixel loss."""
+    def build():
+        import torchvision
+        model = torchvision.models.get_model(name, weights=None, weights_backbone=None, num_classes=4, **kw)
+        x, _ = _images(size)
+        y = torch.randint(0, 4, (2, size, size), generator=torch.Generator().manual_seed(1))
+        return Case(model, x, lambda m: F.cross_entropy(m(x)["out"], y), note="dict output, per-pixel loss")
+    return build
+
+
+class UNet(nn.Module):
+    """A small U-Net: each encoder stage's output is read twice, by the next stage and by the decoder (a skip)."""
+
+    def __init__(self, c=8, classes=3):
+        super().__init__()
+        conv = lambda i, o: nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU())
+        self.enc = nn.ModuleList([conv(3, c), conv(c, 2 * c), conv(2 * c, 4 * c)])
+        self.up = nn.ModuleList([nn.ConvTranspose2d(4 * c, 2 * c, 2, 2), nn.ConvTranspose2d(2 * c, c, 2, 2)])
+        self.dec = nn.ModuleList([conv(4 * c, 2 * c), conv(2 * c, c)])
+        self.out = nn.Conv2d(c, classes, 1)
+
+    def forward(self, x):
+        skips = []
+        for i, e in enumerate(self.enc):
+            x = e(x if i == 0 else F.max_pool2d(x, 2))
+            skips.append(x)
+        for up, dec, skip in zip(self.up, self.dec, reversed(skips[:-1])):
+            x = dec(torch.cat([up(x), skip], 1))
+        return self.out(x)
+
+
+def _unet() -> Case:
+    x, _ = _images(32)
+    y = torch.randint(0, 3, (2, 32, 32), generator=torch.Generator().manual_seed(1))
+    return Case(UNet(), x, lambda m: F.cross_entropy(m(x), y), note="encoder stages feed the decoder by skips")
+
+
+def _hf_vit() -> Case:
+    import transformers
+    config = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=4,
+                                    num_attention_heads=2, intermediate_size=64, num_labels=10)
+    x, y = _images(32)
+    return Case(transformers.ViTForImageClassification(config), {"pixel_values": x},
+                lambda m: m(pixel_values=x, labels=y).loss)
+
+
+def _hf_wav2vec2() -> Case:
+    import transformers
+    config = transformers.Wav2Vec2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+                                         intermediate_size=64, conv_dim=(16, 16, 16), conv_stride=(5, 2, 2),
+                                         conv_kernel=(10, 3, 3), num_conv_pos_embeddings=16,
+                                         num_conv_pos_embedding_groups=2, num_labels=2, mask_time_prob=0.0)
+    g = torch.Generator().manual_seed(0)
+    audio, labels = torch.randn(2, 1600, generator=g), torch.tensor([0, 1])
+    return Case(transformers.Wav2Vec2ForSequenceClassification(config), {"input_values": audio},
+                lambda m: m(input_values=audio, labels=labels).loss, note="raw audio: a conv feature encoder first")
+
+
 _BERTISH = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
                 max_position_embeddings=64)
 ARCHS: dict[str, tuple[str, Callable[[], Case]]] = {
@@ -258,6 +317,11 @@ ARCHS: dict[str, tuple[str, Callable[[], Case]]] = {
     "hf_bert_lora": ("peft", _hf_lora),
     "hf_electra": ("transformers", _hf_classifier("ElectraForSequenceClassification", "ElectraConfig",
                                                   embedding_size=16, **_BERTISH)),
+    "deeplabv3_mobilenet_v3_large": ("torchvision", _segmentation("deeplabv3_mobilenet_v3_large")),
+    "fcn_resnet50": ("torchvision", _segmentation("fcn_resnet50", 32)),
+    "unet": ("torch", _unet),
+    "hf_vit": ("transformers", _hf_vit),
+    "hf_wav2vec2_cls": ("transformers", _hf_wav2vec2),
     "lstm_classifier": ("torch", _lstm),
     "mlp": ("torch", _mlp),
     "tied_lm": ("torch", _tied),

@@ -78,6 +78,7 @@ class SmartFRZ:
         self._watch: list = []  # gradient hooks on the first active unit for the step after a freeze (_watch_unit)
         self._got_grad, self._feeding, self._boundary = False, False, None  # see _set_boundary
         self._owners = self._param_owners()
+        self._grad_inputs = self._modules_requiring_input_grad()
         self._unit_params = [u.parameters() for u in self.units]  # once: walking the modules at every record costs
         self._trains = [tuple(p.requires_grad for p in ps) for ps in self._unit_params]  # what the user lets train
         self.trainable_per_unit = [sum(p.numel() for p in ps if p.requires_grad) for ps in self._unit_params]
@@ -273,6 +274,18 @@ class SmartFRZ:
             and not any(p.requires_grad for u in self.units[:k] for p in u.parameters())
         self._boundary = self.units[k - 1].members[-1][1].register_forward_hook(_boundary_hook(cut, self._feeding)) \
             if k and (cut or self._feeding) else None
+        for m, first in self._grad_inputs.items():  # as HF's freeze_feature_encoder() does, while its first unit is frozen
+            m._requires_grad = first >= k
+
+    def _modules_requiring_input_grad(self) -> dict:
+        """Hugging Face's audio feature encoders (wav2vec2, HuBERT, WavLM) make their input require grad in training,
+        for checkpointing, unless ``_requires_grad`` is off: backward then runs through their frozen conv layers
+        for nothing. {module: index of the first unit inside it}."""
+        out = {}
+        for m in (m for m in self.model.modules() if getattr(m, "_requires_grad", None) is True):
+            within = {id(x) for x in m.modules()}
+            out[m] = next((i for i, u in enumerate(self.units) if any(id(t) in within for _, t in u.members)), None)
+        return {m: i for m, i in out.items() if i is not None}
 
     def _freeze_unit(self, i: int, prefix: int) -> None:
         u = self.units[i]
