@@ -34,8 +34,10 @@ def load_unit_state(unit: Unit, state: list) -> None:
 
 
 def logits(model: torch.nn.Module, batch: Any) -> torch.Tensor:
-    out = call_model(model, batch)
-    return first_tensor(getattr(out, "logits", out)).float()
+    """The model's predictions, classes last: a dense prediction's (N, C, H, W[, D]) has them at dim 1 (a
+    segmentation model's per-pixel logits), a token model's (N, T, C) and a classifier's (N, C) last."""
+    out = first_tensor(getattr(out := call_model(model, batch), "logits", out)).float()
+    return out.movedim(1, -1) if out.dim() >= 4 else out
 
 
 def first_rows(batch: Any, n: int) -> Any:

@@ -380,3 +380,14 @@ def test_a_token_models_share_counts_its_tokens_predictions_and_no_padding():
     assert not veto._exceeds(m, ref)  # 1/6 <= 0.2
     veto.tau = 0.1
     assert veto._exceeds(m, ref)  # 1/6 > 0.1
+
+
+def test_a_dense_prediction_counts_changed_pixels_over_its_class_dimension():
+    """A segmentation model's (N, C, H, W) logits: the veto and the labels read each pixel's class at dim 1."""
+    from smartfrz.veto import changed_share, logits
+    a = torch.zeros(2, 3, 4, 4)
+    a[:, 0] = 1.0  # class 0 at every pixel
+    b = a.clone()
+    b[0, 2, 1, 3] = 5.0  # one pixel of 32 turns to class 2
+    ref, new = logits(lambda x: {"out": a}, None), logits(lambda x: {"out": b}, None)
+    assert ref.shape == (2, 4, 4, 3) and changed_share(ref, new) == 1 / 32
