@@ -223,6 +223,19 @@ def _segmentation(name: str, size=64, **kw) -> Callable[[], Case]:
     return build
 
 
+def _detection() -> Case:
+    """torchvision's Faster R-CNN: images and targets in, a dict of losses out in training, boxes in eval (the veto
+    cannot read those: its engine needs veto_tau=1.0, and says so)."""
+    import torchvision
+    model = torchvision.models.detection.fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None,
+                                                                              num_classes=3)
+    g = torch.Generator().manual_seed(0)
+    images = [torch.rand(3, 96, 96, generator=g) for _ in range(2)]
+    targets = [{"boxes": torch.tensor([[8.0, 8.0, 60.0, 60.0]]), "labels": torch.tensor([1])} for _ in range(2)]
+    return Case(model, (images, targets), lambda m: sum(m(images, targets).values()),
+                note="images and targets in; the RoI heads are the head")
+
+
 class UNet(nn.Module):
     """A small U-Net: each encoder stage's output is read twice, by the next stage and by the decoder (a skip)."""
 
@@ -320,6 +333,7 @@ ARCHS: dict[str, tuple[str, Callable[[], Case]]] = {
     "deeplabv3_mobilenet_v3_large": ("torchvision", _segmentation("deeplabv3_mobilenet_v3_large")),
     "fcn_resnet50": ("torchvision", _segmentation("fcn_resnet50", 32)),
     "unet": ("torch", _unet),
+    "fasterrcnn_mobilenet_v3": ("torchvision", _detection),
     "hf_vit": ("transformers", _hf_vit),
     "hf_wav2vec2_cls": ("transformers", _hf_wav2vec2),
     "lstm_classifier": ("torch", _lstm),

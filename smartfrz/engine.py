@@ -103,6 +103,7 @@ class SmartFRZ:
             epoch = (cfg.veto_lookback or getattr(self.policy, "veto_lookback", "decision")) == "epoch"
             self.veto = FunctionalVeto(self.units, probe, tau, cfg.veto_probe_rows or getattr(self.policy, "veto_probe_rows", None),
                                        (cfg.steps_per_epoch or self.window * self.record_every) if epoch else None)
+            self.veto.check(model)
         self.policy.bind(self)
         self.record_from = self.policy.start - self.window * self.record_every  # full windows from the start on
 

@@ -130,6 +130,29 @@ class FunctionalVeto:
         self.forwards = 0  # probe checks run (the reference, then one per prefix put back)
         self.part_forwards = [0] * len(self.parts)  # forwards of each part: the veto's cost, priced per part
 
+    @torch.no_grad()
+    def check(self, model: torch.nn.Module) -> None:
+        """Fails when the engine is built, not at the rule's start mid-run, where the model's eval output on the probe
+        holds no per-example predictions (a detection model's boxes, a list of images taken for a batch)."""
+        part, was = self.parts[0], model.training
+        rows = next((t.shape[0] for t in tree_flatten(part)[0] if isinstance(t, torch.Tensor) and t.dim()), None)
+        device = next(model.parameters()).device
+        try:
+            model.eval()
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                out = logits(model, part)
+            problem = None if out.dim() and out.shape[0] == rows else \
+                f"its output {tuple(out.shape)} has no row per probe example ({rows})"
+        except Exception as e:  # noqa: BLE001 - any failure here means the same: the veto cannot read this model
+            problem = f"{type(e).__name__}: {e}"
+        finally:
+            model.train(was)
+        if problem:
+            raise ValueError(f"the functional veto compares the model's per-example predictions on a probe batch (a "
+                             f"tensor of logits, or an output with .logits, in eval mode), and cannot read this model: "
+                             f"{problem}. Pass veto_tau=1.0 to decide without the veto, or veto_probe= a batch whose "
+                             "eval output has one row per example.")
+
     def _outputs(self, model: torch.nn.Module, j: int) -> torch.Tensor:
         self.part_forwards[j] += 1
         return logits(model, self.parts[j])

@@ -391,3 +391,27 @@ def test_a_dense_prediction_counts_changed_pixels_over_its_class_dimension():
     b[0, 2, 1, 3] = 5.0  # one pixel of 32 turns to class 2
     ref, new = logits(lambda x: {"out": a}, None), logits(lambda x: {"out": b}, None)
     assert ref.shape == (2, 4, 4, 3) and changed_share(ref, new) == 1 / 32
+
+
+class _Detector(torch.nn.Module):
+    """Eval output as torchvision's detectors give it: a list of {boxes, labels, scores} per image, not logits."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8), torch.nn.ReLU())
+        self.box = torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        boxes = self.box(self.body(x))
+        return [{"boxes": boxes[i].view(1, 4).repeat(100, 1), "labels": torch.zeros(100, dtype=torch.long)}
+                for i in range(len(x))]
+
+
+def test_a_model_whose_output_the_veto_cannot_read_fails_when_the_engine_is_built():
+    """Not at the rule's start, mid-run: the error names the problem and the two ways out."""
+    from smartfrz import SmartFRZ
+    with pytest.raises(ValueError, match=r"cannot read this model: its output \(100, 4\) has no row per probe "
+                                         r"example \(2\).*veto_tau=1.0"):
+        SmartFRZ(_Detector(), None, example_input=torch.randn(2, 4), total_steps=1000)
+    frz = SmartFRZ(_Detector(), None, example_input=torch.randn(2, 4), total_steps=1000, veto_tau=1.0)
+    assert frz.veto is None
