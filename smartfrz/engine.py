@@ -78,7 +78,7 @@ class SmartFRZ:
         self._watch: list = []  # gradient hooks on the first active unit for the step after a freeze (_watch_unit)
         self._got_grad, self._feeding, self._boundary = False, False, None  # see _set_boundary
         self._owners = self._param_owners()
-        self._grad_inputs = self._modules_requiring_input_grad()
+        self._grad_inputs, self._grad_off = self._modules_requiring_input_grad(), set()
         self._unit_params = [u.parameters() for u in self.units]  # once: walking the modules at every record costs
         self._trains = [tuple(p.requires_grad for p in ps) for ps in self._unit_params]  # what the user lets train
         self.trainable_per_unit = [sum(p.numel() for p in ps if p.requires_grad) for ps in self._unit_params]
@@ -188,10 +188,9 @@ class SmartFRZ:
         return self.num_frozen - before
 
     def _follow_trainability(self) -> None:
-        """Follows weights the user's loop set training or fixed after the engine was built (a backbone unfrozen
-        after a warm-up epoch, ULMFiT's gradual unfreezing): an active unit whose trainable weights changed is
-        counted anew and its window starts again over what trains now, so it waits for the predictor instead of
-        passing as fixed. Only the user flips an active unit's weights: the engine's freezes stop at the prefix."""
+        """Follows weights the loop set training or fixed after the engine was built (a backbone unfrozen after a
+        warm-up, gradual unfreezing): an active unit whose trainable weights changed is counted anew and its window
+        starts again over what trains now, so it waits for the predictor instead of passing as fixed."""
         for i in range(self.num_frozen, len(self.units)):
             if (flags := tuple(p.requires_grad for p in self._unit_params[i])) != self._trains[i]:
                 self._set_trains(i, flags)
@@ -276,7 +275,12 @@ class SmartFRZ:
         self._boundary = self.units[k - 1].members[-1][1].register_forward_hook(_boundary_hook(cut, self._feeding)) \
             if k and (cut or self._feeding) else None
         for m, first in self._grad_inputs.items():  # as HF's freeze_feature_encoder() does, while its first unit is frozen
-            m._requires_grad = first >= k
+            if first < k and m._requires_grad:
+                m._requires_grad = False
+                self._grad_off.add(m)
+            elif first >= k and m in self._grad_off:  # only what the engine turned off, never a user's choice
+                m._requires_grad = True
+                self._grad_off.discard(m)
 
     def _modules_requiring_input_grad(self) -> dict:
         """Hugging Face's audio feature encoders (wav2vec2, HuBERT, WavLM) make their input require grad in training,
