@@ -40,6 +40,9 @@ GRIDS = {
     # the same model and run length as headroom's SST-2, so its grid (as it ended, added points included); no cache,
     # as none of this suite's policies runs with one (2026-12-07, after its smartfrz, linear and oracle runs)
     ("tuning_sst2", "sst2_minilm_6k"): dict(cache=False, points=[(6, 1.5), (4, 1.0), (3, 0.5), (4, 1.5), (2, 0.5)]),
+    # the same model with LoRA adapters over 3 epochs: headroom SST-2's grid at the same shares of the run (3/4, 1/2,
+    # 1/4), fixed by that grid, not by this suite's runs (2026-12-07, after its policies had run, as tuning_sst2's)
+    ("lora", "sst2_minilm_lora"): dict(cache=False, points=[(6, 2.25), (4, 1.5), (3, 0.75), (4, 2.25), (2, 0.75)]),
 }
 
 

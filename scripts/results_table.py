@@ -22,7 +22,7 @@ from pathlib import Path
 from smartfrz.lab.bench import _delta, _share, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
-SUITES = ("smoke", "demo", "cpu", "headroom")  # tuning and lora have no bound yet: they judge no policy
+SUITES = ("smoke", "demo", "cpu", "headroom", "lora")  # tuning has no bound yet: it judges no policy
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
