@@ -239,6 +239,30 @@ def _detection() -> Case:
                 note="images and targets in; the RoI heads are the head")
 
 
+def _weight_norm_resnet() -> Case:
+    """torchvision's ResNet-18 with every conv weight-normalised (torch.nn.utils.parametrizations.weight_norm):
+    each parametrized conv gets a class of its own, and its weight is computed by a module inside it."""
+    import torchvision
+    from torch.nn.utils.parametrizations import weight_norm
+    model = torchvision.models.resnet18(num_classes=10)
+    for m in [m for m in model.modules() if isinstance(m, nn.Conv2d)]:
+        weight_norm(m)
+    return _cnn(model, note="every conv weight-normalised (parametrizations)")
+
+
+def _spectral_norm_discriminator() -> Case:
+    """A DCGAN-style discriminator with spectral_norm on every layer (its power iteration updates buffers in
+    training mode, as BatchNorm's statistics do): a GAN's other half."""
+    from torch.nn.utils.parametrizations import spectral_norm
+    layers, c = [], 3
+    for width in (16, 32, 64, 64):
+        layers += [spectral_norm(nn.Conv2d(c, width, 4, 2, 1)), nn.LeakyReLU(0.2)]
+        c = width
+    model = nn.Sequential(*layers, nn.Flatten(), spectral_norm(nn.Linear(64 * 2 * 2, 1)))
+    x, _ = _images(32)
+    return Case(model, x, lambda m: F.softplus(-m(x)).mean(), note="spectral_norm on every layer (parametrizations)")
+
+
 class UNet(nn.Module):
     """A small U-Net: each encoder stage's output is read twice, by the next stage and by the decoder (a skip)."""
 
@@ -336,6 +360,8 @@ ARCHS: dict[str, tuple[str, Callable[[], Case]]] = {
     "deeplabv3_mobilenet_v3_large": ("torchvision", _segmentation("deeplabv3_mobilenet_v3_large")),
     "fcn_resnet50": ("torchvision", _segmentation("fcn_resnet50", 32)),
     "unet": ("torch", _unet),
+    "resnet18_weight_norm": ("torchvision", _weight_norm_resnet),
+    "spectral_norm_discriminator": ("torch", _spectral_norm_discriminator),
     "fasterrcnn_mobilenet_v3": ("torchvision", _detection),
     "hf_vit": ("transformers", _hf_vit),
     "hf_wav2vec2_cls": ("transformers", _hf_wav2vec2),

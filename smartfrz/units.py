@@ -30,6 +30,7 @@ from typing import Any, Sequence
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -123,7 +124,18 @@ def _trace(model: nn.Module, example_input: Any):
 
 
 def _has_direct_params(m: nn.Module) -> bool:
-    return any(True for _ in m.parameters(recurse=False))
+    """Its own weights, a parametrized weight's originals included (weight_norm, spectral_norm)."""
+    return any(True for _ in m.parameters(recurse=False)) or (parametrize.is_parametrized(m) and _has_params(m.parametrizations))
+
+
+def _kind(m: nn.Module) -> type:
+    """The module's class, as written: torch.nn.utils.parametrize gives each parametrized module a class of its own."""
+    return type(m).__bases__[0] if parametrize.is_parametrized(m) else type(m)
+
+
+def _visible(name: str) -> bool:
+    """Modules inside a parametrization (its originals, the weight_norm computing the weight) are their owner's."""
+    return "parametrizations" not in name.split(".")
 
 
 def _has_params(m: nn.Module) -> bool:
@@ -150,7 +162,7 @@ def _chain(m: nn.Module, order: dict, fed_by: dict, blocks: set) -> bool:
     conv+BN branches), run one after another on each other's output (not side by side, as experts or branches)."""
     for c in m.modules():
         kids = sorted((k for k in c.children() if k in order and _has_params(k)), key=order.get)
-        if len(kids) >= 2 and len({type(k) for k in kids}) == 1 and kids[0] in blocks \
+        if len(kids) >= 2 and len({_kind(k) for k in kids}) == 1 and kids[0] in blocks \
                 and sum(_has_direct_params(x) and not _norm_only(x) for x in kids[0].modules()) >= 2 \
                 and all(a in fed_by.get(b, ()) for a, b in zip(kids, kids[1:])):
             return True
@@ -160,14 +172,15 @@ def _chain(m: nn.Module, order: dict, fed_by: dict, blocks: set) -> bool:
 def _structural_units(model: nn.Module, order: dict, fed_by: dict, opened: frozenset = frozenset()) -> tuple[list, list]:
     """Returns (unit member-name groups in execution order, head module names). ``opened``: modules split into their
     parts, as containers are (a block-free model whose only unit would be one wrapper, as ALBERT's shared encoder)."""
-    named = dict(model.named_modules())
+    named = {n: m for n, m in model.named_modules() if _visible(n)}
     executed = {n for n, m in named.items() if m in order and n}
 
     def eligible(m: nn.Module) -> bool:
-        return type(m) not in _CONTAINERS and any(True for _ in m.children()) and _has_params(m) and not _norm_only(m)
+        return type(m) not in _CONTAINERS and any(n != "parametrizations" for n, _ in m.named_children()) \
+            and _has_params(m) and not _norm_only(m)
 
-    class_count = Counter(type(m) for n, m in named.items() if n and eligible(m))
-    is_block = {n for n, m in named.items() if n and class_count[type(m)] >= 2 and eligible(m)} & executed
+    class_count = Counter(_kind(m) for n, m in named.items() if n and eligible(m))
+    is_block = {n for n, m in named.items() if n and class_count[_kind(m)] >= 2 and eligible(m)} & executed
     blocks = _shallowest(is_block)
     while lone := {b for b in blocks if sum(type(named[c]) is type(named[b]) for c in blocks) < 2}:
         is_block -= lone  # its class repeats only inside blocks (timm's SqueezeExcite): no block where it is alone

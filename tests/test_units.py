@@ -171,3 +171,22 @@ def test_a_block_free_model_held_by_one_wrapper_is_split_into_its_parts():
         vocab_size=50, embedding_size=8, hidden_size=16, num_hidden_layers=3, num_attention_heads=2, intermediate_size=32))
     ids = torch.randint(1, 50, (2, 7))  # one layer shared across depth: embeddings, the encoder, the pooler
     assert names(albert, {"input_ids": ids}) == ["albert.embeddings", "albert.encoder", "albert.pooler"]
+
+
+def test_weight_normalised_layers_are_units_that_hold_their_own_weights():
+    """torch.nn.utils.parametrizations (weight_norm, spectral_norm) computes a layer's weight in a module inside it and
+    gives each parametrized layer a class of its own. Those inner modules were taken for the units, every layer's bias
+    rode with the first as a container's parameter, and freezing it froze them all."""
+    from torch.nn.utils.parametrizations import weight_norm
+    from smartfrz import freeze_through
+    torch.manual_seed(0)
+    layers = [m for i in range(4) for m in (weight_norm(nn.Conv1d(8 if i else 1, 8, 3, padding=1)), nn.LeakyReLU(0.1))]
+    model = nn.Sequential(*layers, nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(8, 2))
+    x = torch.randn(2, 1, 64)
+    units = find_units(model, x)
+    assert [u.name for u in units] == ["0", "2", "4", "6"] and not any(u.extra_params for u in units)
+    assert [sorted(n for n, _ in u.named_parameters()) for u in units][1] == \
+        ["2.bias", "2.parametrizations.weight.original0", "2.parametrizations.weight.original1"]
+    assert all(u.flop_share > 0 for u in units)
+    freeze_through(model, None, x, 0)
+    assert not model[0].bias.requires_grad and model[2].bias.requires_grad and model[2].parametrizations.weight.original1.requires_grad
