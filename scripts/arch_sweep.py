@@ -299,6 +299,31 @@ def _hf_vit() -> Case:
                 lambda m: m(pixel_values=x, labels=y).loss)
 
 
+def _hf_clip() -> Case:
+    """A dual encoder with a contrastive loss: two towers side by side, run one after the other."""
+    import transformers
+    config = transformers.CLIPConfig(
+        text_config=dict(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                         num_attention_heads=2, max_position_embeddings=32),
+        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                           num_attention_heads=2), projection_dim=16)
+    x, _ = _images(32)
+    batch = {"input_ids": _tokens(length=8), "pixel_values": x}
+    return Case(transformers.CLIPModel(config), batch, lambda m: m(**batch, return_loss=True).loss,
+                note="two towers: units in the order they run, the vision tower (its projection included) first")
+
+
+def _hf_whisper() -> Case:
+    import transformers
+    config = transformers.WhisperConfig(vocab_size=100, num_mel_bins=16, encoder_layers=3, encoder_attention_heads=2,
+                                        decoder_layers=2, decoder_attention_heads=2, d_model=32, encoder_ffn_dim=64,
+                                        decoder_ffn_dim=64, max_source_positions=32, num_labels=2)
+    g = torch.Generator().manual_seed(0)
+    feats, labels = torch.randn(2, 16, 64, generator=g), torch.tensor([0, 1])
+    return Case(transformers.WhisperForAudioClassification(config), {"input_features": feats},
+                lambda m: m(input_features=feats, labels=labels).loss, note="log-mel features: two convs first")
+
+
 def _hf_wav2vec2() -> Case:
     import transformers
     config = transformers.Wav2Vec2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
@@ -365,6 +390,8 @@ ARCHS: dict[str, tuple[str, Callable[[], Case]]] = {
     "fasterrcnn_mobilenet_v3": ("torchvision", _detection),
     "hf_vit": ("transformers", _hf_vit),
     "hf_wav2vec2_cls": ("transformers", _hf_wav2vec2),
+    "hf_whisper_cls": ("transformers", _hf_whisper),
+    "hf_clip": ("transformers", _hf_clip),
     "lstm_classifier": ("torch", _lstm),
     "mlp": ("torch", _mlp),
     "tied_lm": ("torch", _tied),
