@@ -35,9 +35,19 @@ def load_unit_state(unit: Unit, state: list) -> None:
 
 def logits(model: torch.nn.Module, batch: Any) -> torch.Tensor:
     """The model's predictions, classes last: a dense prediction's (N, C, H, W[, D]) has them at dim 1 (a
-    segmentation model's per-pixel logits), a token model's (N, T, C) and a classifier's (N, C) last."""
-    out = first_tensor(getattr(out := call_model(model, batch), "logits", out)).float()
+    segmentation model's per-pixel logits), a token model's (N, T, C) and a classifier's (N, C) last. Of an output
+    without ``.logits`` (a tuple such as (loss, logits)), the first tensor with a row per example of the batch."""
+    out = getattr(out := call_model(model, batch), "logits", out)
+    if not isinstance(out, torch.Tensor) and (rows := _rows(batch)) is not None:
+        out = next((t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor) and t.dim() and t.shape[0] == rows),
+                   out)
+    out = first_tensor(out).float()
     return out.movedim(1, -1) if out.dim() >= 4 else out
+
+
+def _rows(batch: Any) -> int | None:
+    """Examples in a batch: the leading size of its first tensor with one."""
+    return next((t.shape[0] for t in tree_flatten(batch)[0] if isinstance(t, torch.Tensor) and t.dim()), None)
 
 
 def first_rows(batch: Any, n: int) -> Any:
@@ -93,7 +103,7 @@ def probe_parts(probe: Any, rows: int = PART_ROWS) -> list:
             lengths = lengths.cpu()
             return [take_rows(probe, idx, int(lengths[idx].max().clamp_min(1)), tuple(mask.shape))
                     for idx in torch.argsort(lengths, stable=True).split(rows)]
-    n = next((t.shape[0] for t in tree_flatten(probe)[0] if isinstance(t, torch.Tensor) and t.dim()), None)
+    n = _rows(probe)
     if n is None:
         return [probe]
     return [take_rows(probe, slice(a, a + rows)) for a in range(0, n, rows)]
@@ -135,7 +145,7 @@ class FunctionalVeto:
         """Fails when the engine is built, not at the rule's start mid-run, where the model's eval output on the probe
         holds no per-example predictions (a detection model's boxes, a list of images taken for a batch)."""
         part, was = self.parts[0], model.training
-        rows = next((t.shape[0] for t in tree_flatten(part)[0] if isinstance(t, torch.Tensor) and t.dim()), None)
+        rows = _rows(part)
         device = next(model.parameters()).device
         try:
             model.eval()

@@ -63,10 +63,11 @@ def test_core_stays_compact():
     # that sets a frozen unit's weights training again was found and unfrozen back to it; 2,465 until Hugging Face's
     # audio feature encoders stopped asking for input gradients while their first unit is frozen; 2,480 until the
     # veto checked, when the engine is built, that it can read the model's predictions (a detector's boxes: refused);
-    # 2,505 until discovery saw through torch's parametrizations (weight_norm, spectral_norm)
+    # 2,505 until discovery saw through torch's parametrizations (weight_norm, spectral_norm); 2,520 until the veto
+    # read the logits of a (loss, logits) tuple
     core = [p for p in (REPO / "smartfrz").rglob("*.py") if not {"lab", "predictor_training"} & set(p.parts)]
     lines = sum(len(p.read_text().splitlines()) for p in core)
-    assert lines <= 2520, f"the core (smartfrz/ less lab/ and predictor_training/) grew to {lines} lines"
+    assert lines <= 2530, f"the core (smartfrz/ less lab/ and predictor_training/) grew to {lines} lines"
 
 
 def test_readme_results_table_is_the_one_written_from_the_committed_bench_json():

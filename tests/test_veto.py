@@ -415,3 +415,25 @@ def test_a_model_whose_output_the_veto_cannot_read_fails_when_the_engine_is_buil
         SmartFRZ(_Detector(), None, example_input=torch.randn(2, 4), total_steps=1000)
     frz = SmartFRZ(_Detector(), None, example_input=torch.randn(2, 4), total_steps=1000, veto_tau=1.0)
     assert frz.veto is None
+
+
+class _LossFirst(torch.nn.Module):
+    """Returns (loss, logits) when given labels, as many research codebases do."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Sequential(*[torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU()) for _ in range(3)])
+        self.head = torch.nn.Linear(4, 3)
+
+    def forward(self, x, y):
+        out = self.head(self.body(x))
+        return torch.nn.functional.cross_entropy(out, y), out
+
+
+def test_the_veto_reads_the_logits_of_a_loss_first_tuple():
+    from smartfrz import SmartFRZ
+    from smartfrz.veto import logits
+    model, batch = _LossFirst(), (torch.randn(8, 4), torch.randint(0, 3, (8,)))
+    assert logits(model, batch).shape == (8, 3)  # not the loss, the first tensor of the tuple
+    frz = SmartFRZ(model, None, example_input=batch, total_steps=1000)
+    assert frz.veto is not None
