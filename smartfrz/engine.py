@@ -257,7 +257,7 @@ class SmartFRZ:
         self._got_grad = False
         if k is not None:
             seen = lambda _: setattr(self, "_got_grad", True)
-            self._watch = [p.register_post_accumulate_grad_hook(seen) for p in self.units[k].parameters() if p.requires_grad]
+            self._watch = [p.register_post_accumulate_grad_hook(seen) for p in self._unit_params[k] if p.requires_grad]
 
     def _unwatch(self) -> None:
         for h in self._watch:
@@ -271,7 +271,7 @@ class SmartFRZ:
         if self._boundary is not None:
             self._boundary.remove()
         cut = k > 0 and any(getattr(m, "_require_grads_hook", None) is not None for m in self.model.modules()) \
-            and not any(p.requires_grad for u in self.units[:k] for p in u.parameters())
+            and not any(p.requires_grad for ps in self._unit_params[:k] for p in ps)
         self._boundary = self.units[k - 1].members[-1][1].register_forward_hook(_boundary_hook(cut, self._feeding)) \
             if k and (cut or self._feeding) else None
         for m, first in self._grad_inputs.items():  # as HF's freeze_feature_encoder() does, while its first unit is frozen

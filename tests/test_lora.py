@@ -32,12 +32,13 @@ def lora_mlp():
     return nn.Sequential(stem, *[nn.Sequential(LoRALinear(32), nn.ReLU()) for _ in range(4)], nn.Linear(32, 3))
 
 
-def train(model, frz, steps, lr=0.05):
+def train(model, frz, steps, start=0):
+    """SGD on a fixed toy set, steps start..start+steps-1 of its batch order."""
     opt = frz.optimizer
     g = torch.Generator().manual_seed(0)
     x = torch.randn(64, 8, generator=g)
     y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
-    for s in range(steps):
+    for s in range(start, start + steps):
         b = slice((s * 16) % 64, (s * 16) % 64 + 16)
         opt.zero_grad(set_to_none=True)
         F.cross_entropy(model(x[b]), y[b]).backward()
@@ -189,22 +190,6 @@ def backbone_mlp():
     return nn.Sequential(*[nn.Sequential(nn.Linear(8 if i == 0 else 32, 32), nn.ReLU()) for i in range(4)], nn.Linear(32, 3))
 
 
-def run_steps(model, frz, opt, steps, start=0, unfreeze_at=None):
-    """SGD on a fixed toy set; at step ``unfreeze_at`` the loop sets the backbone (units 0-2) training, as a
-    head-first warm-up does."""
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(64, 8, generator=g)
-    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
-    for s in range(start, start + steps):
-        if s == unfreeze_at:
-            model[:3].requires_grad_(True)
-        b = slice((s * 16) % 64, (s * 16) % 64 + 16)
-        opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x[b]), y[b]).backward()
-        opt.step()
-        frz.step()
-
-
 def warmup_engine(tiny_predictor, **kw):
     m = backbone_mlp()
     m[:3].requires_grad_(False)  # only the last layers train at first
@@ -215,10 +200,12 @@ def warmup_engine(tiny_predictor, **kw):
 
 
 def test_a_unit_the_user_sets_training_waits_for_the_predictor(tiny_predictor):
-    m, opt, frz = warmup_engine(tiny_predictor)
+    m, _, frz = warmup_engine(tiny_predictor)
     assert frz.trainable_per_unit[:3] == [0, 0, 0]
     frz.policy.predictor.predict_proba = lambda w, *a: torch.zeros(w.shape[0])  # nothing that trains looks settled
-    run_steps(m, frz, opt, 24, unfreeze_at=6)
+    train(m, frz, 6)
+    m[:3].requires_grad_(True)  # the warm-up ends: the backbone trains
+    train(m, frz, 18, start=6)
     # read as fixed, the backbone would score 1.0 and freeze at the second decision, however it still learns
     assert frz.num_frozen == 0 and frz.trainable_per_unit[:3] == [32 * 8 + 32, 32 * 32 + 32, 32 * 32 + 32]
     assert frz.trainable_total == sum(p.numel() for p in m.parameters())
@@ -228,22 +215,24 @@ def test_a_unit_the_user_sets_training_waits_for_the_predictor(tiny_predictor):
 
 
 def test_a_unit_the_user_fixes_is_read_as_fixed(tiny_predictor):
-    m, opt, frz = warmup_engine(tiny_predictor)
+    m, _, frz = warmup_engine(tiny_predictor)
     m[:3].requires_grad_(True)
     frz.policy.predictor.predict_proba = lambda w, *a: torch.zeros(w.shape[0])
-    run_steps(m, frz, opt, 8)
+    train(m, frz, 8)
     assert frz.num_frozen == 0
     m[0].requires_grad_(False)  # the loop fixes the first layer itself
-    run_steps(m, frz, opt, 16, start=8)
+    train(m, frz, 16, start=8)
     assert frz.num_frozen == 1 and frz.timeline[0]["params_frozen"] == 0  # settled by definition, after a new window
 
 
 def test_resume_keeps_the_windows_recorded_after_the_user_set_a_unit_training(tiny_predictor):
     import copy
     m, opt, frz = warmup_engine(tiny_predictor)
-    run_steps(m, frz, opt, 12, unfreeze_at=6)
+    train(m, frz, 6)
+    m[:3].requires_grad_(True)
+    train(m, frz, 6, start=6)
     saved = copy.deepcopy((m.state_dict(), opt.state_dict(), frz.state_dict()))
-    run_steps(m, frz, opt, 12, start=12)
+    train(m, frz, 12, start=12)
 
     m2, opt2, frz2 = warmup_engine(tiny_predictor)  # the script builds everything as at its start
     m2[:3].requires_grad_(True)  # and its schedule, resumed past step 6, sets the backbone training
@@ -251,7 +240,7 @@ def test_resume_keeps_the_windows_recorded_after_the_user_set_a_unit_training(ti
     frz2.load_state_dict(saved[2])
     opt2.load_state_dict(saved[1])
     assert frz2.recorder.count[:3] == [6, 6, 6] and frz2.trainable_per_unit == frz.trainable_per_unit
-    run_steps(m2, frz2, opt2, 12, start=12)
+    train(m2, frz2, 12, start=12)
     assert torch.equal(frz2.recorder.buffer, frz.recorder.buffer) and frz2.recorder.count == frz.recorder.count
     assert frz2.timeline == frz.timeline and frz2.num_frozen == frz.num_frozen
 
